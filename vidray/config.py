@@ -1,0 +1,228 @@
+"""Typed configuration: YAML files plus ``section.key=value`` overrides.
+
+Every parameter of vidray is named once, here. The CLI overrides, the MLflow
+params and (later) the Tune search space all use these dotted names
+(``clip.T``, ``model.name``), so nothing is translated by hand.
+
+    cfg = load_config("configs/train/demo.yaml", ["clip.T=16", "optim.lr=0.01"])
+    cfg.clip.T            # 16
+    cfg.flat()["clip.T"]  # 16, as logged to MLflow
+
+An unknown section or key, a value of the wrong type, or a value outside its
+allowed set is a `VidrayError` that names the key (and the closest valid key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from vidray.errors import VidrayError
+
+FramesCodec = Literal["raw", "jpeg"]
+FlowBackend = Literal["dis", "farneback", "tvl1", "raft", "none"]
+
+
+@dataclass
+class IngestConfig:
+    """Videos -> Parquet windows (``vidray ingest``)."""
+
+    input: str = ""  # dataset root, or the CSV file for the csv / kinetics layouts
+    layout: Literal["folders", "flat", "csv", "ucf101", "kinetics"] = "folders"
+    output: str = ""  # ingest output: windows/, manifest.parquet, dataset.yaml
+    split: int = 1  # ucf101 official split number (1..3)
+    val_fraction: float = 0.2  # for layouts without split files: share of each class held out
+    fps: float = 10.0  # base frame rate every source is resampled to
+    short_side: int = 128  # stored frames: short side in pixels (0 = keep source size)
+    window_frames: int = 32  # frames per stored window (W)
+    window_stride: int = 32  # frames between window starts (W = non-overlapping)
+    frames_codec: FramesCodec = "jpeg"
+    jpeg_quality: int = 90
+    segment_windows: int = 16  # windows per task: long videos are split across tasks
+    decode_threads: int = 1  # PyAV threads per task (Ray parallelises across tasks)
+    cpus_per_task: float = 1.0
+
+
+@dataclass
+class FlowConfig:
+    """Optical flow: how ingest computes it and how many fields a model reads."""
+
+    backend: FlowBackend = "dis"  # "none" stores no flow (RGB-only datasets ingest faster)
+    bound: float = 20.0  # pixels; flow is clipped to [-bound, bound] and quantized to uint8
+    codec: FramesCodec = "raw"
+    L: int = 0  # flow fields stacked per clip for flow-reading models (0 = RGB only)
+    raft_model: Literal["raft_small", "raft_large"] = "raft_small"
+    raft_weights: str = ""  # a local state_dict path or a torchvision weights name
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "fast"
+
+
+@dataclass
+class ClipConfig:
+    """How a training clip is derived from a stored window at read time."""
+
+    T: int = 8  # frames per clip
+    stride: int = 2  # temporal stride in stored frames: needs (T-1)*stride+1 <= W
+    crop: int = 112  # square spatial crop (random in training, centre in eval)
+    hflip: bool = True  # random horizontal flip in training (negates flow x)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "simple3d"
+    width: int = 32  # channels of the first stage; later stages multiply it
+    dropout: float = 0.2
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # an ingest output directory
+    epochs: int = 8
+    batch_size: int = 16  # per worker
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    val_split: str = "val"  # split evaluated after every epoch
+    storage_path: str = "runs"  # checkpoints and Ray Train state
+    run_name: str = ""  # MLflow run name and Ray Train run name ("" = generated)
+    shuffle_buffer: int = 64  # clips in each worker's local shuffle buffer
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""  # a checkpoint directory written by training
+    data: str = ""  # ingest output to evaluate ("" = the training data)
+    split: str = "val"
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+    experiment: str = "vidray"
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" = $RAY_ADDRESS, else a local Ray started for this job
+    num_cpus: int = 0  # for a local Ray only (0 = all cores)
+
+
+@dataclass
+class Config:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """Every parameter under its dotted name, e.g. ``{"clip.T": 8, ...}``."""
+        return {
+            f"{section.name}.{key.name}": getattr(getattr(self, section.name), key.name)
+            for section in dataclasses.fields(self)
+            for key in dataclasses.fields(getattr(self, section.name))
+        }
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _build(cls, data, prefix="")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise VidrayError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise VidrayError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
+        if loaded is not None and not isinstance(loaded, dict):
+            raise VidrayError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise VidrayError(f"override {item!r} is not of the form section.key=value")
+        section, _, name = key.strip().partition(".")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise VidrayError(f"config section {section!r} must be a mapping")
+        data[section][name] = value
+    return Config.from_dict(data)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise VidrayError(f"config: {where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise VidrayError(f"config: unknown key '{prefix}{key}'{hint}; valid: {', '.join(names)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            values[key] = _build(kind, value, f"{prefix}{key}.")
+        else:
+            values[key] = _coerce(value, kind, f"{prefix}{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check ``value`` against a field's type; ints are accepted where floats are."""
+    origin = get_origin(kind)
+    if origin is Literal:
+        allowed = get_args(kind)
+        if value not in allowed:
+            raise VidrayError(
+                f"config: {key} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in get_args(kind):
+            if option is type(None) and value is None:
+                return None
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise VidrayError(f"config: {key} must be {kind.__name__}, got {value!r}")
+    return value
