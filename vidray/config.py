@@ -221,6 +221,12 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         kind = next(a for a in get_args(kind) if a is not type(None))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; it is what people type for a rate.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

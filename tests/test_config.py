@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from vidray.config import Config, load_config
+from vidray.errors import VidrayError
+
+
+def test_overrides_are_typed_by_the_field():
+    cfg = load_config(None, ["clip.T=16", "optim.lr=1e-2", "train.use_gpu=true", "optim.name=sgd"])
+    assert cfg.clip.T == 16 and isinstance(cfg.clip.T, int)
+    assert cfg.optim.lr == pytest.approx(0.01)
+    assert cfg.train.use_gpu is True
+    assert cfg.optim.name == "sgd"
+
+
+def test_int_is_accepted_for_a_float_field():
+    assert load_config(None, ["ingest.fps=25"]).ingest.fps == 25.0
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(VidrayError, match=r"unknown key 'clip.TT' \(did you mean 'clip.T'\?\)"):
+        load_config(None, ["clip.TT=4"])
+
+
+def test_unknown_section_is_an_error():
+    with pytest.raises(VidrayError, match="unknown key 'clipz'"):
+        load_config(None, ["clipz.T=4"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(VidrayError, match="clip.T must be int, got 'abc'"):
+        load_config(None, ["clip.T=abc"])
+
+
+def test_value_outside_its_choices_lists_them():
+    with pytest.raises(VidrayError, match="flow.backend must be one of dis, farneback"):
+        load_config(None, ["flow.backend=magic"])
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(VidrayError, match="section.key=value"):
+        load_config(None, ["clip.T"])
+
+
+def test_yaml_typo_in_a_file_names_the_file_and_key(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("clip:\n  T: 8\n  strid: 2\n")
+    with pytest.raises(VidrayError, match="unknown key 'clip.strid' \\(did you mean 'clip.stride'"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("clip:\n  T: [8\n")
+    with pytest.raises(VidrayError, match=r"c.yaml:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path):
+    with pytest.raises(VidrayError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_flat_names_round_trip_through_overrides():
+    cfg = load_config(None, ["model.width=8", "clip.crop=64"])
+    flat = cfg.flat()
+    assert flat["model.width"] == 8 and flat["clip.crop"] == 64
+    again = load_config(None, [f"{k}={v}" for k, v in flat.items() if isinstance(v, (int, float))])
+    assert again.flat() == {**Config().flat(), **{k: v for k, v in flat.items() if isinstance(v, (int, float))}}
+
+
+def test_to_yaml_reloads_to_the_same_config(tmp_path: Path):
+    cfg = load_config(None, ["clip.T=4", "model.name=simple3d", "ingest.input=/data/x y"])
+    path = tmp_path / "saved.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/**/*.yaml")))
+def test_shipped_configs_load(path: Path):
+    load_config(path)

@@ -1,0 +1,157 @@
+"""``vidray <command>``: the command line, and the shared body of ``python -m pipelines.X``.
+
+Every command reads a YAML config (``--config``), applies ``section.key=value``
+overrides, and calls one library function. A `VidrayError` (a user mistake:
+bad input, config typo, missing file) is printed as one line without a
+traceback and the exit status is 2; any other exception is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from vidray.config import Config, load_config
+from vidray.errors import VidrayError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[Config], int]  # returns the exit status
+    flags: dict[str, str] = field(default_factory=dict)  # --flag -> config key
+    needs_ray: bool = True
+
+
+def _ingest(cfg: Config) -> int:
+    from vidray.data.ingest import run_ingest
+
+    summary = run_ingest(cfg)
+    print(summary.report())
+    if summary.ok == 0:
+        raise VidrayError(
+            f"no video could be ingested from {cfg.ingest.input}: "
+            f"see {summary.output}/manifest.parquet for the reasons"
+        )
+    return 0
+
+
+def _train(cfg: Config) -> int:
+    from vidray.train.driver import run_training
+
+    result = run_training(cfg)
+    print(result.report())
+    return 0
+
+
+def _evaluate(cfg: Config) -> int:
+    from vidray.train.evaluate import run_evaluation
+
+    report = run_evaluation(cfg)
+    print(report.report())
+    return 0
+
+
+def _demo(cfg: Config) -> int:
+    from vidray.demo import run_demo
+
+    return run_demo(cfg)
+
+
+COMMANDS = {
+    c.name: c
+    for c in [
+        Command(
+            "ingest",
+            "videos -> Parquet windows with optical flow (Ray Data)",
+            _ingest,
+            {"--input": "ingest.input", "--layout": "ingest.layout", "--output": "ingest.output"},
+        ),
+        Command("train", "train a model on ingested windows (Ray Train)", _train, {"--data": "train.data"}),
+        Command(
+            "evaluate",
+            "multi-clip evaluation of a checkpoint",
+            _evaluate,
+            {"--checkpoint": "eval.checkpoint", "--data": "eval.data"},
+            needs_ray=False,
+        ),
+        Command("demo", "synthetic dataset -> ingest -> train -> evaluate", _demo),
+    ]
+}
+
+
+def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Parse ``argv`` for command ``name``, run it, map errors to exit codes."""
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=prog or f"vidray {name}", description=command.help)
+    parser.add_argument("--config", help="YAML config file (configs/...)")
+    for flag, key in command.flags.items():
+        parser.add_argument(flag, dest=key, metavar=key.split(".")[-1].upper(), help=f"sets {key}")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = parser.parse_args(argv)
+    try:
+        overrides = [f"{key}={getattr(args, key)}" for key in command.flags.values() if getattr(args, key)]
+        cfg = load_config(args.config, [*args.overrides, *overrides])
+        if command.needs_ray:
+            from vidray.runtime import init_ray
+
+            init_ray(cfg.ray)
+        return command.run(cfg)
+    except VidrayError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _synth(argv: Sequence[str]) -> int:
+    from vidray.data.synthetic import MOTIONS, write_motion_dataset
+
+    parser = argparse.ArgumentParser(prog="vidray synth", description="write a motion-only dataset")
+    parser.add_argument("--output", required=True, help="dataset root (folders layout)")
+    parser.add_argument("--classes", type=int, default=4, help=f"1..{len(MOTIONS)} motions")
+    parser.add_argument("--videos-per-class", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--fps", type=float, default=10.0)
+    parser.add_argument("--size", default="96x72", help="WIDTHxHEIGHT")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        paths = write_motion_dataset(
+            args.output,
+            classes=args.classes,
+            videos_per_class=args.videos_per_class,
+            num_frames=args.frames,
+            fps=args.fps,
+            size=(width, height),
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"vidray synth: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"vidray synth: wrote {len(paths)} videos under {args.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = [*COMMANDS, "synth"]
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
+        print("usage: vidray {" + ",".join(names) + "} [--config FILE] [section.key=value ...]")
+        for command in COMMANDS.values():
+            print(f"  {command.name:<9} {command.help}")
+        print("  synth     write a synthetic motion-only dataset (folders layout)")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if argv[0] == "synth":
+        return _synth(argv[1:])
+    return run_command(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""MLflow: the one place that names what a run logs.
+
+Every run logs the flattened config under its dotted names (``clip.T``,
+``model.name``), per-epoch metrics under the names below, the config YAML and
+the best checkpoint. The names are the same for every model family so the
+MLflow compare view lines runs up. All calls go through `MlflowClient` with an
+explicit run id, so the driver and a Ray Train worker can log to one run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from vidray.config import Config, MlflowConfig
+from vidray.errors import VidrayError
+
+TRAIN_LOSS = "train/loss"
+TRAIN_CLIP_TOP1 = "train/clip_top1"
+VAL_LOSS = "val/loss"
+VAL_CLIP_TOP1 = "val/clip_top1"
+VAL_VIDEO_TOP1 = "val/video_top1"
+VAL_VIDEO_TOP5 = "val/video_top5"
+EPOCH_SECONDS = "time/epoch_s"
+CLIPS_PER_SECOND = "time/clips_per_s"
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    """``mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite in the working dir.
+
+    A relative SQLite path is made absolute here, in the driver, because Ray
+    workers run in other directories and must write to the same database.
+    """
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    elif "://" not in uri:  # a plain directory: MLflow's file store
+        uri = str(Path(uri).resolve())
+    return uri
+
+
+def client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail at start, in one line, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        raise VidrayError(
+            f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}): "
+            "start it or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI"
+        ) from exc
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def start_run(cfg: Config, *, uri: str, run_name: str, tags: dict[str, str] | None = None) -> str:
+    """Create a run with the flattened config as params; returns its id."""
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(cfg.mlflow.experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else mlflow_client.create_experiment(cfg.mlflow.experiment)
+    )
+    all_tags = {"mlflow.runName": run_name, **(tags or {})}
+    commit = _git_commit()
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    run = mlflow_client.create_run(experiment_id, tags=all_tags, run_name=run_name)
+    log_params(uri, run.info.run_id, cfg.flat())
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    # MLflow caps a batch at 100 params.
+    items = [Param(k, str(v)) for k, v in params.items()]
+    mlflow_client = client(uri)
+    for i in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], *, step: int) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    client(uri).log_batch(run_id, metrics=batch)
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    path = Path(path)
+    mlflow_client = client(uri)
+    if path.is_dir():
+        mlflow_client.log_artifacts(run_id, str(path), artifact_path)
+    else:
+        mlflow_client.log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(uri: str, run_id: str, *, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"

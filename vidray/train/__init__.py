@@ -1,0 +1,1 @@
+"""Training and evaluation: the Ray Train loop, its driver, checkpoints, metrics."""

@@ -1,0 +1,188 @@
+"""The training driver: ingest output -> Ray Train -> an MLflow run.
+
+    clips = read_clips(data, split=...)                          # Ray Data
+    run_id = tracking.start_run(cfg)                             # params
+    TorchTrainer(train_loop_per_worker, datasets=clips).fit()    # metrics per epoch
+    log config + best checkpoint as artifacts
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vidray import tracking
+from vidray.config import Config
+from vidray.data.clips import read_clips
+from vidray.data.manifest import read_dataset_info
+from vidray.errors import VidrayError
+from vidray.models import entry
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    tracking_uri: str
+    checkpoint: str
+    metrics: dict[str, Any]
+    num_classes: int
+    seconds: float
+
+    def report(self) -> str:
+        video = self.metrics.get(tracking.VAL_VIDEO_TOP1)
+        lines = [
+            f"train: {self.metrics.get('epoch', -1) + 1} epochs in {self.seconds:.0f} s; "
+            f"best checkpoint {self.checkpoint}",
+        ]
+        if video is not None:
+            lines.append(
+                f"train: val video accuracy {video:.3f} "
+                f"(clip {self.metrics.get(tracking.VAL_CLIP_TOP1, 0):.3f}; "
+                f"chance {1 / self.num_classes:.3f})"
+            )
+        lines.append(f"train: MLflow run {self.run_id}: {self.ui_command()}")
+        return "\n".join(lines)
+
+    def ui_command(self) -> str:
+        return tracking.ui_command(self.tracking_uri)
+
+
+def check_data(cfg: Config, info: dict[str, Any]) -> None:
+    """Errors a user can make that would otherwise surface inside a worker, an hour later."""
+    storage = info["storage"]
+    windows = storage["ingest.window_frames"]
+    span = (cfg.clip.T - 1) * cfg.clip.stride + 1
+    if cfg.clip.T < 1 or cfg.clip.stride < 1:
+        raise VidrayError(f"clip.T and clip.stride must be >= 1, got {cfg.clip.T}, {cfg.clip.stride}")
+    if span > windows:
+        raise VidrayError(
+            f"clip.T={cfg.clip.T} at clip.stride={cfg.clip.stride} spans {span} frames, "
+            f"but {cfg.train.data} stores windows of {windows}: lower clip.T or clip.stride"
+        )
+    short_side = storage["ingest.short_side"]
+    if short_side and cfg.clip.crop > short_side:
+        raise VidrayError(
+            f"clip.crop={cfg.clip.crop} exceeds the stored short side {short_side}: lower clip.crop"
+        )
+    if cfg.flow.L and storage["flow.backend"] == "none":
+        raise VidrayError(f"flow.L={cfg.flow.L} needs flow, but {cfg.train.data} has none")
+    if cfg.flow.L > windows - 1:
+        raise VidrayError(f"flow.L={cfg.flow.L} exceeds the {windows - 1} flow fields per window")
+    if len(info["classes"]) < 2:
+        raise VidrayError(f"{cfg.train.data} has {len(info['classes'])} classes; training needs 2+")
+    entry(cfg.model.name)  # unknown model: fail before starting workers
+
+
+def _split_counts(data: str) -> dict[str, int]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from vidray.data.clips import window_files
+
+    counts: dict[str, int] = {}
+    for path in window_files(data):
+        split = pq.read_table(path, columns=["split"])["split"]
+        for value in pc.value_counts(split).to_pylist():
+            counts[value["values"]] = counts.get(value["values"], 0) + value["counts"]
+    return counts
+
+
+def run_training(cfg: Config) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.train.data``; needs a running Ray."""
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from vidray.train.loop import train_loop_per_worker
+
+    if not cfg.train.data:
+        raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
+    info = read_dataset_info(cfg.train.data)
+    check_data(cfg, info)
+    counts = _split_counts(cfg.train.data)
+    if not counts.get("train"):
+        raise VidrayError(f"{cfg.train.data} has no windows in split 'train' (splits: {counts})")
+    if not counts.get(cfg.train.val_split):
+        raise VidrayError(
+            f"{cfg.train.data} has no windows in split '{cfg.train.val_split}' "
+            f"(splits: {counts}): set train.val_split"
+        )
+    classes = info["classes"]
+    uri = tracking.tracking_uri(cfg.mlflow)
+    tracking.check_reachable(uri)
+    run_name = cfg.train.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = tracking.start_run(cfg, uri=uri, run_name=run_name, tags={"vidray.task": "train"})
+    tracking.log_params(
+        uri,
+        run_id,
+        {
+            "data.videos": info["videos"],
+            "data.windows": info["windows"],
+            "data.classes": len(classes),
+            **{f"data.windows_{split}": n for split, n in counts.items()},
+        },
+    )
+    t0 = time.monotonic()
+    status = "FAILED"
+    try:
+        datasets = {
+            "train": read_clips(
+                cfg.train.data, split="train", clip=cfg.clip, flow_L=cfg.flow.L, train=True
+            ),
+            "val": read_clips(
+                cfg.train.data,
+                split=cfg.train.val_split,
+                clip=cfg.clip,
+                flow_L=cfg.flow.L,
+                train=False,
+            ),
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "config": cfg.to_dict(),
+                "classes": classes,
+                "tracking_uri": uri,
+                "run_id": run_id,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=cfg.train.num_workers,
+                use_gpu=cfg.train.use_gpu,
+                resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=str(Path(cfg.train.storage_path).resolve()),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=2,
+                    checkpoint_score_attribute=tracking.VAL_VIDEO_TOP1,
+                    checkpoint_score_order="max",
+                ),
+            ),
+            datasets=datasets,
+            # Only the training set is split; rank 0 reads all of val for video accuracy.
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+        )
+        result = trainer.fit()
+        best = result.get_best_checkpoint(tracking.VAL_VIDEO_TOP1, "max") or result.checkpoint
+        if best is None:
+            raise VidrayError("training reported no checkpoint")
+        with tempfile.TemporaryDirectory() as tmp:
+            config_file = Path(tmp) / "config.yaml"
+            config_file.write_text(cfg.to_yaml())
+            tracking.log_artifact(uri, run_id, config_file)
+        with best.as_directory() as directory:
+            tracking.log_artifact(uri, run_id, directory, "checkpoint")
+        status = "FINISHED"
+        return TrainResult(
+            run_id=run_id,
+            tracking_uri=uri,
+            checkpoint=best.path,
+            metrics=result.metrics or {},
+            num_classes=len(classes),
+            seconds=time.monotonic() - t0,
+        )
+    finally:
+        tracking.end_run(uri, run_id, status=status)
