@@ -30,7 +30,7 @@ FramesCodec = Literal["raw", "jpeg"]
 FlowBackend = Literal["dis", "farneback", "tvl1", "raft", "none"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class IngestConfig:
     """Videos -> Parquet windows (``vidray ingest``)."""
 
@@ -50,7 +50,7 @@ class IngestConfig:
     cpus_per_task: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class FlowConfig:
     """Optical flow: how ingest computes it and how many fields a model reads."""
 
@@ -63,7 +63,7 @@ class FlowConfig:
     dis_preset: Literal["ultrafast", "fast", "medium"] = "fast"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipConfig:
     """How a training clip is derived from a stored window at read time."""
 
@@ -73,14 +73,14 @@ class ClipConfig:
     hflip: bool = True  # random horizontal flip in training (negates flow x)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "simple3d"
     width: int = 32  # channels of the first stage; later stages multiply it
     dropout: float = 0.2
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "adamw"
     lr: float = 3e-3
@@ -88,7 +88,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     data: str = ""  # an ingest output directory
     epochs: int = 8
@@ -103,26 +103,26 @@ class TrainConfig:
     shuffle_buffer: int = 64  # clips in each worker's local shuffle buffer
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     checkpoint: str = ""  # a checkpoint directory written by training
     data: str = ""  # ingest output to evaluate ("" = the training data)
     split: str = "val"
 
 
-@dataclass
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
     experiment: str = "vidray"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RayConfig:
     address: str = ""  # "" = $RAY_ADDRESS, else a local Ray started for this job
     num_cpus: int = 0  # for a local Ray only (0 = all cores)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)

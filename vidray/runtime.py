@@ -22,11 +22,20 @@ def init_ray(cfg: RayConfig) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+        quiet_ray_data()
         return
     ray.init(
         num_cpus=cfg.num_cpus or None,
         logging_level=logging.WARNING,
-        include_dashboard=False,
     )
-    # Our own progress lines say more per line than Ray Data's bars, and keep job logs short.
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Our own progress lines say more per line than Ray Data's bars and plan dumps."""
+    import ray.data
+
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # It would warn, once per process, that the bars we just turned off are off.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

@@ -139,13 +139,11 @@ def read_clips(
 ) -> Any:
     """A Ray Dataset of clip batches for one split (needs a running Ray)."""
     import ray
+    from ray.data.expressions import col
 
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
-    ds = ray.data.read_parquet(
-        window_files(data_dir),
-        columns=[*_columns(flow_L), "split"],
-        filter=pc.field("split") == split,
-    )
+    ds = ray.data.read_parquet(window_files(data_dir), columns=[*_columns(flow_L), "split"])
+    ds = ds.filter(expr=col("split") == split)
     if train:
         ds = ds.randomize_block_order()
     return ds.map_batches(

@@ -15,11 +15,11 @@ one-line message naming the file; no PyAV exception type escapes this module.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -124,3 +124,493 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 # -------------------------------------------------------------------------- probe
 
 
+def probe(path: str | Path) -> VideoInfo:
+    """Measure a video's duration, frame rate, size and frame count.
+
+    Container metadata is trusted when it is complete and self-consistent: the
+    frame count matches duration x average rate, and the last packets are intact
+    and end where the header says. Otherwise every packet is demuxed (no decoding)
+    and the numbers come from packet timestamps, the same way `iter_frames` times
+    frames. This covers MPEG-TS, Matroska and WebM (no frame count), variable frame
+    rate, truncated files and bogus rates. The first frame is always decoded, so a
+    valid header over an undecodable stream fails here rather than in ingest.
+
+    Raises:
+        VideoError: missing or empty file, not a video, no video stream, or no
+            decodable frame.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        first = _first_frame(path, container, stream)
+        timing = _metadata_timing(container, stream)
+        codec = stream.codec_context.name
+    if timing is None:
+        # A fresh demuxer: seeking back to the start is unreliable without timestamps.
+        with _open(path) as container:
+            timing = _packet_timing(container.demux(container.streams.video[0]))
+    duration, num_frames = timing
+    return VideoInfo(
+        duration=duration,
+        fps=num_frames / duration,
+        width=first.width,
+        height=first.height,
+        num_frames=num_frames,
+        codec=codec,
+    )
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    """Open `path` for reading; its main video stream is ``streams.video[0]``."""
+    if not path.exists():
+        raise VideoError(f"{path}: file not found")
+    if not path.is_file():
+        raise VideoError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(f"{path}: not a recognised video format ({_reason(e)})") from e
+    fmt = container.format.name
+    if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
+        container.close()
+        raise VideoError(f"{path}: not a video (FFmpeg reads it as '{fmt}')")
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise VideoError(f"{path}: no video stream (streams: {', '.join(kinds)})")
+    return container
+
+
+def _reason(error: Exception) -> str:
+    """A one-line reason from an FFmpeg/OS error, without errno noise."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def _first_frame(
+    path: Path, container: av.container.InputContainer, stream: av.video.VideoStream
+) -> av.VideoFrame:
+    """Decode the first frame, or raise VideoError saying why there is none."""
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():  # the final empty packet drains the decoder
+                return frame
+    except (av.FFmpegError, OSError) as e:
+        raise VideoError(f"{path}: no decodable video frame ({_reason(e)})") from e
+    raise VideoError(f"{path}: no decodable video frame (the video stream is empty)")
+
+
+def _metadata_timing(
+    container: av.container.InputContainer, stream: av.video.VideoStream
+) -> tuple[float, int] | None:
+    """(duration, frames) from container metadata, or None where it can't be trusted."""
+    frames, duration, rate = stream.frames, stream.duration, stream.average_rate
+    if frames <= 0 or not duration or duration <= 0 or not rate or rate <= 0:
+        return None
+    if stream.start_time is None:
+        return None
+    seconds = float(duration * stream.time_base)
+    if abs(frames - seconds * float(rate)) > max(1.0, _META_TOLERANCE * frames):
+        return None
+    # The header can describe frames that are not in the file (a download cut short
+    # keeps the MP4 index) or disagree with the timestamps (variable frame rate):
+    # check that the last packets are intact and end where the header says.
+    # Seeking to the last keyframe keeps this cheap on long videos.
+    expected_end = stream.start_time + duration
+    end = None
+    try:
+        container.seek(expected_end, stream=stream, backward=True)
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            pts = packet.pts if packet.pts is not None else packet.dts
+            if packet.is_corrupt or pts is None:
+                return None
+            packet_end = pts + max(packet.duration or 0, 0)
+            end = packet_end if end is None else max(end, packet_end)
+    except (av.FFmpegError, OSError):
+        return None
+    half_frame = 0.5 / float(rate) / stream.time_base
+    if end is None or abs(end - expected_end) > max(1.0, half_frame):
+        return None
+    return seconds, frames
+
+
+def _packet_timing(packets: Iterator[av.Packet]) -> tuple[float, int]:
+    """(duration, frames) of a video stream from its packets, without decoding.
+
+    Stops at the first unreadable or cut packet: nothing after it decodes. The
+    stream ends where its last frame stops being shown, timed as in `_timed`.
+    """
+    count = 0
+    stream = None
+    top: int | None = None  # the largest pts, its duration, and the next largest pts
+    top_duration = 0
+    second: int | None = None
+    lowest: int | None = None
+    untimed = 0.0  # seconds covered by packets that carry no timestamp
+    try:
+        for packet in packets:
+            stream = packet.stream
+            if packet.size == 0:
+                continue
+            if packet.is_corrupt:
+                break
+            count += 1
+            pts = packet.pts if packet.pts is not None else packet.dts
+            if pts is None:
+                untimed += _duration_seconds(packet.duration, stream) or _nominal_interval(stream)
+                continue
+            lowest = pts if lowest is None else min(lowest, pts)
+            if top is None or pts > top:
+                second, top, top_duration = top, pts, packet.duration
+            elif second is None or pts > second:
+                second = pts
+    except (av.FFmpegError, OSError):
+        pass  # a damaged tail: what was read so far is what can be decoded
+    if stream is None or count == 0:
+        raise VideoError("video stream has no packets")  # unreachable after _first_frame
+    if top is None:
+        return untimed, count
+    tb = float(stream.time_base)
+    origin = stream.start_time if stream.start_time is not None else lowest
+    last = (top - origin) * tb
+    prev = None if second is None else (second - origin) * tb
+    return last + _last_frame_seconds(top_duration, last, prev, stream), count
+
+
+def _duration_seconds(ticks: int | None, stream: av.video.VideoStream) -> float:
+    """A packet/frame duration in seconds; 0.0 where the container gives none."""
+    return ticks * float(stream.time_base) if ticks and ticks > 0 else 0.0
+
+
+def _nominal_interval(stream: av.video.VideoStream) -> float:
+    """Seconds per frame from the stream's rate; 25 fps, FFmpeg's default, if none."""
+    rate = stream.guessed_rate or stream.average_rate or 25
+    return 1.0 / float(rate)
+
+
+def _last_frame_seconds(
+    ticks: int | None, start: float, prev_start: float | None, stream: av.video.VideoStream
+) -> float:
+    """How long the last frame is shown: its duration, else the previous interval."""
+    seconds = _duration_seconds(ticks, stream)
+    if seconds > 0:
+        return seconds
+    if prev_start is not None and start > prev_start:
+        return start - prev_start
+    return _nominal_interval(stream)
+
+
+# ------------------------------------------------------------------------- frames
+
+
+def iter_frames(
+    path: str | Path,
+    *,
+    fps: float,
+    short_side: int,
+    start_sec: float = 0.0,
+    end_sec: float | None = None,
+    threads: int = 0,
+    errors: list[str] | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield uint8 RGB frames (H, W, 3) on the grid ``start_sec + k/fps``.
+
+    Grid times run while ``t_k < end_sec`` and the last frame is still shown.
+    Each is the frame shown at ``t_k``, resized inside the decoder so its short
+    side is `short_side` (0 keeps the size; see `output_size`). A source frame
+    picked for several grid times is yielded as the same read-only array.
+    For ``start_sec > 0`` the decoder seeks to the keyframe before it.
+    ``threads`` is the decoder's thread count (0: FFmpeg's choice).
+
+    A decode error after at least one frame ends the stream once the frames before
+    it are yielded: with an `errors` list a one-line reason is appended to it
+    ("decode stopped at 3.40 s: ..."), otherwise VideoError is raised.
+
+    Raises:
+        VideoError: the file cannot be opened, has no decodable frame, or (with
+            ``errors=None``) fails to decode part way.
+    """
+    yield from _grid_frames(
+        Path(path),
+        fps=fps,
+        short_side=short_side,
+        start_sec=start_sec,
+        first_index=0,
+        stop_index=None,
+        end_sec=end_sec,
+        threads=threads,
+        errors=errors,
+    )
+
+
+def iter_windows(
+    path: str | Path,
+    *,
+    fps: float,
+    short_side: int,
+    window_frames: int,
+    window_stride: int,
+    start_sec: float = 0.0,
+    end_sec: float | None = None,
+    first_window: int = 0,
+    max_windows: int | None = None,
+    threads: int = 0,
+    errors: list[str] | None = None,
+) -> Iterator[Window]:
+    """Yield windows of `window_frames` grid frames, `window_stride` frames apart.
+
+    Window i holds grid frames ``[i*stride, i*stride + window_frames)`` of the
+    `iter_frames` grid from `start_sec`. Windows ``first_window`` ..
+    ``first_window + max_windows - 1`` that fit in the decodable frames are
+    yielded. Decoding seeks to the keyframe before `first_window` and stops after
+    the last requested window, so ingest can split a long video into segments
+    (see `count_windows`) that each decode only their own part; a segment's
+    windows equal the same windows of a full decode.
+
+    When the range has 2 <= n < window_frames frames and ``first_window == 0``,
+    one window is yielded with its last frame repeated, ``padded = window_frames - n``.
+    Only ``window_frames`` frames are held at a time. `threads` and `errors` are
+    as for `iter_frames`.
+
+    Raises:
+        VideoError: ``first_window == 0`` and fewer than 2 frames decode, or the
+            file cannot be decoded (see `iter_frames`).
+    """
+    _check_window_args(window_frames, window_stride)
+    if first_window < 0:
+        raise ValueError(f"first_window must be >= 0, got {first_window}")
+    if max_windows is not None and max_windows < 0:
+        raise ValueError(f"max_windows must be >= 0 or None, got {max_windows}")
+    if max_windows == 0:
+        return
+    first_index = first_window * window_stride
+    stop_index = None
+    if max_windows is not None:
+        stop_index = (first_window + max_windows - 1) * window_stride + window_frames
+    frames = _grid_frames(
+        Path(path),
+        fps=fps,
+        short_side=short_side,
+        start_sec=start_sec,
+        first_index=first_index,
+        stop_index=stop_index,
+        end_sec=end_sec,
+        threads=threads,
+        errors=errors,
+    )
+    buffer: deque[np.ndarray] = deque(maxlen=window_frames)
+    count = 0
+    for k, frame in enumerate(frames, start=first_index):
+        buffer.append(frame)
+        count += 1
+        window_start = k - window_frames + 1
+        if window_start >= first_index and window_start % window_stride == 0:
+            yield Window(
+                index=window_start // window_stride,
+                start_sec=start_sec + window_start / fps,
+                frames=np.stack(buffer),
+                padded=0,
+            )
+    if first_window > 0 or count >= window_frames:
+        return
+    if count < 2:
+        raise VideoError(
+            f"{path}: fewer than 2 decodable frames at {fps:g} fps ({count} found), "
+            "too short for a window"
+        )
+    padded = window_frames - count
+    yield Window(
+        index=0,
+        start_sec=start_sec,
+        frames=np.stack([*buffer, *[buffer[-1]] * padded]),
+        padded=padded,
+    )
+
+
+def _check_window_args(window_frames: int, window_stride: int) -> None:
+    if window_frames < 1:
+        raise ValueError(f"window_frames must be >= 1, got {window_frames}")
+    if window_stride < 1:
+        raise ValueError(f"window_stride must be >= 1, got {window_stride}")
+
+
+def _grid_frames(
+    path: Path,
+    *,
+    fps: float,
+    short_side: int,
+    start_sec: float,
+    first_index: int,
+    stop_index: int | None,
+    end_sec: float | None,
+    threads: int,
+    errors: list[str] | None,
+) -> Iterator[np.ndarray]:
+    """Grid frames ``first_index <= k < stop_index`` of the grid ``start_sec + k/fps``.
+
+    Starting at a grid index rather than at a time keeps a segment's grid times
+    bit-identical to those of a decode from `start_sec`.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if start_sec < 0:
+        raise ValueError(f"start_sec must be >= 0, got {start_sec}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    stop = math.inf if stop_index is None else stop_index
+    if end_sec is not None:
+        stop = min(stop, grid_frame_count(end_sec, fps, start_sec=start_sec))
+    k = first_index
+    if k >= stop:
+        return
+
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        failure: list[str] = []
+        timed = _timed(_decode_from(container, stream, start_sec + k / fps, failure), stream)
+
+        size = (0, 0)
+        cur: av.VideoFrame | None = None  # the frame shown at grid time k
+        cur_t = cur_duration = 0.0
+        prev_t: float | None = None
+        rgb: np.ndarray | None = None  # cur converted, once it is picked
+        for t, duration, frame in timed:
+            if cur is None:
+                size = output_size(frame.width, frame.height, short_side)
+            else:
+                # `frame` replaces `cur` at time t: grid times before t show `cur`.
+                while k < stop and start_sec + k / fps < t - _TIME_EPS:
+                    rgb = rgb if rgb is not None else _to_rgb(cur, size)
+                    yield rgb
+                    k += 1
+                if k >= stop:
+                    return
+                prev_t = cur_t
+            cur, cur_t, cur_duration, rgb = frame, t, duration, None
+
+        if cur is None:
+            if failure:
+                raise VideoError(f"{path}: no decodable video frame ({failure[0]})")
+            if first_index == 0 and start_sec == 0:
+                raise VideoError(f"{path}: no decodable video frame (the video stream is empty)")
+            return  # the range starts after the end of the video
+        # End of stream: the last frame is shown until its end.
+        end = cur_t + (cur_duration or _last_frame_seconds(None, cur_t, prev_t, stream))
+        stop = min(stop, grid_frame_count(end, fps, start_sec=start_sec))
+        while k < stop:
+            rgb = rgb if rgb is not None else _to_rgb(cur, size)
+            yield rgb
+            k += 1
+        if failure:
+            message = f"decode stopped at {end:.2f} s: {failure[0]}"
+            if errors is None:
+                raise VideoError(f"{path}: {message}")
+            errors.append(message)
+
+
+def _decode_from(
+    container: av.container.InputContainer,
+    stream: av.video.VideoStream,
+    target: float,
+    failure: list[str],
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames, starting from the last keyframe at or before `target` seconds.
+
+    Seeking lands on a keyframe before the target in MP4/Matroska, but MPEG-TS
+    seeks by bytes and can overshoot: then seek again further back until the first
+    frame is no later than the target. Without a start time (raw streams) the file
+    cannot be seeked by time and is decoded from the start.
+    """
+    if target <= _TIME_EPS or stream.start_time is None:
+        yield from _decode(container, stream, failure)
+        return
+    tb = float(stream.time_base)
+    back = 0.0
+    while True:
+        seek_to = max(0.0, target - back)
+        container.seek(stream.start_time + int(seek_to / tb), stream=stream, backward=True)
+        failure.clear()
+        frames = _decode(container, stream, failure)
+        first = next(frames, None)
+        if first is None or seek_to == 0.0:
+            break
+        pts = first.pts if first.pts is not None else first.dts
+        if pts is None or (pts - stream.start_time) * tb <= target + _TIME_EPS:
+            break
+        frames.close()
+        back = max(1.0, 2 * back)
+    if first is not None:
+        yield first
+    yield from frames
+
+
+def _decode(
+    container: av.container.InputContainer, stream: av.video.VideoStream, failure: list[str]
+) -> Iterator[av.VideoFrame]:
+    """Decode `stream` from the demuxer's position; on an error, record it and stop.
+
+    A packet the demuxer flags as corrupt (cut short by a truncation) is not sent
+    to the decoder: with frame threading FFmpeg would silently drop the frames
+    still in flight. Either way the decoder is then drained, so the good frames
+    it holds are not lost. `probe` counts packets up to the same point.
+    """
+    try:
+        for packet in container.demux(stream):
+            if packet.is_corrupt:
+                failure.append("damaged or truncated data")
+                break
+            yield from packet.decode()  # the final empty packet drains the decoder
+        else:
+            return
+    except (av.FFmpegError, OSError) as e:
+        failure.append(_reason(e))
+    with contextlib.suppress(av.FFmpegError, OSError):  # nothing more to salvage
+        yield from stream.decode(None)
+
+
+def _timed(
+    frames: Iterator[av.VideoFrame], stream: av.video.VideoStream
+) -> Iterator[tuple[float, float, av.VideoFrame]]:
+    """(start seconds from the stream's first frame, duration seconds or 0, frame).
+
+    Start times strictly increase: a frame stamped no later than the one before it
+    is never shown after it, so it is dropped. A frame with no timestamp starts
+    where the previous one ends (raw elementary streams carry none).
+    """
+    tb = float(stream.time_base)
+    origin = stream.start_time
+    last_t: float | None = None
+    last_duration = 0.0
+    for frame in frames:
+        duration = _duration_seconds(frame.duration, stream)
+        pts = frame.pts if frame.pts is not None else frame.dts
+        if pts is None:
+            t = 0.0 if last_t is None else last_t + (last_duration or _nominal_interval(stream))
+        else:
+            if origin is None:
+                origin = pts  # decoding from the start: the first frame is time 0
+            t = (pts - origin) * tb
+        if last_t is not None and t <= last_t:
+            continue
+        last_t, last_duration = t, duration
+        yield t, duration, frame
+
+
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+    """Convert and resize in swscale; the result is read-only as it may be repeated."""
+    width, height = size
+    shrinking = width * height < frame.width * frame.height
+    rgb = frame.to_ndarray(
+        width=width,
+        height=height,
+        format="rgb24",
+        interpolation="AREA" if shrinking else "BILINEAR",
+    )
+    rgb.flags.writeable = False
+    return rgb

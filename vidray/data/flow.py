@@ -233,7 +233,7 @@ def _load_raft(
 def load_flow_estimator(
     backend: str = "dis",
     *,
-    dis_preset: str = "ultrafast",
+    dis_preset: str = "fast",
     raft_model: str = "raft_small",
     raft_weights: str | os.PathLike | None = None,
     raft_random_init: bool = False,

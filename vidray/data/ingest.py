@@ -130,11 +130,9 @@ def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str
     The last segment is open-ended (``max_windows=-1``): when the probe
     underestimates the length, the remaining windows still land somewhere.
     """
-    start = probed["start_sec"]
-    end = probed["duration"] if probed["end_sec"] is None else min(
-        probed["end_sec"], probed["duration"]
+    grid_frames = decode.grid_frame_count(
+        probed["duration"], ingest.fps, start_sec=probed["start_sec"], end_sec=probed["end_sec"]
     )
-    grid_frames = max(0, math.ceil((end - start) * ingest.fps - 1e-6))
     n_windows = max(
         1,
         decode.count_windows(
@@ -192,7 +190,7 @@ def ingest_segment(
     errors: list[str] = []
     padded = 0
     result = {
-        "path": segment["path"],
+        "video_id": segment["video_id"],
         "segment": segment["segment"],
         "shard": segment["shard"],
         "n_windows": 0,
@@ -280,22 +278,24 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
         ingest.input, layout=ingest.layout, split=ingest.split, val_fraction=ingest.val_fraction
     )
     summary = IngestSummary(output=str(output), listed=len(listing.entries))
-    previous = {row["path"]: row for row in read_manifest(output)}
-    rows: dict[str, dict[str, Any]] = {}  # path -> manifest row
+    # Keyed by video id, not path: one Kinetics file can hold several trimmed clips.
+    previous = {row["video_id"]: row for row in read_manifest(output)}
+    rows: dict[str, dict[str, Any]] = {}  # video_id -> manifest row
     todo: list[dict[str, Any]] = []
     for entry in map(asdict, listing.entries):
-        old = previous.get(entry["path"])
+        vid = entry["video_id"]
+        old = previous.get(vid)
         stat = _stat(entry["path"])
         if entry["error"]:
-            rows[entry["path"]] = _manifest_row(entry, error=entry["error"])
+            rows[vid] = _manifest_row(entry, error=entry["error"])
         elif (
             old is not None
             and old["status"] == "ok"
             and stat == (old["size"], old["mtime"])
-            and old["video_id"] == entry["video_id"]
+            and old["path"] == entry["path"]
             and all((output / WINDOWS_DIR / s).exists() for s in old["shards"])
         ):
-            rows[entry["path"]] = old
+            rows[vid] = old
             summary.skipped += 1
         else:
             todo.append(entry)
@@ -313,14 +313,14 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
         )
         for item in probed:
             if item["error"]:
-                rows[item["path"]] = _manifest_row(item, error=item["error"])
+                rows[item["video_id"]] = _manifest_row(item, error=item["error"])
             else:
                 segments.extend(plan_segments(item, ingest))
         log(f"ingest: probed {len(probed)} files -> {len(segments)} segments")
 
     by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    expected = Counter(s["path"] for s in segments)
-    info = {s["path"]: s for s in segments}
+    expected = Counter(s["video_id"] for s in segments)
+    info = {s["video_id"]: s for s in segments}
     last_save = last_log = time.monotonic()
     if segments:
         results = ray.data.from_items(
@@ -331,15 +331,15 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
             num_cpus=ingest.cpus_per_task,
         )
         for result in results.iter_rows():
-            path = result["path"]
-            by_video[path].append(result)
+            vid = result["video_id"]
+            by_video[vid].append(result)
             summary.windows += result["n_windows"]
             summary.bytes += result["bytes"]
-            if len(by_video[path]) == expected[path]:
-                rows[path] = _video_row(info[path], by_video.pop(path))
+            if len(by_video[vid]) == expected[vid]:
+                rows[vid] = _video_row(info[vid], by_video.pop(vid))
             now = time.monotonic()
             if now - last_log >= _PROGRESS_EVERY_S:
-                done = sum(1 for p in expected if p in rows)
+                done = sum(1 for v in expected if v in rows)
                 log(
                     f"ingest: {done}/{len(expected)} videos, {summary.windows} windows, "
                     f"{summary.windows / (now - t0):.1f} windows/s"
@@ -353,7 +353,7 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
         if row["status"] == "quarantined":
             summary.quarantined += 1
             summary.reasons[_reason(row["error"])] += 1
-        elif row["path"] in expected:
+        elif row["video_id"] in expected:
             summary.ingested += 1
     write_manifest(output, list(rows.values()))
     _remove_orphan_shards(output, rows.values())

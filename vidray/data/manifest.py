@@ -75,7 +75,7 @@ def write_manifest(output: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write the manifest atomically (temp file, then rename)."""
     path = Path(output) / MANIFEST_FILE
     tmp = path.with_suffix(".parquet.tmp")
-    rows = sorted(rows, key=lambda r: r["path"])
+    rows = sorted(rows, key=lambda r: (r["path"], r["video_id"]))
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
     os.replace(tmp, path)
     return path

@@ -109,7 +109,8 @@ def list_sources(
         layout: one of ``LAYOUTS``.
         split: the official UCF101 split, 1, 2 or 3; other layouts ignore it.
         val_fraction: the share of each group sent to ``val`` where the layout
-            names no split; in [0, 1).
+            names no split, in [0, 1); ``ucf101`` has only its official train and
+            test lists, so it never has a ``val`` split.
 
     Returns:
         The entries in a deterministic order, and the class names. An empty listing

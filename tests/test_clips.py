@@ -1,0 +1,118 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vidray.config import ClipConfig
+from vidray.data.clips import ClipSampler
+from vidray.data.shards import encode_images
+from vidray.errors import VidrayError
+
+W, H, WIDTH = 16, 20, 30
+
+
+def _window(codec="raw", with_flow=True):
+    """Frame i is filled with 10*i; flow field j has x = 100 + j, y = 50 + j (quantized)."""
+    frames = np.stack([np.full((H, WIDTH, 3), 10 * i, np.uint8) for i in range(W)])
+    # a bright column near the left edge tells whether the frame was flipped
+    frames[:, :, 0, :] = 255
+    flow = np.zeros((W - 1, H, WIDTH, 2), np.uint8)
+    for j in range(W - 1):
+        flow[j, ..., 0] = 100 + j
+        flow[j, ..., 1] = 50 + j
+    return {
+        "video_key": 7,
+        "label": 2,
+        "height": H,
+        "width": WIDTH,
+        "frames_codec": codec,
+        "frames": encode_images(frames, codec=codec),
+        "flow_codec": "raw",
+        "flow": encode_images(flow, codec="raw") if with_flow else None,
+    }
+
+
+def _indices(frames):
+    return (frames[:, H // 2, WIDTH // 2, 1].astype(int) // 10).tolist()
+
+
+def test_eval_clip_is_centred_with_the_requested_stride():
+    sampler = ClipSampler(ClipConfig(T=4, stride=3, crop=16), flow_L=0, train=False)
+    frames, flow = sampler.sample(_window(), None)
+    assert frames.shape == (4, 16, 16, 3) and frames.dtype == np.uint8
+    span = 3 * 3 + 1
+    start = (W - span) // 2
+    assert _indices(frames) == [start + 3 * i for i in range(4)]
+    assert flow is None
+
+
+def test_eval_is_deterministic():
+    sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16), flow_L=3, train=False)
+    table = pa.Table.from_pylist([_window(), _window()])
+    a, b = sampler(table), sampler(table)
+    np.testing.assert_array_equal(a["frames"], b["frames"])
+    np.testing.assert_array_equal(a["flow"], b["flow"])
+
+
+def test_train_offsets_vary_and_stay_inside_the_window():
+    sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16, hflip=False), flow_L=0, train=True)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(60):
+        frames, _ = sampler.sample(_window(), rng)
+        idx = _indices(frames)
+        assert idx == [idx[0] + 2 * i for i in range(4)] and idx[-1] < W
+        starts.add(idx[0])
+    assert starts == set(range(W - 7 + 1))
+
+
+def test_flow_stack_is_centred_on_the_clip():
+    sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16), flow_L=4, train=False)
+    frames, flow = sampler.sample(_window(), None)
+    assert flow.shape == (4, 16, 16, 2)
+    start = _indices(frames)[0]
+    middle = start + 7 // 2
+    assert (flow[:, 0, 0, 0] - 100).tolist() == list(range(middle - 2, middle + 2))
+
+
+def test_flip_negates_flow_x():
+    sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=WIDTH - 10), flow_L=2, train=True)
+    rng = np.random.default_rng(3)
+    flipped = plain = 0
+    for _ in range(40):
+        frames, flow = sampler.sample(_window(), rng)
+        x, y = flow[..., 0].astype(int), flow[..., 1].astype(int)
+        # the flow x of field j is 100 + j, or 255 - (100 + j) after a flip; y never changes
+        if frames[0, :, -1, 0].min() == 255 or frames[0, :, 0, 0].min() == 255:
+            assert frames[0, :, -1, 0].min() != frames[0, :, 0, 0].min()
+        if (x >= 128).all():
+            flipped += 1
+            assert (y < 128).all()
+        else:
+            plain += 1
+            assert ((x >= 100) & (x < 128)).all()
+    assert flipped and plain
+
+
+def test_jpeg_frames_give_the_same_clip_indices():
+    sampler = ClipSampler(ClipConfig(T=4, stride=3, crop=16), flow_L=0, train=False)
+    raw, _ = sampler.sample(_window("raw"), None)
+    jpeg, _ = sampler.sample(_window("jpeg"), None)
+    assert np.abs(raw.astype(int) - jpeg.astype(int))[:, 4:12, 4:12].max() <= 3
+
+
+def test_clip_longer_than_the_window_is_a_clear_error():
+    sampler = ClipSampler(ClipConfig(T=8, stride=3, crop=16), flow_L=0, train=False)
+    with pytest.raises(VidrayError, match="spans 22 frames, but windows hold 16"):
+        sampler.sample(_window(), None)
+
+
+def test_crop_larger_than_the_frames_is_a_clear_error():
+    sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=64), flow_L=0, train=False)
+    with pytest.raises(VidrayError, match="clip.crop=64 is larger than the stored frames"):
+        sampler.sample(_window(), None)
+
+
+def test_flow_model_on_data_without_flow_is_a_clear_error():
+    sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=16), flow_L=2, train=False)
+    with pytest.raises(VidrayError, match="flow.backend=none"):
+        sampler.sample(_window(with_flow=False), None)
