@@ -113,6 +113,7 @@ def make_video(
     timestamps: Sequence[float] | None = None,
     faststart: bool = False,
     grain: int = 0,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Write `num_frames` index frames (see `index_frame`) of `size` (width, height).
 
@@ -121,6 +122,8 @@ def make_video(
     `timestamps` (seconds, increasing) makes a variable-frame-rate file.
     `faststart` puts the MP4/MOV index before the data, as streaming sites do, so
     a file cut short still has its index. `grain`: see `index_frame`.
+    `options` go to the encoder on top of high-quality defaults, e.g. ``{"g": "10"}``
+    for a keyframe every 10 frames.
     """
     path = Path(path)
     codec = codec or DEFAULT_CODECS[path.suffix.lower()]
@@ -136,7 +139,7 @@ def make_video(
         fps=fps,
         codec=codec,
         pix_fmt=pix_fmt,
-        options=_QUALITY.get(codec),
+        options={**_QUALITY.get(codec, {}), **(options or {})},
         timestamps=timestamps,
         container_options=container_options,
     )

@@ -24,6 +24,9 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
         quiet_ray_data()
         return
+    # Ray Data's per-dataset INFO lines (plans, "execution finished") also come from
+    # the workers, which inherit this environment from the local Ray we start.
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     ray.init(
         num_cpus=cfg.num_cpus or None,
         logging_level=logging.WARNING,

@@ -523,9 +523,10 @@ def _decode_from(
     """Decoded frames, starting from the last keyframe at or before `target` seconds.
 
     Seeking lands on a keyframe before the target in MP4/Matroska, but MPEG-TS
-    seeks by bytes and can overshoot: then seek again further back until the first
-    frame is no later than the target. Without a start time (raw streams) the file
-    cannot be seeked by time and is decoded from the start.
+    seeks by bytes and can overshoot, past the target or past the last keyframe
+    (then nothing decodes): seek again further back until the first frame is no
+    later than the target. Without a start time (raw streams) the file cannot be
+    seeked by time and is decoded from the start.
     """
     if target <= _TIME_EPS or stream.start_time is None:
         yield from _decode(container, stream, failure)
@@ -534,15 +535,19 @@ def _decode_from(
     back = 0.0
     while True:
         seek_to = max(0.0, target - back)
-        container.seek(stream.start_time + int(seek_to / tb), stream=stream, backward=True)
+        if seek_to > 0.0:
+            container.seek(stream.start_time + int(seek_to / tb), stream=stream, backward=True)
+        else:
+            container.seek(0)  # MPEG-TS lands past the first packet when seeking to its pts
         failure.clear()
         frames = _decode(container, stream, failure)
         first = next(frames, None)
-        if first is None or seek_to == 0.0:
+        if seek_to == 0.0 or failure:
             break
-        pts = first.pts if first.pts is not None else first.dts
-        if pts is None or (pts - stream.start_time) * tb <= target + _TIME_EPS:
-            break
+        if first is not None:
+            pts = first.pts if first.pts is not None else first.dts
+            if pts is None or (pts - stream.start_time) * tb <= target + _TIME_EPS:
+                break
         frames.close()
         back = max(1.0, 2 * back)
     if first is not None:

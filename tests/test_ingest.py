@@ -1,0 +1,372 @@
+"""Ingest end to end on local Ray: every layout, hostile files, resume, a killed run."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from media import (
+    make_audio_only,
+    make_mpegts,
+    make_text_file,
+    make_truncated,
+    make_vfr_video,
+    make_video,
+    make_with_garbage,
+    make_zero_byte,
+    unicode_name,
+)
+
+from vidray.cli import run_command
+from vidray.config import load_config
+from vidray.data.ingest import run_ingest
+from vidray.data.manifest import read_dataset_info, read_manifest
+from vidray.errors import VidrayError
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["ingest.short_side=32", "ingest.window_frames=8", "ingest.window_stride=8"]
+
+
+def ingest(input_path, output, *overrides, layout="folders"):
+    cfg = load_config(
+        None,
+        [f"ingest.input={input_path}", f"ingest.output={output}", f"ingest.layout={layout}",
+         *SMALL, *overrides],
+    )
+    return run_ingest(cfg, log=lambda line: None)
+
+
+def shard_rows(output: Path):
+    files = sorted((output / "windows").glob("*.parquet"))
+    if not files:
+        return []
+    return [row for f in files for row in pq.read_table(f, columns=["video_id", "window_idx"]).to_pylist()]
+
+
+def check_consistent(output: Path):
+    """Every ok manifest row's windows are in the shards, and nothing else is."""
+    manifest = read_manifest(output)
+    rows = shard_rows(output)
+    per_video = {}
+    for row in rows:
+        per_video[row["video_id"]] = per_video.get(row["video_id"], 0) + 1
+    ok = {m["video_id"]: m["n_windows"] for m in manifest if m["status"] == "ok"}
+    assert per_video == ok
+    assert not list((output / "windows").glob("*.tmp"))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def hostile_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    a, b = root / "alpha", root / "beta"
+    a.mkdir()
+    b.mkdir()
+    expect = {}
+
+    def add(path, status):
+        expect[path.relative_to(root).with_suffix("").as_posix()] = status
+
+    for i in range(2):
+        add(make_video(a / f"good{i}.mp4", num_frames=24), "ok")
+        add(make_video(b / f"good{i}.mkv", num_frames=24), "ok")
+    add(make_zero_byte(a / "zero.mp4"), "quarantined")
+    add(make_text_file(a / "notes.mp4"), "quarantined")
+    add(make_text_file(b / "readme.txt"), "quarantined")
+    add(make_truncated(a / "truncated.mp4", num_frames=40), "ok")
+    add(make_with_garbage(a / "garbage.mp4", num_frames=24), "ok")
+    add(make_video(a / "one_frame.mp4", num_frames=1), "quarantined")
+    add(make_video(a / "short.mp4", num_frames=4), "ok")
+    add(make_video(b / "tiny.mp4", num_frames=12, size=(18, 10)), "ok")
+    add(make_video(b / "odd.avi", num_frames=12, size=(97, 61)), "ok")
+    add(make_video(b / "fast.mp4", num_frames=120, fps=120), "ok")
+    add(make_video(b / "slow.mp4", num_frames=6, fps=2), "ok")
+    add(make_audio_only(b / "audio.m4a"), "quarantined")
+    add(make_vfr_video(b / "vfr.mp4", [0, 0.05, 0.3, 0.35, 0.9, 1.0, 1.1, 1.6]), "ok")
+    add(make_mpegts(b / "cut.ts", num_frames=20), "ok")
+    add(make_video(unicode_name(a), num_frames=16), "ok")
+    return root, expect
+
+
+@pytest.fixture(scope="module")
+def hostile_output(ray_local, hostile_tree, tmp_path_factory):
+    root, _ = hostile_tree
+    output = tmp_path_factory.mktemp("hostile_out")
+    summary = ingest(root, output)
+    return output, summary
+
+
+def test_every_hostile_file_has_exactly_one_manifest_row(hostile_tree, hostile_output):
+    _, expect = hostile_tree
+    output, summary = hostile_output
+    manifest = check_consistent(output)
+    assert sorted(m["video_id"] for m in manifest) == sorted(expect)
+    status = {m["video_id"]: m["status"] for m in manifest}
+    assert status == expect
+    assert summary.quarantined == sum(s == "quarantined" for s in expect.values())
+    for row in manifest:
+        if row["status"] == "quarantined":
+            assert row["error"], row
+
+
+def test_quarantine_reasons_say_what_is_wrong(hostile_output):
+    output, _ = hostile_output
+    errors = {m["video_id"].split("/")[-1]: m["error"] for m in read_manifest(output)}
+    assert "empty" in errors["zero"].lower() or "0 bytes" in errors["zero"]
+    assert "no video stream" in errors["audio"]
+    assert "fewer than 2 decodable frames" in errors["one_frame"]
+
+
+def test_short_video_is_one_window_padded_with_its_last_frame(hostile_output):
+    output, _ = hostile_output
+    row = next(m for m in read_manifest(output) if m["video_id"] == "alpha/short")
+    assert row["n_windows"] == 1 and row["padded"] == 8 - 4
+    shard = pq.read_table(output / "windows" / row["shards"][0]).to_pylist()[0]
+    assert shard["padded"] == 4 and len(shard["frames"]) == 8
+    assert shard["frames"][-1] == shard["frames"][-2] == shard["frames"][3]
+
+
+def test_truncated_file_keeps_the_windows_before_the_cut(hostile_output):
+    output, _ = hostile_output
+    row = next(m for m in read_manifest(output) if m["video_id"] == "alpha/truncated")
+    assert row["status"] == "ok" and 1 <= row["n_windows"] < 40 // 8
+
+
+def test_sizes_are_resized_to_the_short_side_with_even_dimensions(hostile_output):
+    output, _ = hostile_output
+    for name in ("beta/tiny", "beta/odd"):
+        row = next(m for m in read_manifest(output) if m["video_id"] == name)
+        table = pq.read_table(output / "windows" / row["shards"][0], columns=["height", "width"])
+        h, w = table["height"][0].as_py(), table["width"][0].as_py()
+        assert min(h, w) == 32 and h % 2 == 0 and w % 2 == 0
+
+
+def test_high_and_low_fps_share_the_base_rate(hostile_output):
+    output, _ = hostile_output
+    rows = {m["video_id"]: m for m in read_manifest(output)}
+    # 120 frames at 120 fps = 1 s = 10 frames at 10 fps -> one window of 8
+    assert rows["beta/fast"]["n_windows"] == 1 and rows["beta/fast"]["padded"] == 0
+    # 6 frames at 2 fps = 3 s = 30 frames at 10 fps -> 3 windows of 8
+    assert rows["beta/slow"]["n_windows"] == 3
+
+
+def test_rerun_skips_done_files_and_retries_quarantined_ones(ray_local, tmp_path):
+    root = tmp_path / "videos"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    for i in range(2):
+        make_video(root / "a" / f"v{i}.mp4", num_frames=16)
+        make_video(root / "b" / f"v{i}.mp4", num_frames=16)
+    make_zero_byte(root / "b" / "broken.mp4")
+    output = tmp_path / "out"
+    first = ingest(root, output)
+    assert (first.ingested, first.quarantined) == (4, 1)
+    before = {p.name: p.stat().st_mtime_ns for p in (output / "windows").glob("*.parquet")}
+
+    make_video(root / "b" / "broken.mp4", num_frames=16)  # the user fixes the file
+    second = ingest(root, output)
+    assert (second.skipped, second.ingested, second.quarantined) == (4, 1, 0)
+    after = {p.name: p.stat().st_mtime_ns for p in (output / "windows").glob("*.parquet")}
+    assert {k: after[k] for k in before} == before  # done shards untouched
+    assert len(after) == len(before) + 1
+    check_consistent(output)
+
+
+def test_changed_and_deleted_files_are_re_ingested_and_dropped(ray_local, tmp_path):
+    root = tmp_path / "videos"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    make_video(root / "a" / "keep.mp4", num_frames=16)
+    make_video(root / "b" / "change.mp4", num_frames=16)
+    make_video(root / "b" / "delete.mp4", num_frames=16)
+    output = tmp_path / "out"
+    ingest(root, output)
+    make_video(root / "b" / "change.mp4", num_frames=32)
+    (root / "b" / "delete.mp4").unlink()
+    summary = ingest(root, output)
+    assert (summary.skipped, summary.ingested) == (1, 1)
+    manifest = check_consistent(output)
+    assert {m["video_id"]: m["n_windows"] for m in manifest} == {"a/keep": 2, "b/change": 4}
+
+
+def test_long_video_is_split_into_segments_with_the_same_windows(ray_local, tmp_path):
+    root = tmp_path / "videos" / "c"
+    root.mkdir(parents=True)
+    make_video(root / "long.mp4", num_frames=100, options={"g": "10"})
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    ingest(root.parent, whole, "ingest.val_fraction=0")
+    ingest(root.parent, split, "ingest.segment_windows=3", "ingest.val_fraction=0")
+    row = read_manifest(split)[0]
+    assert len(row["shards"]) == 4 and row["n_windows"] == 12
+
+    def windows(output):
+        files = sorted((output / "windows").glob("*.parquet"))
+        columns = ["window_idx", "frames", "flow"]
+        rows = [r for f in files for r in pq.read_table(f, columns=columns).to_pylist()]
+        return sorted(rows, key=lambda r: r["window_idx"])
+
+    a, b = windows(whole), windows(split)
+    assert [r["window_idx"] for r in a] == [r["window_idx"] for r in b] == list(range(12))
+    assert all(x == y for x, y in zip(a, b))
+
+
+def test_storage_parameters_cannot_change_in_one_output(ray_local, tmp_path):
+    root = tmp_path / "videos" / "a"
+    root.mkdir(parents=True)
+    make_video(root / "v.mp4", num_frames=16)
+    ingest(root.parent, tmp_path / "out")
+    with pytest.raises(VidrayError, match="ingested with ingest.fps=10.0, not 5.0"):
+        ingest(root.parent, tmp_path / "out", "ingest.fps=5")
+
+
+def test_nothing_ingestible_exits_non_zero_with_one_line(ray_local, tmp_path, capsys):
+    root = tmp_path / "videos" / "a"
+    root.mkdir(parents=True)
+    make_zero_byte(root / "v.mp4")
+    code = run_command(
+        "ingest", ["--input", str(root.parent), "--output", str(tmp_path / "out"), *SMALL]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "no video could be ingested" in err[0]
+
+
+def test_missing_input_is_one_line_error(ray_local, tmp_path, capsys):
+    code = run_command("ingest", ["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nope" in err[0]
+
+
+def test_config_typo_is_one_line_error(tmp_path, capsys):
+    code = run_command("ingest", ["--input", ".", "--output", str(tmp_path), "ingest.window_frame=8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "did you mean 'ingest.window_frames'" in err[0] and len(err) == 1
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_csv_layout_with_missing_file_and_missing_label(ray_local, tmp_path):
+    make_video(tmp_path / "clips" / "x.mp4", num_frames=16)
+    make_video(tmp_path / "clips" / "y.mp4", num_frames=16)
+    make_video(tmp_path / "clips" / "z.mp4", num_frames=16)
+    listing = tmp_path / "labels.csv"
+    listing.write_text(
+        "path,label,split\nclips/x.mp4,walk,train\nclips/y.mp4,run,val\n"
+        "clips/gone.mp4,run,train\nclips/z.mp4,,train\n"
+    )
+    output = tmp_path / "out"
+    summary = ingest(listing, output, layout="csv")
+    manifest = {m["video_id"]: m for m in check_consistent(output)}
+    assert summary.ingested == 2
+    assert manifest["clips/gone"]["status"] == "quarantined"
+    assert "not found" in manifest["clips/gone"]["error"]
+    assert manifest["clips/z"]["status"] == "quarantined" and "label" in manifest["clips/z"]["error"]
+    assert read_dataset_info(output)["classes"] == ["run", "walk"]
+    assert {m["split"] for m in manifest.values() if m["status"] == "ok"} == {"train", "val"}
+
+
+def test_malformed_csv_names_the_file_and_line(ray_local, tmp_path):
+    listing = tmp_path / "labels.csv"
+    listing.write_text("path,label\na.mp4,x\nb.mp4,y,train,extra,more\n")
+    with pytest.raises(VidrayError, match=r"labels.csv:3"):
+        ingest(listing, tmp_path / "out", layout="csv")
+
+
+def test_ucf101_layout_uses_the_split_lists(ray_local, tmp_path):
+    root = tmp_path / "UCF101"
+    for cls in ("ApplyLipstick", "Biking"):
+        for g in (1, 2):
+            make_video(root / "UCF-101" / cls / f"v_{cls}_g0{g}_c01.avi", num_frames=16)
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyLipstick\n2 Biking\n")
+    (lists / "trainlist01.txt").write_text(
+        "ApplyLipstick/v_ApplyLipstick_g01_c01.avi 1\nBiking/v_Biking_g01_c01.avi 2\n"
+        "Biking/v_Biking_g09_c01.avi 2\n"
+    )
+    (lists / "testlist01.txt").write_text(
+        "ApplyLipstick/v_ApplyLipstick_g02_c01.avi\nBiking/v_Biking_g02_c01.avi\n"
+        "Juggling/v_Juggling_g01_c01.avi\n"
+    )
+    output = tmp_path / "out"
+    summary = ingest(root, output, layout="ucf101")
+    manifest = {m["video_id"]: m for m in check_consistent(output)}
+    assert summary.ingested == 4 and summary.quarantined == 2
+    ok = {k: (m["split"], m["label"]) for k, m in manifest.items() if m["status"] == "ok"}
+    assert ok == {
+        "ApplyLipstick/v_ApplyLipstick_g01_c01": ("train", 0),
+        "Biking/v_Biking_g01_c01": ("train", 1),
+        "ApplyLipstick/v_ApplyLipstick_g02_c01": ("test", 0),
+        "Biking/v_Biking_g02_c01": ("test", 1),
+    }
+
+
+def test_kinetics_layout_trims_full_videos(ray_local, tmp_path):
+    make_video(tmp_path / "train" / "abc_000002_000004.mp4", num_frames=20)
+    make_video(tmp_path / "train" / "fullvid.mp4", num_frames=80)  # 8 s, trimmed to [3, 5]
+    annotations = tmp_path / "kinetics.csv"
+    with annotations.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        writer.writerow(["dancing", "abc", 2, 4, "train"])
+        writer.writerow(["juggling", "fullvid", 3, 5, "validate"])
+        writer.writerow(["juggling", "missing", 0, 10, "train"])
+    output = tmp_path / "out"
+    summary = ingest(annotations, output, layout="kinetics")
+    assert summary.ingested == 2 and summary.quarantined == 1
+    check_consistent(output)
+    row = next(m for m in read_manifest(output) if m["video_id"] == "fullvid_000003_000005")
+    assert row["split"] == "val" and row["n_windows"] == 2  # 2 s at 10 fps = 20 frames
+    table = pq.read_table(output / "windows" / row["shards"][0], columns=["start_sec"])
+    assert table["start_sec"].to_pylist() == pytest.approx([3.0, 3.8])
+
+
+def test_flat_layout_is_unlabeled(ray_local, tmp_path):
+    make_video(tmp_path / "v" / "deep" / "one.mp4", num_frames=16)
+    make_video(tmp_path / "v" / "two.webm", num_frames=16)
+    output = tmp_path / "out"
+    summary = ingest(tmp_path / "v", output, layout="flat")
+    assert summary.ingested == 2
+    labels = pq.read_table(sorted((output / "windows").glob("*.parquet")), columns=["label"])
+    assert set(labels["label"].to_pylist()) == {-1}
+
+
+# --------------------------------------------------------------------------- a killed run
+
+
+@pytest.mark.slow
+def test_killed_run_leaves_no_partial_shard_and_the_rerun_completes(tmp_path):
+    root = tmp_path / "videos"
+    for i in range(16):
+        make_video(root / f"c{i % 2}" / f"v{i}.mp4", num_frames=60)
+    output = tmp_path / "out"
+    args = [
+        sys.executable, "-m", "pipelines.ingest", f"ingest.input={root}", f"ingest.output={output}",
+        *SMALL, "ingest.segment_windows=1", "flow.backend=farneback", "ray.num_cpus=1",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((output / "windows").glob("*.parquet"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list((output / "windows").glob("*.parquet")), "the run was killed before any shard"
+    for shard in (output / "windows").glob("*"):
+        assert shard.suffix == ".parquet"
+        pq.read_table(shard)  # every visible shard is complete
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = check_consistent(output)
+    assert all(m["status"] == "ok" and m["n_windows"] == 7 for m in manifest) and len(manifest) == 16
+    assert not (output / "_tmp").exists()
+    assert np.sum([m["n_windows"] for m in manifest]) == len(shard_rows(output))
