@@ -88,17 +88,15 @@ def frame_index(frame: np.ndarray) -> int:
     """The index `index_frame` encoded in a (decoded, possibly resized) frame."""
     height, width = frame.shape[:2]
     edges = np.linspace(0, height, _BANDS + 1)
+    cols = slice(width // 4, max(width // 4 + 1, 3 * width // 4))
     index = 0
     for band in range(_BANDS):
-        # The middle of each band, away from edges that codecs and scalers blur.
-        top, bottom = edges[band], edges[band + 1]
-        rows = slice(
-            int(top + (bottom - top) / 4),
-            max(int(top + (bottom - top) / 4) + 1, int(bottom - (bottom - top) / 4)),
-        )
-        level = frame[rows, width // 4 : max(width // 4 + 1, 3 * width // 4)].mean()
-        digit = int(np.clip(round((level - _LEVEL0) / _STEP), 0, _BASE - 1))
-        index = index * _BASE + digit
+        # The middle half of each band, away from the edges codecs and scalers blur.
+        quarter = (edges[band + 1] - edges[band]) / 4
+        top = int(edges[band] + quarter)
+        rows = slice(top, max(top + 1, int(edges[band + 1] - quarter)))
+        digit = round((frame[rows, cols].mean() - _LEVEL0) / _STEP)
+        index = index * _BASE + int(np.clip(digit, 0, _BASE - 1))
     return index
 
 

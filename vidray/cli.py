@@ -132,7 +132,7 @@ def _synth(argv: Sequence[str]) -> int:
             size=(width, height),
             seed=args.seed,
         )
-    except ValueError as exc:
+    except (ValueError, VidrayError) as exc:
         print(f"vidray synth: error: {exc}", file=sys.stderr)
         return 2
     print(f"vidray synth: wrote {len(paths)} videos under {args.output}")

@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vidray.config import ClipConfig
-from vidray.data.manifest import WINDOWS_DIR, read_dataset_info
+from vidray.data.manifest import WINDOWS_DIR, read_dataset_info, read_manifest
 from vidray.data.shards import decode_images
 from vidray.errors import VidrayError
 
@@ -127,10 +126,20 @@ def _columns(flow_L: int) -> list[str]:
     return _BASE_COLUMNS + (_FLOW_COLUMNS if flow_L else [])
 
 
-def window_files(data_dir: str | Path) -> list[str]:
-    files = sorted(str(p) for p in (Path(data_dir) / WINDOWS_DIR).glob("*.parquet"))
+def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]:
+    """The shard files of an ingest output, or only those of one split.
+
+    A shard holds windows of one video, and a video is in one split, so the
+    manifest tells which files to read: training never opens the val shards.
+    """
+    data_dir = Path(data_dir)
+    rows = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
+    if split is not None:
+        rows = [r for r in rows if r["split"] == split]
+    files = sorted(str(data_dir / WINDOWS_DIR / shard) for r in rows for shard in r["shards"])
     if not files:
-        raise VidrayError(f"{data_dir} has no window shards: run `vidray ingest` first")
+        where = f" in split {split!r}" if split is not None else ""
+        raise VidrayError(f"{data_dir} has no window shards{where}: run `vidray ingest` first")
     return files
 
 
@@ -139,11 +148,12 @@ def read_clips(
 ) -> Any:
     """A Ray Dataset of clip batches for one split (needs a running Ray)."""
     import ray
-    from ray.data.expressions import col
 
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
-    ds = ray.data.read_parquet(window_files(data_dir), columns=[*_columns(flow_L), "split"])
-    ds = ds.filter(expr=col("split") == split)
+    # select_columns is pushed down into the Parquet read: flow is not read for RGB models.
+    ds = ray.data.read_parquet(window_files(data_dir, split=split)).select_columns(
+        _columns(flow_L)
+    )
     if train:
         ds = ds.randomize_block_order()
     return ds.map_batches(
@@ -162,10 +172,7 @@ def iter_clip_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """The same clips in-process, without Ray: for evaluation and tests."""
     sampler = ClipSampler(clip, flow_L, train)
-    for path in window_files(data_dir):
+    for path in window_files(data_dir, split=split):
         parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=[*_columns(flow_L), "split"]):
-            table = pa.Table.from_batches([batch])
-            table = table.filter(pc.equal(table["split"], split))
-            if table.num_rows:
-                yield sampler(table)
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=_columns(flow_L)):
+            yield sampler(pa.Table.from_batches([batch]))

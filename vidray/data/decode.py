@@ -148,7 +148,7 @@ def probe(path: str | Path) -> VideoInfo:
     if timing is None:
         # A fresh demuxer: seeking back to the start is unreliable without timestamps.
         with _open(path) as container:
-            timing = _packet_timing(container.demux(container.streams.video[0]))
+            timing = _packet_timing(path, container)
     duration, num_frames = timing
     return VideoInfo(
         duration=duration,
@@ -238,22 +238,21 @@ def _metadata_timing(
     return seconds, frames
 
 
-def _packet_timing(packets: Iterator[av.Packet]) -> tuple[float, int]:
+def _packet_timing(path: Path, container: av.container.InputContainer) -> tuple[float, int]:
     """(duration, frames) of a video stream from its packets, without decoding.
 
     Stops at the first unreadable or cut packet: nothing after it decodes. The
     stream ends where its last frame stops being shown, timed as in `_timed`.
     """
+    stream = container.streams.video[0]
     count = 0
-    stream = None
     top: int | None = None  # the largest pts, its duration, and the next largest pts
     top_duration = 0
     second: int | None = None
     lowest: int | None = None
     untimed = 0.0  # seconds covered by packets that carry no timestamp
     try:
-        for packet in packets:
-            stream = packet.stream
+        for packet in container.demux(stream):
             if packet.size == 0:
                 continue
             if packet.is_corrupt:
@@ -270,8 +269,8 @@ def _packet_timing(packets: Iterator[av.Packet]) -> tuple[float, int]:
                 second = pts
     except (av.FFmpegError, OSError):
         pass  # a damaged tail: what was read so far is what can be decoded
-    if stream is None or count == 0:
-        raise VideoError("video stream has no packets")  # unreachable after _first_frame
+    if count == 0:
+        raise VideoError(f"{path}: no readable video packets")
     if top is None:
         return untimed, count
     tb = float(stream.time_base)
@@ -486,7 +485,7 @@ def _grid_frames(
             else:
                 # `frame` replaces `cur` at time t: grid times before t show `cur`.
                 while k < stop and start_sec + k / fps < t - _TIME_EPS:
-                    rgb = rgb if rgb is not None else _to_rgb(cur, size)
+                    rgb = rgb if rgb is not None else _to_rgb(cur, size, path)
                     yield rgb
                     k += 1
                 if k >= stop:
@@ -504,7 +503,7 @@ def _grid_frames(
         end = cur_t + (cur_duration or _last_frame_seconds(None, cur_t, prev_t, stream))
         stop = min(stop, grid_frame_count(end, fps, start_sec=start_sec))
         while k < stop:
-            rgb = rgb if rgb is not None else _to_rgb(cur, size)
+            rgb = rgb if rgb is not None else _to_rgb(cur, size, path)
             yield rgb
             k += 1
         if failure:
@@ -535,11 +534,16 @@ def _decode_from(
     back = 0.0
     while True:
         seek_to = max(0.0, target - back)
-        if seek_to > 0.0:
-            container.seek(stream.start_time + int(seek_to / tb), stream=stream, backward=True)
-        else:
-            container.seek(0)  # MPEG-TS lands past the first packet when seeking to its pts
         failure.clear()
+        try:
+            if seek_to > 0.0:
+                offset = stream.start_time + int(seek_to / tb)
+                container.seek(offset, stream=stream, backward=True)
+            else:
+                container.seek(0)  # MPEG-TS lands past the first packet when seeking to its pts
+        except (av.FFmpegError, OSError) as e:
+            failure.append(f"cannot seek to {seek_to:.2f} s: {_reason(e)}")
+            return
         frames = _decode(container, stream, failure)
         first = next(frames, None)
         if seek_to == 0.0 or failure:
@@ -607,15 +611,20 @@ def _timed(
         yield t, duration, frame
 
 
-def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int], path: Path) -> np.ndarray:
     """Convert and resize in swscale; the result is read-only as it may be repeated."""
     width, height = size
     shrinking = width * height < frame.width * frame.height
-    rgb = frame.to_ndarray(
-        width=width,
-        height=height,
-        format="rgb24",
-        interpolation="AREA" if shrinking else "BILINEAR",
-    )
+    try:
+        rgb = frame.to_ndarray(
+            width=width,
+            height=height,
+            format="rgb24",
+            interpolation="AREA" if shrinking else "BILINEAR",
+        )
+    except (av.FFmpegError, ValueError) as e:
+        raise VideoError(
+            f"{path}: cannot convert {frame.format.name} frames to RGB ({_reason(e)})"
+        ) from e
     rgb.flags.writeable = False
     return rgb

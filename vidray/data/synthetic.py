@@ -96,27 +96,36 @@ def write_video(
         )
     rate = Fraction(fps).limit_denominator(1001 * 1000)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", options=container_options or {}) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        if options:
-            stream.options = dict(options)
-        if timestamps is not None:
-            stream.codec_context.time_base = _VFR_TIME_BASE
-            stream.time_base = _VFR_TIME_BASE
-        previous = -1
-        for index, array in enumerate(itertools.chain([first], iterator)):
-            _check_frame(array, (height, width), index)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+    try:
+        with av.open(str(path), "w", options=container_options or {}) as container:
+            stream = container.add_stream(codec, rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+            if options:
+                stream.options = dict(options)
             if timestamps is not None:
-                if index >= len(timestamps):
-                    raise ValueError(f"{path}: more frames than timestamps ({len(timestamps)})")
-                pts = round(timestamps[index] / _VFR_TIME_BASE)
-                if pts <= previous:
-                    raise ValueError(f"{path}: timestamps must strictly increase (frame {index})")
-                frame.pts, frame.time_base, previous = pts, _VFR_TIME_BASE, pts
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+                stream.codec_context.time_base = _VFR_TIME_BASE
+                stream.time_base = _VFR_TIME_BASE
+            previous = -1
+            for index, array in enumerate(itertools.chain([first], iterator)):
+                _check_frame(array, (height, width), index)
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+                if timestamps is not None:
+                    if index >= len(timestamps):
+                        raise ValueError(f"more frames than timestamps ({len(timestamps)})")
+                    pts = round(timestamps[index] / _VFR_TIME_BASE)
+                    if pts <= previous:
+                        raise ValueError(f"timestamps must strictly increase (frame {index})")
+                    frame.pts, frame.time_base, previous = pts, _VFR_TIME_BASE, pts
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+    except av.FFmpegError as e:
+        path.unlink(missing_ok=True)  # never leave a half-written video behind
+        raise ValueError(
+            f"{path}: {codec} could not encode {width}x{height} {pix_fmt} frames ({e})"
+        ) from e
+    except ValueError as e:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{path}: {e}") from e
     return path
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from vidray import tracking
 from vidray.config import Config
 from vidray.data.clips import read_clips
-from vidray.data.manifest import read_dataset_info
+from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import VidrayError
 from vidray.models import entry
 
@@ -77,16 +77,11 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
 
 
 def _split_counts(data: str) -> dict[str, int]:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from vidray.data.clips import window_files
-
+    """Windows per split, from the manifest (no shard is opened)."""
     counts: dict[str, int] = {}
-    for path in window_files(data):
-        split = pq.read_table(path, columns=["split"])["split"]
-        for value in pc.value_counts(split).to_pylist():
-            counts[value["values"]] = counts.get(value["values"], 0) + value["counts"]
+    for row in read_manifest(data):
+        if row["status"] == "ok":
+            counts[row["split"]] = counts.get(row["split"], 0) + row["n_windows"]
     return counts
 
 

@@ -1,0 +1,63 @@
+"""The command line as a user meets it: subprocesses, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def vidray(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vidray.cli", *args],
+        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_help_lists_the_commands():
+    out = vidray("--help")
+    assert out.returncode == 0
+    for command in ("ingest", "train", "evaluate", "demo", "synth"):
+        assert command in out.stdout
+
+
+def test_unknown_command_exits_non_zero():
+    assert vidray("trian").returncode == 2
+
+
+def test_synth_writes_a_folders_dataset(tmp_path):
+    out = vidray(
+        "synth", "--output", str(tmp_path / "v"), "--classes", "2",
+        "--videos-per-class", "2", "--frames", "12",
+    )
+    assert out.returncode == 0, out.stderr
+    folders = sorted(p.parent.name for p in (tmp_path / "v").rglob("*.mp4"))
+    assert folders == ["translate_left"] * 2 + ["translate_right"] * 2
+
+
+def test_synth_bad_arguments_are_one_line(tmp_path):
+    for args in (["--size", "big"], ["--classes", "99"]):
+        out = vidray("synth", "--output", str(tmp_path), *args)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_config_typo_is_one_line_without_traceback(tmp_path):
+    out = vidray("train", "--data", str(tmp_path), "clip.TT=8")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "vidray train: error: config: unknown key 'clip.TT' (did you mean 'clip.T'?); "
+        "valid: T, stride, crop, hflip"
+    )
+
+
+def test_pipeline_module_reports_a_missing_config_file(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "--config", str(tmp_path / "none.yaml")],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert "config file not found" in out.stderr and "Traceback" not in out.stderr

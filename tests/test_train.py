@@ -1,0 +1,136 @@
+"""Training on local Ray with a real MLflow store, read back through MlflowClient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from vidray.config import load_config
+from vidray.errors import VidrayError
+from vidray.train.checkpoints import load_checkpoint
+from vidray.train.driver import run_training
+from vidray.train.evaluate import run_evaluation
+
+TINY = [
+    "model.name=simple3d",
+    "model.width=8",
+    "clip.T=4",
+    "clip.stride=2",
+    "clip.crop=48",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.num_workers=2",
+    "train.cpus_per_worker=0.5",
+]
+
+
+def tiny_config(data: Path, tmp_path: Path, *extra: str):
+    return load_config(
+        None,
+        [
+            *TINY,
+            f"train.data={data}",
+            f"train.storage_path={tmp_path / 'runs'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, motion_data, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("train")
+    cfg = tiny_config(motion_data, tmp_path, "train.run_name=tiny-run")
+    return cfg, run_training(cfg)
+
+
+@pytest.mark.slow
+def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
+    cfg, result = trained
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny-run"
+    params = run.data.params
+    assert params["model.name"] == "simple3d" and params["clip.T"] == "4"
+    assert params["train.num_workers"] == "2"
+    assert int(params["data.classes"]) == 4 and int(params["data.windows_train"]) > 0
+    for name in ("train/loss", "train/clip_top1", "val/clip_top1", "val/video_top1", "val/video_top5"):
+        history = client.get_metric_history(result.run_id, name)
+        assert [m.step for m in history] == [0, 1], name
+        assert all(0 <= m.value for m in history)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "checkpoint"} <= artifacts
+    files = {a.path for a in client.list_artifacts(result.run_id, "checkpoint")}
+    assert {"checkpoint/state.pt", "checkpoint/meta.yaml"} <= files
+
+
+@pytest.mark.slow
+def test_checkpoint_holds_the_model_and_its_run(trained):
+    cfg, result = trained
+    state, meta = load_checkpoint(result.checkpoint)
+    assert meta["run_id"] == result.run_id
+    assert meta["classes"] == sorted(
+        ["translate_left", "translate_right", "translate_up", "translate_down"]
+    )
+    assert meta["epoch"] in (0, 1)
+    assert any(isinstance(v, torch.Tensor) for v in state["model"].values())
+
+
+@pytest.mark.slow
+def test_evaluate_logs_to_the_training_run(trained):
+    cfg, result = trained
+    report = run_evaluation(
+        load_config(
+            None,
+            [f"eval.checkpoint={result.checkpoint}", f"mlflow.tracking_uri={result.tracking_uri}"],
+        )
+    )
+    assert report.videos >= 4 and report.clips >= report.videos
+    metrics = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.run_id).data.metrics
+    assert metrics["eval/val/video_top1"] == pytest.approx(report.metrics["eval/val/video_top1"])
+    assert 0.0 <= metrics["eval/val/video_top1"] <= 1.0
+
+
+def test_clip_longer_than_stored_windows_fails_before_training(ray_local, motion_data, tmp_path):
+    with pytest.raises(VidrayError, match="spans 31 frames, but .* stores windows of 16"):
+        run_training(tiny_config(motion_data, tmp_path, "clip.T=16"))
+
+
+def test_crop_larger_than_stored_frames_fails_before_training(ray_local, motion_data, tmp_path):
+    with pytest.raises(VidrayError, match="clip.crop=96 exceeds the stored short side 64"):
+        run_training(tiny_config(motion_data, tmp_path, "clip.crop=96"))
+
+
+def test_unknown_model_lists_the_valid_ones(ray_local, motion_data, tmp_path):
+    with pytest.raises(VidrayError, match="unknown model 'simple3dd' .*available: simple3d"):
+        run_training(tiny_config(motion_data, tmp_path, "model.name=simple3dd"))
+
+
+def test_missing_val_split_is_a_clear_error(ray_local, motion_data, tmp_path):
+    with pytest.raises(VidrayError, match="no windows in split 'holdout'"):
+        run_training(tiny_config(motion_data, tmp_path, "train.val_split=holdout"))
+
+
+def test_directory_that_is_not_an_ingest_output(ray_local, tmp_path):
+    with pytest.raises(VidrayError, match="is not an ingest output"):
+        run_training(tiny_config(tmp_path, tmp_path))
+
+
+def test_unreachable_tracking_server_fails_at_start(ray_local, motion_data, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_config(motion_data, tmp_path, f"mlflow.tracking_uri=http://127.0.0.1:{port}")
+    with pytest.raises(VidrayError, match="MLflow tracking server .* is not reachable"):
+        run_training(cfg)
+
+
+def test_evaluating_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(VidrayError, match="is not a vidray checkpoint"):
+        run_evaluation(load_config(None, [f"eval.checkpoint={tmp_path}"]))
