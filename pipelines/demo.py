@@ -1,6 +1,6 @@
 """The end-to-end demo on a generated dataset: synth -> ingest -> train -> evaluate.
 
-    python -m pipelines.demo [section.key=value ...]      (what `make demo` runs)
+python -m pipelines.demo [section.key=value ...]      (what `make demo` runs)
 """
 
 import sys

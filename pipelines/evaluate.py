@@ -1,6 +1,6 @@
 """Job: evaluate a checkpoint (clip and video accuracy) and log to its MLflow run.
 
-    python -m pipelines.evaluate --config configs/train/demo.yaml eval.checkpoint=PATH
+python -m pipelines.evaluate --config configs/train/demo.yaml eval.checkpoint=PATH
 """
 
 import sys

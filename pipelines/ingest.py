@@ -1,7 +1,7 @@
 """Ray job: videos -> Parquet windows (decode, optical flow, shards, manifest).
 
-    python -m pipelines.ingest --config configs/ingest/demo.yaml [section.key=value ...]
-    ray job submit --working-dir . -- python -m pipelines.ingest --config configs/ingest/ucf101.yaml
+python -m pipelines.ingest --config configs/ingest/demo.yaml [section.key=value ...]
+ray job submit --working-dir . -- python -m pipelines.ingest --config configs/ingest/ucf101.yaml
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Ray job: train a model on ingested windows with Ray Train, logged to MLflow.
 
-    python -m pipelines.train --config configs/train/demo.yaml [section.key=value ...]
+python -m pipelines.train --config configs/train/demo.yaml [section.key=value ...]
 """
 
 import sys

@@ -14,7 +14,11 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 def vidray(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vidray.cli", *args],
-        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -31,8 +35,15 @@ def test_unknown_command_exits_non_zero():
 
 def test_synth_writes_a_folders_dataset(tmp_path):
     out = vidray(
-        "synth", "--output", str(tmp_path / "v"), "--classes", "2",
-        "--videos-per-class", "2", "--frames", "12",
+        "synth",
+        "--output",
+        str(tmp_path / "v"),
+        "--classes",
+        "2",
+        "--videos-per-class",
+        "2",
+        "--frames",
+        "12",
     )
     assert out.returncode == 0, out.stderr
     folders = sorted(p.parent.name for p in (tmp_path / "v").rglob("*.mp4"))
@@ -57,7 +68,11 @@ def test_config_typo_is_one_line_without_traceback(tmp_path):
 def test_pipeline_module_reports_a_missing_config_file(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pipelines.train", "--config", str(tmp_path / "none.yaml")],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 2
     assert "config file not found" in out.stderr and "Traceback" not in out.stderr

@@ -102,17 +102,17 @@ def test_jpeg_frames_give_the_same_clip_indices():
 
 def test_clip_longer_than_the_window_is_a_clear_error():
     sampler = ClipSampler(ClipConfig(T=8, stride=3, crop=16), flow_L=0, train=False)
-    with pytest.raises(VidrayError, match="spans 22 frames, but windows hold 16"):
+    with pytest.raises(VidrayError, match=r"spans 22 frames, but windows hold 16"):
         sampler.sample(_window(), None)
 
 
 def test_crop_larger_than_the_frames_is_a_clear_error():
     sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=64), flow_L=0, train=False)
-    with pytest.raises(VidrayError, match="clip.crop=64 is larger than the stored frames"):
+    with pytest.raises(VidrayError, match=r"clip.crop=64 is larger than the stored frames"):
         sampler.sample(_window(), None)
 
 
 def test_flow_model_on_data_without_flow_is_a_clear_error():
     sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=16), flow_L=2, train=False)
-    with pytest.raises(VidrayError, match="flow.backend=none"):
+    with pytest.raises(VidrayError, match=r"flow.backend=none"):
         sampler.sample(_window(with_flow=False), None)

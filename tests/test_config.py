@@ -24,29 +24,29 @@ def test_unknown_key_names_the_closest_valid_key():
 
 
 def test_unknown_section_is_an_error():
-    with pytest.raises(VidrayError, match="unknown key 'clipz'"):
+    with pytest.raises(VidrayError, match=r"unknown key 'clipz'"):
         load_config(None, ["clipz.T=4"])
 
 
 def test_wrong_type_names_the_key():
-    with pytest.raises(VidrayError, match="clip.T must be int, got 'abc'"):
+    with pytest.raises(VidrayError, match=r"clip.T must be int, got 'abc'"):
         load_config(None, ["clip.T=abc"])
 
 
 def test_value_outside_its_choices_lists_them():
-    with pytest.raises(VidrayError, match="flow.backend must be one of dis, farneback"):
+    with pytest.raises(VidrayError, match=r"flow.backend must be one of dis, farneback"):
         load_config(None, ["flow.backend=magic"])
 
 
 def test_override_without_equals_is_an_error():
-    with pytest.raises(VidrayError, match="section.key=value"):
+    with pytest.raises(VidrayError, match=r"section.key=value"):
         load_config(None, ["clip.T"])
 
 
 def test_yaml_typo_in_a_file_names_the_file_and_key(tmp_path: Path):
     path = tmp_path / "c.yaml"
     path.write_text("clip:\n  T: 8\n  strid: 2\n")
-    with pytest.raises(VidrayError, match="unknown key 'clip.strid' \\(did you mean 'clip.stride'"):
+    with pytest.raises(VidrayError, match=r"unknown key 'clip.strid' \(did you mean 'clip.stride'"):
         load_config(path)
 
 
@@ -58,7 +58,7 @@ def test_invalid_yaml_names_the_line(tmp_path: Path):
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path):
-    with pytest.raises(VidrayError, match="config file not found"):
+    with pytest.raises(VidrayError, match=r"config file not found"):
         load_config(tmp_path / "nope.yaml")
 
 
@@ -67,7 +67,10 @@ def test_flat_names_round_trip_through_overrides():
     flat = cfg.flat()
     assert flat["model.width"] == 8 and flat["clip.crop"] == 64
     again = load_config(None, [f"{k}={v}" for k, v in flat.items() if isinstance(v, (int, float))])
-    assert again.flat() == {**Config().flat(), **{k: v for k, v in flat.items() if isinstance(v, (int, float))}}
+    assert again.flat() == {
+        **Config().flat(),
+        **{k: v for k, v in flat.items() if isinstance(v, (int, float))},
+    }
 
 
 def test_to_yaml_reloads_to_the_same_config(tmp_path: Path):

@@ -38,8 +38,13 @@ SMALL = ["ingest.short_side=32", "ingest.window_frames=8", "ingest.window_stride
 def ingest(input_path, output, *overrides, layout="folders"):
     cfg = load_config(
         None,
-        [f"ingest.input={input_path}", f"ingest.output={output}", f"ingest.layout={layout}",
-         *SMALL, *overrides],
+        [
+            f"ingest.input={input_path}",
+            f"ingest.output={output}",
+            f"ingest.layout={layout}",
+            *SMALL,
+            *overrides,
+        ],
     )
     return run_ingest(cfg, log=lambda line: None)
 
@@ -48,7 +53,11 @@ def shard_rows(output: Path):
     files = sorted((output / "windows").glob("*.parquet"))
     if not files:
         return []
-    return [row for f in files for row in pq.read_table(f, columns=["video_id", "window_idx"]).to_pylist()]
+    return [
+        row
+        for f in files
+        for row in pq.read_table(f, columns=["video_id", "window_idx"]).to_pylist()
+    ]
 
 
 def check_consistent(output: Path):
@@ -215,7 +224,7 @@ def test_long_video_is_split_into_segments_with_the_same_windows(ray_local, tmp_
 
     a, b = windows(whole), windows(split)
     assert [r["window_idx"] for r in a] == [r["window_idx"] for r in b] == list(range(12))
-    assert all(x == y for x, y in zip(a, b))
+    assert all(x == y for x, y in zip(a, b, strict=True))
 
 
 def test_storage_parameters_cannot_change_in_one_output(ray_local, tmp_path):
@@ -223,7 +232,7 @@ def test_storage_parameters_cannot_change_in_one_output(ray_local, tmp_path):
     root.mkdir(parents=True)
     make_video(root / "v.mp4", num_frames=16)
     ingest(root.parent, tmp_path / "out")
-    with pytest.raises(VidrayError, match="ingested with ingest.fps=10.0, not 5.0"):
+    with pytest.raises(VidrayError, match=r"ingested with ingest.fps=10.0, not 5.0"):
         ingest(root.parent, tmp_path / "out", "ingest.fps=5")
 
 
@@ -240,13 +249,17 @@ def test_nothing_ingestible_exits_non_zero_with_one_line(ray_local, tmp_path, ca
 
 
 def test_missing_input_is_one_line_error(ray_local, tmp_path, capsys):
-    code = run_command("ingest", ["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    code = run_command(
+        "ingest", ["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope" in err[0]
 
 
 def test_config_typo_is_one_line_error(tmp_path, capsys):
-    code = run_command("ingest", ["--input", ".", "--output", str(tmp_path), "ingest.window_frame=8"])
+    code = run_command(
+        "ingest", ["--input", ".", "--output", str(tmp_path), "ingest.window_frame=8"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "did you mean 'ingest.window_frames'" in err[0] and len(err) == 1
 
@@ -269,7 +282,9 @@ def test_csv_layout_with_missing_file_and_missing_label(ray_local, tmp_path):
     assert summary.ingested == 2
     assert manifest["clips/gone"]["status"] == "quarantined"
     assert "not found" in manifest["clips/gone"]["error"]
-    assert manifest["clips/z"]["status"] == "quarantined" and "label" in manifest["clips/z"]["error"]
+    assert (
+        manifest["clips/z"]["status"] == "quarantined" and "label" in manifest["clips/z"]["error"]
+    )
     assert read_dataset_info(output)["classes"] == ["run", "walk"]
     assert {m["split"] for m in manifest.values() if m["status"] == "ok"} == {"train", "val"}
 
@@ -350,11 +365,20 @@ def test_killed_run_leaves_no_partial_shard_and_the_rerun_completes(tmp_path):
         make_video(root / f"c{i % 2}" / f"v{i}.mp4", num_frames=60)
     output = tmp_path / "out"
     args = [
-        sys.executable, "-m", "pipelines.ingest", f"ingest.input={root}", f"ingest.output={output}",
-        *SMALL, "ingest.segment_windows=1", "flow.backend=farneback", "ray.num_cpus=1",
+        sys.executable,
+        "-m",
+        "pipelines.ingest",
+        f"ingest.input={root}",
+        f"ingest.output={output}",
+        *SMALL,
+        "ingest.segment_windows=1",
+        "flow.backend=farneback",
+        "ray.num_cpus=1",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((output / "windows").glob("*.parquet"))) < 3:
         time.sleep(0.05)
@@ -367,6 +391,8 @@ def test_killed_run_leaves_no_partial_shard_and_the_rerun_completes(tmp_path):
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = check_consistent(output)
-    assert all(m["status"] == "ok" and m["n_windows"] == 7 for m in manifest) and len(manifest) == 16
+    assert (
+        all(m["status"] == "ok" and m["n_windows"] == 7 for m in manifest) and len(manifest) == 16
+    )
     assert not (output / "_tmp").exists()
     assert np.sum([m["n_windows"] for m in manifest]) == len(shard_rows(output))

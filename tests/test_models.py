@@ -19,12 +19,14 @@ def test_simple3d_width_scales_its_parameters():
 
 
 def test_unknown_model_name_suggests_the_closest():
-    with pytest.raises(VidrayError, match="unknown model 'simple_3d' \\(did you mean 'simple3d'\\?\\)"):
+    with pytest.raises(
+        VidrayError, match=r"unknown model 'simple_3d' \(did you mean 'simple3d'\?\)"
+    ):
         build("simple_3d", num_classes=3)
 
 
 def test_unknown_argument_lists_the_valid_ones():
-    with pytest.raises(VidrayError, match="takes no argument depth; valid: width, dropout"):
+    with pytest.raises(VidrayError, match=r"takes no argument depth; valid: width, dropout"):
         build("simple3d", num_classes=3, depth=4)
 
 

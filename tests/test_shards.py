@@ -23,7 +23,13 @@ def test_raw_frames_round_trip_exactly():
 def test_jpeg_frames_round_trip_closely_and_keep_rgb_order():
     frames = np.zeros((2, 32, 32, 3), np.uint8)
     frames[..., 0] = 200  # pure red: a BGR/RGB swap would move it to channel 2
-    back = decode_images(encode_images(frames, codec="jpeg", quality=95), codec="jpeg", height=32, width=32, channels=3)
+    back = decode_images(
+        encode_images(frames, codec="jpeg", quality=95),
+        codec="jpeg",
+        height=32,
+        width=32,
+        channels=3,
+    )
     assert np.abs(back.astype(int) - frames).mean() < 3
     assert back[..., 0].mean() > 190 and back[..., 2].mean() < 10
 
@@ -32,14 +38,18 @@ def test_jpeg_flow_keeps_both_channels_apart():
     flow = np.zeros((3, 16, 20, 2), np.uint8)
     flow[..., 0] = 40
     flow[..., 1] = 220
-    back = decode_images(encode_images(flow, codec="jpeg", quality=95), codec="jpeg", height=16, width=20, channels=2)
+    back = decode_images(
+        encode_images(flow, codec="jpeg", quality=95), codec="jpeg", height=16, width=20, channels=2
+    )
     assert back.shape == flow.shape
     assert np.abs(back.astype(int) - flow).max() <= 2
 
 
 def test_raw_flow_round_trips_exactly():
     flow = np.random.default_rng(0).integers(0, 256, (3, 8, 10, 2), dtype=np.uint8)
-    back = decode_images(encode_images(flow, codec="raw"), codec="raw", height=8, width=10, channels=2)
+    back = decode_images(
+        encode_images(flow, codec="raw"), codec="raw", height=8, width=10, channels=2
+    )
     np.testing.assert_array_equal(back, flow)
 
 
@@ -52,15 +62,29 @@ def test_video_key_is_stable_and_positive():
 def _row(i):
     frames = _frames(n=2)
     return {
-        "video_id": "v", "video_key": 1, "label": 0, "label_name": "c", "split": "train",
-        "window_idx": i, "start_sec": float(i), "fps": 10.0, "height": 24, "width": 40,
-        "padded": 0, "frames_codec": "raw", "frames": encode_images(frames, codec="raw"),
-        "flow_codec": None, "flow": None, "flow_bound": 20.0,
+        "video_id": "v",
+        "video_key": 1,
+        "label": 0,
+        "label_name": "c",
+        "split": "train",
+        "window_idx": i,
+        "start_sec": float(i),
+        "fps": 10.0,
+        "height": 24,
+        "width": 40,
+        "padded": 0,
+        "frames_codec": "raw",
+        "frames": encode_images(frames, codec="raw"),
+        "flow_codec": None,
+        "flow": None,
+        "flow_bound": 20.0,
     }
 
 
 def test_shard_appears_only_on_commit(tmp_path):
-    writer = ShardWriter(tmp_path / "windows" / "a.parquet", tmp_dir=tmp_path / "_tmp", rows_per_group=2)
+    writer = ShardWriter(
+        tmp_path / "windows" / "a.parquet", tmp_dir=tmp_path / "_tmp", rows_per_group=2
+    )
     for i in range(5):
         writer.add(_row(i))
     assert not (tmp_path / "windows" / "a.parquet").exists()  # rows so far live in the temp file
@@ -71,7 +95,9 @@ def test_shard_appears_only_on_commit(tmp_path):
 
 
 def test_aborted_shard_leaves_nothing(tmp_path):
-    writer = ShardWriter(tmp_path / "windows" / "a.parquet", tmp_dir=tmp_path / "_tmp", rows_per_group=1)
+    writer = ShardWriter(
+        tmp_path / "windows" / "a.parquet", tmp_dir=tmp_path / "_tmp", rows_per_group=1
+    )
     writer.add(_row(0))
     writer.abort()
     assert not (tmp_path / "windows").exists() or not any((tmp_path / "windows").iterdir())

@@ -49,7 +49,7 @@ def trained(ray_local, motion_data, tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
-    cfg, result = trained
+    _, result = trained
     client = MlflowClient(tracking_uri=result.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -58,7 +58,13 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
     assert params["model.name"] == "simple3d" and params["clip.T"] == "4"
     assert params["train.num_workers"] == "2"
     assert int(params["data.classes"]) == 4 and int(params["data.windows_train"]) > 0
-    for name in ("train/loss", "train/clip_top1", "val/clip_top1", "val/video_top1", "val/video_top5"):
+    for name in (
+        "train/loss",
+        "train/clip_top1",
+        "val/clip_top1",
+        "val/video_top1",
+        "val/video_top5",
+    ):
         history = client.get_metric_history(result.run_id, name)
         assert [m.step for m in history] == [0, 1], name
         assert all(0 <= m.value for m in history)
@@ -70,7 +76,7 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
 
 @pytest.mark.slow
 def test_checkpoint_holds_the_model_and_its_run(trained):
-    cfg, result = trained
+    _, result = trained
     state, meta = load_checkpoint(result.checkpoint)
     assert meta["run_id"] == result.run_id
     assert meta["classes"] == sorted(
@@ -82,7 +88,7 @@ def test_checkpoint_holds_the_model_and_its_run(trained):
 
 @pytest.mark.slow
 def test_evaluate_logs_to_the_training_run(trained):
-    cfg, result = trained
+    _, result = trained
     report = run_evaluation(
         load_config(
             None,
@@ -96,27 +102,27 @@ def test_evaluate_logs_to_the_training_run(trained):
 
 
 def test_clip_longer_than_stored_windows_fails_before_training(ray_local, motion_data, tmp_path):
-    with pytest.raises(VidrayError, match="spans 31 frames, but .* stores windows of 16"):
+    with pytest.raises(VidrayError, match=r"spans 31 frames, but .* stores windows of 16"):
         run_training(tiny_config(motion_data, tmp_path, "clip.T=16"))
 
 
 def test_crop_larger_than_stored_frames_fails_before_training(ray_local, motion_data, tmp_path):
-    with pytest.raises(VidrayError, match="clip.crop=96 exceeds the stored short side 64"):
+    with pytest.raises(VidrayError, match=r"clip.crop=96 exceeds the stored short side 64"):
         run_training(tiny_config(motion_data, tmp_path, "clip.crop=96"))
 
 
 def test_unknown_model_lists_the_valid_ones(ray_local, motion_data, tmp_path):
-    with pytest.raises(VidrayError, match="unknown model 'simple3dd' .*available: simple3d"):
+    with pytest.raises(VidrayError, match=r"unknown model 'simple3dd' .*available: simple3d"):
         run_training(tiny_config(motion_data, tmp_path, "model.name=simple3dd"))
 
 
 def test_missing_val_split_is_a_clear_error(ray_local, motion_data, tmp_path):
-    with pytest.raises(VidrayError, match="no windows in split 'holdout'"):
+    with pytest.raises(VidrayError, match=r"no windows in split 'holdout'"):
         run_training(tiny_config(motion_data, tmp_path, "train.val_split=holdout"))
 
 
 def test_directory_that_is_not_an_ingest_output(ray_local, tmp_path):
-    with pytest.raises(VidrayError, match="is not an ingest output"):
+    with pytest.raises(VidrayError, match=r"is not an ingest output"):
         run_training(tiny_config(tmp_path, tmp_path))
 
 
@@ -127,10 +133,10 @@ def test_unreachable_tracking_server_fails_at_start(ray_local, motion_data, tmp_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = tiny_config(motion_data, tmp_path, f"mlflow.tracking_uri=http://127.0.0.1:{port}")
-    with pytest.raises(VidrayError, match="MLflow tracking server .* is not reachable"):
+    with pytest.raises(VidrayError, match=r"MLflow tracking server .* is not reachable"):
         run_training(cfg)
 
 
 def test_evaluating_a_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(VidrayError, match="is not a vidray checkpoint"):
+    with pytest.raises(VidrayError, match=r"is not a vidray checkpoint"):
         run_evaluation(load_config(None, [f"eval.checkpoint={tmp_path}"]))

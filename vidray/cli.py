@@ -71,7 +71,12 @@ COMMANDS = {
             _ingest,
             {"--input": "ingest.input", "--layout": "ingest.layout", "--output": "ingest.output"},
         ),
-        Command("train", "train a model on ingested windows (Ray Train)", _train, {"--data": "train.data"}),
+        Command(
+            "train",
+            "train a model on ingested windows (Ray Train)",
+            _train,
+            {"--data": "train.data"},
+        ),
         Command(
             "evaluate",
             "multi-clip evaluation of a checkpoint",
@@ -94,7 +99,9 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
     try:
-        overrides = [f"{key}={getattr(args, key)}" for key in command.flags.values() if getattr(args, key)]
+        overrides = [
+            f"{key}={getattr(args, key)}" for key in command.flags.values() if getattr(args, key)
+        ]
         cfg = load_config(args.config, [*args.overrides, *overrides])
         if command.needs_ray:
             from vidray.runtime import init_ray

@@ -165,9 +165,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
-            raise VidrayError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
+            problem = getattr(exc, "problem", exc)
+            raise VidrayError(f"{path}{where}: not valid YAML ({problem})") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise VidrayError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+            raise VidrayError(
+                f"{path}: expected a mapping of sections, got {type(loaded).__name__}"
+            )
         data = loaded or {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -195,7 +198,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise VidrayError(f"config: unknown key '{prefix}{key}'{hint}; valid: {', '.join(names)}")
+            raise VidrayError(
+                f"config: unknown key '{prefix}{key}'{hint}; valid: {', '.join(names)}"
+            )
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             values[key] = _build(kind, value, f"{prefix}{key}.")

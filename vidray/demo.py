@@ -24,7 +24,9 @@ DEMO_FRAMES = 40
 
 def run_demo(cfg: Config) -> int:
     videos = DEMO_ROOT / "videos"
-    print(f"demo: writing {DEMO_CLASSES} motion classes x {DEMO_VIDEOS_PER_CLASS} videos to {videos}")
+    print(
+        f"demo: writing {DEMO_CLASSES} motion classes x {DEMO_VIDEOS_PER_CLASS} videos to {videos}"
+    )
     write_motion_dataset(
         videos,
         classes=DEMO_CLASSES,
@@ -54,7 +56,9 @@ def run_demo(cfg: Config) -> int:
     result = run_training(cfg)
     print(result.report())
     report = run_evaluation(
-        replace(cfg, eval=replace(cfg.eval, checkpoint=result.checkpoint, split=cfg.train.val_split))
+        replace(
+            cfg, eval=replace(cfg.eval, checkpoint=result.checkpoint, split=cfg.train.val_split)
+        )
     )
     print(report.report())
     print(

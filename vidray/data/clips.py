@@ -151,14 +151,10 @@ def read_clips(
 
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
     # select_columns is pushed down into the Parquet read: flow is not read for RGB models.
-    ds = ray.data.read_parquet(window_files(data_dir, split=split)).select_columns(
-        _columns(flow_L)
-    )
+    ds = ray.data.read_parquet(window_files(data_dir, split=split)).select_columns(_columns(flow_L))
     if train:
         ds = ds.randomize_block_order()
-    return ds.map_batches(
-        ClipSampler(clip, flow_L, train), batch_format="pyarrow", batch_size=32
-    )
+    return ds.map_batches(ClipSampler(clip, flow_L, train), batch_format="pyarrow", batch_size=32)
 
 
 def iter_clip_batches(

@@ -21,9 +21,10 @@ import math
 import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from vidray.config import Config, FlowConfig, IngestConfig
 from vidray.data import decode
@@ -38,7 +39,7 @@ from vidray.data.manifest import (
 )
 from vidray.data.shards import ShardWriter, encode_images, video_key
 from vidray.data.sources import list_sources
-from vidray.errors import VidrayError, VideoError
+from vidray.errors import VideoError, VidrayError
 
 # The driver rewrites the manifest at most this often, so a crash loses little.
 _MANIFEST_EVERY_S = 30.0
@@ -176,17 +177,15 @@ def ingest_segment(
     Returns a small result row: windows written, padding, shard size, and any
     decode error (a file that breaks part-way keeps the windows before the break).
     """
-    from vidray.data.flow import quantize_flow
-
     import cv2
+
+    from vidray.data.flow import quantize_flow
 
     # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
     cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
     estimator = _flow_estimator(flow)
     output_dir = Path(output)
-    writer = ShardWriter(
-        output_dir / WINDOWS_DIR / segment["shard"], tmp_dir=output_dir / TMP_DIR
-    )
+    writer = ShardWriter(output_dir / WINDOWS_DIR / segment["shard"], tmp_dir=output_dir / TMP_DIR)
     errors: list[str] = []
     padded = 0
     result = {
@@ -323,9 +322,7 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
     info = {s["video_id"]: s for s in segments}
     last_save = last_log = time.monotonic()
     if segments:
-        results = ray.data.from_items(
-            segments, override_num_blocks=min(len(segments), 10_000)
-        ).map(
+        results = ray.data.from_items(segments, override_num_blocks=min(len(segments), 10_000)).map(
             ingest_segment,
             fn_kwargs={"ingest": ingest, "flow": flow, "output": str(output)},
             num_cpus=ingest.cpus_per_task,

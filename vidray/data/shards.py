@@ -73,7 +73,9 @@ def encode_images(images: np.ndarray, *, codec: str, quality: int = 90) -> list[
         if image.shape[-1] == 3:
             ok, buf = cv2.imencode(".jpg", image[..., ::-1], params)  # OpenCV wants BGR
         else:
-            ok, buf = cv2.imencode(".jpg", np.concatenate(np.moveaxis(image, -1, 0), _JPEG_FLOW_AXIS), params)
+            ok, buf = cv2.imencode(
+                ".jpg", np.concatenate(np.moveaxis(image, -1, 0), _JPEG_FLOW_AXIS), params
+            )
         if not ok:
             raise VidrayError(f"JPEG encoding failed for an image of shape {image.shape}")
         out.append(buf.tobytes())

@@ -31,7 +31,7 @@ class Simple3DCNN(nn.Module):
         widths = [width, 2 * width, 4 * width, 8 * width]
         strides = [(1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 2)]
         layers, c_in = [], 3
-        for c_out, stride in zip(widths, strides):
+        for c_out, stride in zip(widths, strides, strict=True):
             layers.append(_conv_bn_relu(c_in, c_out, stride))
             c_in = c_out
         self.features = nn.Sequential(*layers)

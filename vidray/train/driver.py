@@ -1,9 +1,9 @@
 """The training driver: ingest output -> Ray Train -> an MLflow run.
 
-    clips = read_clips(data, split=...)                          # Ray Data
-    run_id = tracking.start_run(cfg)                             # params
-    TorchTrainer(train_loop_per_worker, datasets=clips).fit()    # metrics per epoch
-    log config + best checkpoint as artifacts
+clips = read_clips(data, split=...)                          # Ray Data
+run_id = tracking.start_run(cfg)                             # params
+TorchTrainer(train_loop_per_worker, datasets=clips).fit()    # metrics per epoch
+log config + best checkpoint as artifacts
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
     windows = storage["ingest.window_frames"]
     span = (cfg.clip.T - 1) * cfg.clip.stride + 1
     if cfg.clip.T < 1 or cfg.clip.stride < 1:
-        raise VidrayError(f"clip.T and clip.stride must be >= 1, got {cfg.clip.T}, {cfg.clip.stride}")
+        raise VidrayError(
+            f"clip.T and clip.stride must be >= 1, got {cfg.clip.T}, {cfg.clip.stride}"
+        )
     if span > windows:
         raise VidrayError(
             f"clip.T={cfg.clip.T} at clip.stride={cfg.clip.stride} spans {span} frames, "

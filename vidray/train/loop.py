@@ -145,8 +145,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     run_id=run_id,
                     metrics=metrics,
                 )
-                ray.train.report(
-                    metrics, checkpoint=ray.train.Checkpoint.from_directory(directory)
-                )
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
