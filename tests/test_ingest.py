@@ -396,3 +396,25 @@ def test_killed_run_leaves_no_partial_shard_and_the_rerun_completes(tmp_path):
     )
     assert not (output / "_tmp").exists()
     assert np.sum([m["n_windows"] for m in manifest]) == len(shard_rows(output))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ingest.fps=0", "ingest.fps must be > 0"),
+        ("ingest.window_frames=1", "ingest.window_frames must be >= 2"),
+        ("ingest.short_side=63", "ingest.short_side must be even"),
+        ("ingest.segment_windows=0", "ingest.segment_windows must be >= 1"),
+        ("flow.bound=0", "flow.bound must be > 0"),
+    ],
+)
+def test_bad_ingest_values_are_rejected_before_any_work(tmp_path, override, message):
+    with pytest.raises(VidrayError, match=message):
+        ingest(tmp_path, tmp_path / "out", override)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unset_input_says_how_to_set_it(tmp_path):
+    cfg = load_config(None, [f"ingest.output={tmp_path}"])
+    with pytest.raises(VidrayError, match="pass --input PATH"):
+        run_ingest(cfg)

@@ -48,6 +48,7 @@ class IngestConfig:
     segment_windows: int = 16  # windows per task: long videos are split across tasks
     decode_threads: int = 1  # PyAV threads per task (Ray parallelises across tasks)
     cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0  # for flow.backend=raft on GPU nodes, e.g. 0.25 = 4 tasks a GPU
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,42 @@ def _flow_estimator(flow: FlowConfig) -> Callable | None:
     )
 
 
+def encode_window(
+    segment: dict[str, Any],
+    window: decode.Window,
+    *,
+    ingest: IngestConfig,
+    flow: FlowConfig,
+    estimator: Callable | None,
+) -> dict[str, Any]:
+    """One shard row (the data contract): the window's frames, its flow, where it sits."""
+    from vidray.data.flow import quantize_flow
+
+    frames = window.frames
+    flow_entries = None
+    if estimator is not None:
+        quantized = quantize_flow(estimator(frames), flow.bound)
+        flow_entries = encode_images(quantized, codec=flow.codec, quality=ingest.jpeg_quality)
+    return {
+        "video_id": segment["video_id"],
+        "video_key": video_key(segment["video_id"]),
+        "label": segment["label"],
+        "label_name": segment["label_name"],
+        "split": segment["split"],
+        "window_idx": window.index,
+        "start_sec": window.start_sec,
+        "fps": ingest.fps,
+        "height": frames.shape[1],
+        "width": frames.shape[2],
+        "padded": window.padded,
+        "frames_codec": ingest.frames_codec,
+        "frames": encode_images(frames, codec=ingest.frames_codec, quality=ingest.jpeg_quality),
+        "flow_codec": flow.codec if estimator is not None else None,
+        "flow": flow_entries,
+        "flow_bound": flow.bound,
+    }
+
+
 def ingest_segment(
     segment: dict[str, Any], *, ingest: IngestConfig, flow: FlowConfig, output: str
 ) -> dict[str, Any]:
@@ -178,8 +214,6 @@ def ingest_segment(
     decode error (a file that breaks part-way keeps the windows before the break).
     """
     import cv2
-
-    from vidray.data.flow import quantize_flow
 
     # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
     cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
@@ -211,38 +245,11 @@ def ingest_segment(
             threads=ingest.decode_threads,
             errors=errors,
         )
-        key = video_key(segment["video_id"])
         for window in windows:
-            frames = window.frames
-            flow_entries = None
-            if estimator is not None:
-                quantized = quantize_flow(estimator(frames), flow.bound)
-                flow_entries = encode_images(
-                    quantized, codec=flow.codec, quality=ingest.jpeg_quality
-                )
-            padded = max(padded, window.padded)
             writer.add(
-                {
-                    "video_id": segment["video_id"],
-                    "video_key": key,
-                    "label": segment["label"],
-                    "label_name": segment["label_name"],
-                    "split": segment["split"],
-                    "window_idx": window.index,
-                    "start_sec": window.start_sec,
-                    "fps": ingest.fps,
-                    "height": frames.shape[1],
-                    "width": frames.shape[2],
-                    "padded": window.padded,
-                    "frames_codec": ingest.frames_codec,
-                    "frames": encode_images(
-                        frames, codec=ingest.frames_codec, quality=ingest.jpeg_quality
-                    ),
-                    "flow_codec": flow.codec if estimator is not None else None,
-                    "flow": flow_entries,
-                    "flow_bound": flow.bound,
-                }
+                encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
             )
+            padded = max(padded, window.padded)
     except VideoError as exc:
         errors.append(str(exc))
     except Exception as exc:  # a decoder/codec bug on one file must not stop the job
@@ -326,6 +333,7 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
             ingest_segment,
             fn_kwargs={"ingest": ingest, "flow": flow, "output": str(output)},
             num_cpus=ingest.cpus_per_task,
+            num_gpus=ingest.gpus_per_task,
         )
         for result in results.iter_rows():
             vid = result["video_id"]
