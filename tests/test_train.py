@@ -140,3 +140,24 @@ def test_unreachable_tracking_server_fails_at_start(ray_local, motion_data, tmp_
 def test_evaluating_a_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(VidrayError, match=r"is not a vidray checkpoint"):
         run_evaluation(load_config(None, [f"eval.checkpoint={tmp_path}"]))
+
+
+def test_unset_clip_parameters_come_from_the_model():
+    from vidray.train.inputs import resolve_inputs
+
+    cfg = resolve_inputs(load_config(None, ["model.name=simple3d"]))
+    assert (cfg.clip.T, cfg.clip.crop, cfg.flow.L) == (8, 112, 0)
+    cfg = resolve_inputs(load_config(None, ["model.name=simple3d", "clip.T=4", "clip.crop=56"]))
+    assert (cfg.clip.T, cfg.clip.crop) == (4, 56)
+
+
+def test_flow_stack_for_an_rgb_model_is_an_error():
+    from vidray.train.inputs import resolve_inputs
+
+    with pytest.raises(VidrayError, match="reads no optical flow: unset flow.L"):
+        resolve_inputs(load_config(None, ["model.name=simple3d", "flow.L=4"]))
+
+
+def test_a_knob_the_family_lacks_is_a_clear_error(ray_local, motion_data, tmp_path):
+    with pytest.raises(VidrayError, match="takes no argument fusion; valid: width, dropout"):
+        run_training(tiny_config(motion_data, tmp_path, "model.fusion=avg"))

@@ -58,7 +58,7 @@ class FlowConfig:
     backend: FlowBackend = "dis"  # "none" stores no flow (RGB-only datasets ingest faster)
     bound: float = 20.0  # pixels; flow is clipped to [-bound, bound] and quantized to uint8
     codec: FramesCodec = "raw"
-    L: int = 0  # flow fields stacked per clip for flow-reading models (0 = RGB only)
+    L: int | None = None  # flow fields per clip for flow-reading models (None = the model's)
     raft_model: Literal["raft_small", "raft_large"] = "raft_small"
     raft_weights: str = ""  # a local state_dict path or a torchvision weights name
     dis_preset: Literal["ultrafast", "fast", "medium"] = "fast"
@@ -68,17 +68,26 @@ class FlowConfig:
 class ClipConfig:
     """How a training clip is derived from a stored window at read time."""
 
-    T: int = 8  # frames per clip
+    T: int | None = None  # frames per clip (None = the model's declared T)
     stride: int = 2  # temporal stride in stored frames: needs (T-1)*stride+1 <= W
-    crop: int = 112  # square spatial crop (random in training, centre in eval)
+    crop: int | None = None  # square crop, random in training, centre in eval (None = model's)
     hflip: bool = True  # random horizontal flip in training (negates flow x)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A registered family and the knobs families share; None = the family's (paper) default.
+
+    A knob set for a family that has no such argument is an error that lists
+    the family's arguments (`vidray.models.build`).
+    """
+
     name: str = "simple3d"
-    width: int = 32  # channels of the first stage; later stages multiply it
-    dropout: float = 0.2
+    width: int | None = None  # channels of the first stage; later stages scale with it
+    depth: int | None = None  # ResNet depth (18, 50, ...) where the family has one
+    dropout: float | None = None
+    pretrained: str = ""  # 2D weights: a local state_dict file or a torchvision weights name
+    fusion: str | None = None  # two_stream: avg | concat | conv
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from vidray.config import Config
 from vidray.data.clips import read_clips
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import VidrayError
-from vidray.models import entry
+from vidray.train.inputs import resolve_inputs
+from vidray.train.loop import build_model, train_loop_per_worker
 
 
 @dataclass
@@ -75,7 +76,8 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
         raise VidrayError(f"flow.L={cfg.flow.L} exceeds the {windows - 1} flow fields per window")
     if len(info["classes"]) < 2:
         raise VidrayError(f"{cfg.train.data} has {len(info['classes'])} classes; training needs 2+")
-    entry(cfg.model.name)  # unknown model: fail before starting workers
+    # An unknown model or argument fails here, before any worker starts.
+    build_model(cfg, num_classes=len(info["classes"]))
 
 
 def _split_counts(data: str) -> dict[str, int]:
@@ -92,10 +94,9 @@ def run_training(cfg: Config) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from vidray.train.loop import train_loop_per_worker
-
     if not cfg.train.data:
         raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
+    cfg = resolve_inputs(cfg)
     info = read_dataset_info(cfg.train.data)
     check_data(cfg, info)
     counts = _split_counts(cfg.train.data)

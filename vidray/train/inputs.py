@@ -1,4 +1,4 @@
-"""Turning uint8 clip batches into model input, on the training device.
+"""What a model reads: its clip parameters, and uint8 batches turned into its input.
 
 Clips travel as uint8 (4x smaller than float32) and are converted here, after
 the transfer: (B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float, normalised with
@@ -7,8 +7,14 @@ the ImageNet statistics that 2D-pretrained weights expect.
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import torch
 from torch import Tensor
+
+from vidray.config import Config, ModelConfig
+from vidray.errors import VidrayError
+from vidray.models import entry
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -40,3 +46,30 @@ def model_input(batch: dict[str, Tensor], device: torch.device) -> Tensor | dict
         return frames
     flow = flow_to_input(batch["flow"].to(device, non_blocking=True))
     return {"rgb": frames, "flow": flow}
+
+
+def resolve_inputs(cfg: Config) -> Config:
+    """Fill the clip parameters left unset (None) with what the model declares.
+
+    ``clip.T``, ``clip.crop`` and ``flow.L`` default to the model's `InputSpec`,
+    so ``model.name=two_stream`` alone gets one RGB frame and a stack of 10
+    flow fields. The resolved values are what runs log and checkpoints keep.
+    """
+    spec = entry(cfg.model.name).input
+    if spec.flow == 0 and cfg.flow.L:
+        raise VidrayError(f"model {cfg.model.name!r} reads no optical flow: unset flow.L")
+    flow_L = (cfg.flow.L or spec.flow) if spec.flow else 0
+    return replace(
+        cfg,
+        clip=replace(cfg.clip, T=cfg.clip.T or spec.frames, crop=cfg.clip.crop or spec.crop),
+        flow=replace(cfg.flow, L=flow_L),
+    )
+
+
+def model_kwargs(model: ModelConfig) -> dict[str, object]:
+    """The knobs set in ``model.*`` (None and "" mean the family's default)."""
+    return {
+        f.name: getattr(model, f.name)
+        for f in fields(model)
+        if f.name != "name" and getattr(model, f.name) not in (None, "")
+    }

@@ -25,7 +25,7 @@ from vidray import tracking
 from vidray.config import Config, OptimConfig
 from vidray.models import build
 from vidray.train.checkpoints import load_checkpoint, save_checkpoint
-from vidray.train.inputs import model_input
+from vidray.train.inputs import model_input, model_kwargs
 from vidray.train.metrics import classification_metrics
 
 
@@ -38,9 +38,7 @@ def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    return build(
-        cfg.model.name, num_classes=num_classes, width=cfg.model.width, dropout=cfg.model.dropout
-    )
+    return build(cfg.model.name, num_classes=num_classes, **model_kwargs(cfg.model))
 
 
 @torch.no_grad()

@@ -1,0 +1,176 @@
+"""SlowFast networks (Feichtenhofer, Fan, Malik & He, ICCV 2019).
+
+Two 3D ResNet pathways from `trunk3d` over one clip, fused fast → slow:
+
+    clip (B, 3, T, H, W)                          T = T_slow · α frames, sampled at stride τ/α
+      ├─ slow: frames 0, α, 2α, ... (T/α)       ├─ fast: all T frames, β = 1/8 of the channels
+      │   stem  conv 1×7×7        64   ◄─(+16)──┤   stem  conv 5×7×7        8
+      │   res2  k_t = 1          256   ◄─(+64)──┤   res2  k_t = 3          32
+      │   res3  k_t = 1          512   ◄─(+128)─┤   res3  k_t = 3          64
+      │   res4  k_t = 3         1024   ◄─(+256)─┤   res4  k_t = 3         128
+      │   res5  k_t = 3         2048            │   res5  k_t = 3         256
+      └── global average pool of each, concatenated (2048 + 256) → dropout → fc
+
+    ◄─(+c)─ lateral: conv k×1×1 with time stride α (k = 5 in the paper), C_fast → 2·C_fast
+             = 2βC_slow channels, BN, ReLU; concatenated onto the slow pathway's channels
+             after the stem and res2..res4 (so slow res2 takes 64 + 16 channels, ...).
+
+Channel numbers are R50's at `width=64`. The slow pathway is temporally degenerate
+(k_t = 1) up to res3 and only res4/res5 look across its frames; the fast pathway
+has temporal kernels everywhere and no temporal downsampling, so it keeps all T.
+
+"T_slow × τ" names a setting: 4×16 is T_slow = 4 frames at stride τ = 16, with α = 8,
+so the model takes T = 32 frames at stride τ/α = 2 of the raw video; 8×8 is
+T_slow = 8 at τ = 8 with α = 4, again T = 32 frames at stride 2. The model knows
+only α: the loader samples T frames, the model picks every α-th for the slow pathway.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vidray.errors import VidrayError
+from vidray.models.registry import InputSpec, register
+from vidray.models.trunk3d import Head, PathwaySpec, SameConv3d, build_pathway, init_weights
+
+PAPER = "SlowFast, Feichtenhofer et al. 2019"
+SLOW_KERNELS = ((1,), (1,), (3,), (3,))  # non-degenerate in time only in res4, res5
+FAST_KERNELS = ((3,), (3,), (3,), (3,))
+
+
+class Lateral(nn.Module):
+    """Fast → slow fusion: time-strided conv to the slow frame rate, then concatenation."""
+
+    def __init__(self, c_fast: int, c_out: int, *, kernel: int, alpha: int):
+        super().__init__()
+        # 'same' padding of an odd kernel makes ceil(T/α) outputs: the slow pathway's frames.
+        self.conv = SameConv3d(c_fast, c_out, (kernel, 1, 1), (alpha, 1, 1))
+        self.bn = nn.BatchNorm3d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, slow: Tensor, fast: Tensor) -> Tensor:
+        return torch.cat([slow, self.relu(self.bn(self.conv(fast)))], dim=1)
+
+
+class SlowFast(nn.Module):
+    """Slow and fast pathways stage by stage, laterals after the stem and res2..res4, head."""
+
+    def __init__(
+        self,
+        slow: PathwaySpec,
+        fast: PathwaySpec,
+        *,
+        num_classes: int,
+        alpha: int,
+        fusion_kernel: int = 5,
+        dropout: float = 0.5,
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        self.alpha = alpha
+        fast_channels = fast.out_channels()[:-1]  # after the stem and res2..res4
+        self.lateral = nn.ModuleList(
+            Lateral(c, 2 * c, kernel=fusion_kernel, alpha=alpha) for c in fast_channels
+        )
+        self.slow = build_pathway(
+            slow, in_channels=in_channels, lateral=[2 * c for c in fast_channels]
+        )
+        self.fast = build_pathway(fast, in_channels=in_channels)
+        self.head = Head(slow.out_channels()[-1] + fast.out_channels()[-1], num_classes, dropout)
+        init_weights(self)
+
+    def forward(self, clip: Tensor) -> Tensor:
+        slow, fast = clip[:, :, :: self.alpha], clip
+        for i, (slow_stage, fast_stage) in enumerate(zip(self.slow, self.fast, strict=True)):
+            slow, fast = slow_stage(slow), fast_stage(fast)
+            if i < len(self.lateral):
+                slow = self.lateral[i](slow, fast)
+        return self.head(slow, fast)
+
+
+def slowfast(
+    *,
+    num_classes: int,
+    depth: int,
+    alpha: int,
+    beta: float,
+    fusion_kernel: int,
+    width: int,
+    dropout: float,
+    res5_stride: int,
+) -> SlowFast:
+    """A SlowFast ResNet-`depth`; the registered builders document the arguments."""
+    fast_width = round(width * beta)
+    if fast_width < 1 or abs(fast_width - width * beta) > 1e-9:
+        raise VidrayError(f"width * beta must be a whole number >= 1, got {width} * {beta}")
+    if alpha < 1:
+        raise VidrayError(f"alpha must be >= 1, got {alpha}")
+    if fusion_kernel < 1 or fusion_kernel % 2 == 0:
+        raise VidrayError(f"fusion_kernel must be odd and >= 1, got {fusion_kernel}")
+    slow = PathwaySpec.resnet(
+        depth, width=width, temporal_kernels=SLOW_KERNELS, res5_stride=res5_stride
+    )
+    fast = PathwaySpec.resnet(
+        depth, width=fast_width, stem_kernel=5, temporal_kernels=FAST_KERNELS, res5_stride=res5_stride
+    )
+    return SlowFast(
+        slow, fast, num_classes=num_classes, alpha=alpha, fusion_kernel=fusion_kernel, dropout=dropout
+    )
+
+
+@register("slowfast_r50", paper=PAPER, input=InputSpec(frames=32, crop=224))
+def slowfast_r50(
+    *,
+    num_classes: int,
+    depth: int = 50,
+    alpha: int = 8,
+    beta: float = 1 / 8,
+    fusion_kernel: int = 5,
+    width: int = 64,
+    dropout: float = 0.5,
+    res5_stride: int = 2,
+) -> SlowFast:
+    """SlowFast R50 4×16 (module docstring): 32 input frames, the slow pathway gets 4.
+
+    `alpha`: frame-rate ratio fast/slow (8; use 4 for 8×8). `beta`: fast/slow channel
+    ratio (1/8). `fusion_kernel`: time extent of the lateral convs (5 in the paper;
+    PyTorchVideo's 8×8 R50 checkpoint uses 7). `width`: slow stem channels (64),
+    every stage and the fast pathway scale with it. `res5_stride=1` keeps res5 at 1/16
+    resolution for a detector. Trained from scratch, as in the paper.
+    """
+    return slowfast(
+        num_classes=num_classes,
+        depth=depth,
+        alpha=alpha,
+        beta=beta,
+        fusion_kernel=fusion_kernel,
+        width=width,
+        dropout=dropout,
+        res5_stride=res5_stride,
+    )
+
+
+@register("slowfast_r101", paper=PAPER, input=InputSpec(frames=32, crop=224))
+def slowfast_r101(
+    *,
+    num_classes: int,
+    depth: int = 101,
+    alpha: int = 4,
+    beta: float = 1 / 8,
+    fusion_kernel: int = 5,
+    width: int = 64,
+    dropout: float = 0.5,
+    res5_stride: int = 2,
+) -> SlowFast:
+    """SlowFast R101 8×8: 32 input frames, the slow pathway gets 8; arguments as `slowfast_r50`."""
+    return slowfast(
+        num_classes=num_classes,
+        depth=depth,
+        alpha=alpha,
+        beta=beta,
+        fusion_kernel=fusion_kernel,
+        width=width,
+        dropout=dropout,
+        res5_stride=res5_stride,
+    )
