@@ -135,6 +135,71 @@ def single_thread_opencv() -> None:
     cv2.setNumThreads(1)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+CPU_ROLES = ("driver", "workers", "raylet+gcs", "other")
+
+
+def _process_tree() -> dict[int, tuple[int, str]]:
+    """{pid: (user+sys clock ticks, name)} of this process and all its descendants.
+
+    A local Ray started by this process (raylet, gcs_server, dashboard, workers)
+    descends from it; other users' processes on the machine do not count.
+    """
+    stats: dict[int, tuple[int, str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        stats[int(entry)] = (int(fields[11]) + int(fields[12]), name, int(fields[1]))
+    me = os.getpid()
+    tree = {}
+    for pid, (ticks, name, _) in stats.items():
+        node, seen = pid, 0
+        while node not in (me, 0, 1) and node in stats and seen < 64:
+            node, seen = stats[node][2], seen + 1
+        if node == me:
+            tree[pid] = (ticks, name)
+    return tree
+
+
+def _role(pid: int, name: str) -> str:
+    if pid == os.getpid():
+        return "driver"
+    if name in ("raylet", "gcs_server"):
+        return "raylet+gcs"
+    if name.startswith("ray::") and not name.startswith(("ray::_", "ray::Dashboard")):
+        return "workers"  # ray::IDLE, or ray::<task> while it runs one
+    return "other"  # dashboard, its agents, Ray's internal actors
+
+
+class CpuMeter:
+    """CPU seconds used by this process tree between `start` and `stop`, by role.
+
+    Unlike wall time this does not move with other users' load, so it shows how
+    much work Ray adds on top of the work itself. Processes that exit in between
+    are not counted.
+    """
+
+    def __init__(self) -> None:
+        self._before: dict[int, tuple[int, str]] = {}
+
+    def start(self) -> None:
+        self._before = _process_tree()
+
+    def stop(self) -> dict[str, float]:
+        out = dict.fromkeys(CPU_ROLES, 0.0)
+        for pid, (ticks, name) in _process_tree().items():
+            used = ticks - self._before.get(pid, (0, name))[0]
+            out[_role(pid, name)] += used / _TICKS
+        return out
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     result = fn()

@@ -27,6 +27,13 @@ Ray Data overhead (task launch, scheduling, the driver's own CPU use, stage
 barriers) plus contention with anything else on the machine (the load averages
 are printed before and after). Target: >= 0.8.
 
+Wall time moves with other users' load; CPU time does not. Every run also
+reports the CPU seconds (user+sys) of this process tree by role (driver, Ray
+workers, raylet+gcs, other Ray processes), so the ratio splits into two factors
+that can be read on a busy machine too: work efficiency (single-process CPU-s /
+Ray CPU-s: how much CPU Ray adds) times utilization (Ray CPU-s / (wall x CPUs):
+how busy Ray keeps its CPUs).
+
 Two further tables say where the time goes: the per-window cost of each stage in
 one process (including decode with one shared PyAV reformatter, a proposed fix),
 and Ray Data's fixed and per-task overhead (a no-op pipeline of the same shape).
@@ -294,12 +301,16 @@ def main(argv: list[str] | None = None) -> int:
         ray_cfg = bu.ingest_config(work / "videos", work / "out_ray")
         runs: list[list[Any]] = []
         best: dict[str, dict[str, Any]] = {}
+        meter = bu.CpuMeter()
         for r in range(args.repeats):
             for side, fn, cfg in [
                 ("single", single_process_ingest, single_cfg),
                 ("ray", ray_ingest, ray_cfg),
             ]:
+                meter.start()
                 result = fn(cfg)
+                result["cpu"] = meter.stop()
+                result["cpu_s"] = sum(result["cpu"].values())
                 result["rate"] = result["windows"] / result["seconds"]
                 runs.append(
                     [
@@ -309,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                         result["seconds"],
                         result["rate"],
                         result["bytes"] / max(1, result["windows"]) / 1e3,
+                        result["cpu_s"],
+                        *(result["cpu"][role] for role in bu.CPU_ROLES),
                     ]
                 )
                 if side not in best or result["rate"] > best[side]["rate"]:
@@ -316,9 +329,19 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(
             bu.table(
-                ["run", "CPUs", "windows", "seconds", "windows/s", "kB/window"],
+                [
+                    "run",
+                    "CPUs",
+                    "windows",
+                    "seconds",
+                    "windows/s",
+                    "kB/window",
+                    "CPU-s",
+                    *(f"{role} CPU-s" for role in bu.CPU_ROLES),
+                ],
                 runs,
-                title="ingest runs (best of each side counts)",
+                title="ingest runs (best of each side counts; CPU-s: user+sys of this process "
+                "tree, so other users' load does not count)",
             )
         )
         if best["single"]["windows"] != best["ray"]["windows"]:
@@ -326,6 +349,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"WARNING: window counts differ: single {best['single']['windows']}, "
                 f"ray {best['ray']['windows']}"
             )
+        single_cpu = min(float(row[6]) for row in runs if str(row[0]).startswith("single"))
+        ray_runs = [row for row in runs if str(row[0]).startswith("ray")]
+        ray_cpu = min(float(row[6]) for row in ray_runs)
+        work_eff = single_cpu / ray_cpu
+        utilization = best["ray"]["cpu_s"] / (best["ray"]["seconds"] * cpus)
+        print(
+            f"CPU accounting: the work takes {single_cpu:.2f} CPU-s in one process and "
+            f"{ray_cpu:.2f} CPU-s under Ray (min over runs): "
+            f"work efficiency {work_eff:.2f}; the best Ray run kept its {cpus} CPUs "
+            f"{100 * utilization:.0f}% busy (ratio ~ efficiency x utilization)"
+        )
 
         if not args.no_profile:
             scratch = work / "profile"

@@ -76,3 +76,13 @@ def test_pipeline_module_reports_a_missing_config_file(tmp_path):
     )
     assert out.returncode == 2
     assert "config file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_models_table_lists_every_family_with_its_size():
+    from vidray.models import available
+
+    out = vidray("models")
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
+    assert sorted(lines) == available()
+    assert lines["c3d"][1] == "79.63"  # 487-class C3D is 79.99 M; 400 classes here

@@ -146,17 +146,32 @@ def _synth(argv: Sequence[str]) -> int:
     return 0
 
 
+def _models(argv: Sequence[str]) -> int:
+    from vidray.models.summary import format_table, model_rows
+
+    parser = argparse.ArgumentParser(
+        prog="vidray models", description="the model zoo: params and GMACs at each default input"
+    )
+    parser.add_argument("--num-classes", type=int, default=400)
+    args = parser.parse_args(argv)
+    print(format_table(model_rows(args.num_classes)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    names = [*COMMANDS, "synth"]
+    names = [*COMMANDS, "synth", "models"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
         print("usage: vidray {" + ",".join(names) + "} [--config FILE] [section.key=value ...]")
         for command in COMMANDS.values():
             print(f"  {command.name:<9} {command.help}")
         print("  synth     write a synthetic motion-only dataset (folders layout)")
+        print("  models    the model zoo: params, GMACs and input of every family")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "synth":
         return _synth(argv[1:])
+    if argv[0] == "models":
+        return _models(argv[1:])
     return run_command(argv[0], argv[1:])
 
 

@@ -3,7 +3,8 @@
 Importing a family module registers it; nothing here imports Ray.
 """
 
-from vidray.models import simple3d  # noqa: F401  (registers its family)
+# Importing a family module registers it.
+from vidray.models import c3d, resnet3d, simple3d, slow_fusion  # noqa: F401
 from vidray.models.registry import InputSpec, available, build, entry
 
 __all__ = ["InputSpec", "available", "build", "entry"]

@@ -66,7 +66,9 @@ class C3D(nn.Module):
                 c_in = c_out
             # ceil_mode is Caffe's rounding (C3D's framework): identical on the paper's even
             # sizes, and it lets clips shorter than 16 frames through instead of failing.
-            pool = nn.MaxPool3d(stage.pool, stride=stage.pool, padding=stage.padding, ceil_mode=True)
+            pool = nn.MaxPool3d(
+                stage.pool, stride=stage.pool, padding=stage.padding, ceil_mode=True
+            )
             layers.append((f"pool{i}", pool))
         self.features = nn.Sequential(OrderedDict(layers))
         # Identity at 16×112×112, where pool5 already gives the 1×4×4 grid; any other clip

@@ -1,22 +1,25 @@
 """Multiply-accumulates and parameters of a model, for the tests and the `vidray models` table.
 
 What is counted (torch.utils.flop_counter.FlopCounterMode, one forward pass):
-  - convolutions (any dimension, grouped, transposed): one MAC per weight element
+  - convolutions (any dimension, grouped): one MAC per weight element
     per output position and batch item; bias additions are not counted;
-  - matrix products (mm, addmm, bmm, baddbmm: linear layers, attention and
-    non-local affinities, LSTM/GRU gates where they lower to them): m·n·k MACs;
+  - matrix products (mm, addmm, bmm, baddbmm): m·n·k MACs. That covers linear
+    layers, non-local affinities, attention, and nn.LSTMCell / nn.GRUCell;
   - scaled-dot-product attention kernels.
 Not counted: normalisation, activations, pooling, softmax, element-wise adds,
-padding, resampling. FlopCounterMode reports 2 FLOPs per MAC, so the total is
-halved. This is the convention of the papers' and PyTorchVideo's "GFLOPs" tables
-(which are multiply-adds) up to the small element-wise terms they also skip.
+padding, resampling, and the fused nn.LSTM / nn.GRU / nn.RNN layers (aten.lstm
+and friends are not in FlopCounterMode's table: they count as 0, so a recurrent
+model counted this way reports its CNN alone unless it steps a cell).
+FlopCounterMode reports 2 FLOPs per MAC, so its total is halved. Papers' and
+PyTorchVideo's "GFLOPs" are multiply-adds counted the same way; note that
+PyTorchVideo's model zoo counts them on 256×256 test crops, not 224×224.
 
 The count depends only on shapes, so it can run on the meta device, where a
 full-size model costs no memory and no compute:
 
     with torch.device("meta"):
         model = build("i3d", num_classes=400)
-    count_macs(model, torch.empty(1, 3, 8, 224, 224, device="meta")) / 1e9   # ≈ 37.5
+    count_macs(model, torch.empty(1, 3, 8, 256, 256, device="meta")) / 1e9   # ≈ 37.1
 """
 
 from __future__ import annotations

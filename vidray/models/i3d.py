@@ -1,7 +1,8 @@
 """I3D: a 2D ImageNet ResNet inflated to 3D (Carreira & Zisserman, CVPR 2017).
 
-In the ResNet-50 form of Wang et al. 2018 / PyTorchVideo's I3D R50 (8×8, 28.04 M
-parameters, 37.53 GMACs at 8×224², 400 classes):
+In the ResNet-50 form of Wang et al. 2018 / PyTorchVideo's I3D R50 8×8 (400 classes:
+28.04 M parameters; 37.1 GMACs at 8×256², PyTorchVideo's 256² test crop, against
+its 37.53; 28.4 GMACs at 8×224²):
 
     clip (B, 3, 8, 224, 224)
       └─ stem    conv 5×7×7 /(1,2,2) → BN → ReLU → max pool 1×3×3 /(1,2,2)   64 × 8×56²
@@ -20,30 +21,29 @@ W/K_t repeated K_t times along time, BN statistics and affine parameters are cop
 pooling gets a time extent of 1, the classifier is kept. On a "boring" video (one
 frame repeated) every inflated conv then computes exactly its 2D counterpart at
 every frame, because time is padded by repeating edge frames (`time_padding=
-"replicate"`, the default here) rather than with zeros, which would dim the first and
-last frames by (K_t - 1)/K_t per layer. A constant clip stays constant through
-every layer (including the temporal max pool), so the logits equal the 2D logits.
+"replicate"`, the default here). Zero padding would scale the edge frames' response
+by the share of the kernel inside the clip (2/3 for k_t = 3) and the error would
+spread inwards layer by layer. A constant clip stays constant through every layer
+(the temporal max pool included), so the logits equal the 2D logits. PyTorchVideo
+pads with zeros; the choice changes no parameter count or MAC.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
 from vidray.errors import VidrayError
+from vidray.models.backbone2d import _read_state_dict  # the 2D families' weights reader
 from vidray.models.nonlocal_block import NonLocalBlock, NonLocalMode
 from vidray.models.registry import InputSpec, register
 from vidray.models.trunk3d import STAGE_BLOCKS, PathwaySpec, ResNet3d, TimePadding
 
 PAPER = "I3D, Carreira & Zisserman 2017 (ResNet form: Wang et al. 2018)"
 NONLOCAL_PAPER = "Non-local neural networks, Wang et al. 2018"
-_WEIGHTS_NAME = re.compile(r"^\w+_Weights\.\w+$")
 
 
 @dataclass(frozen=True)
@@ -120,40 +120,11 @@ def load_inflated(model3d: ResNet3d, state_2d: Mapping[str, Tensor], *, source: 
         f"{name}." for name, m in model3d.named_modules() if isinstance(m, NonLocalBlock)
     )
     missing = [
-        k
-        for k in target
-        if k not in loaded and not k.startswith(nonlocal_prefixes + ("head.fc.",))
+        k for k in target if k not in loaded and not k.startswith((*nonlocal_prefixes, "head.fc."))
     ]
     if missing:
         raise VidrayError(f"{source}: no 2D weight for {missing[0]!r} (another depth?)")
     model3d.load_state_dict(loaded, strict=False)
-
-
-def load_2d_state_dict(pretrained: str) -> dict[str, Tensor]:
-    """2D weights from a state_dict file, or a torchvision weights name (downloaded).
-
-    ``"ResNet50_Weights.IMAGENET1K_V1"`` goes through `torchvision.models.get_weight`;
-    anything else must be an existing file holding a state_dict.
-    """
-    path = Path(pretrained).expanduser()
-    if not path.is_file() and _WEIGHTS_NAME.match(pretrained):
-        try:
-            weights = torchvision.models.get_weight(pretrained)
-        except (KeyError, ValueError) as err:
-            raise VidrayError(f"unknown torchvision weights {pretrained!r}: {err}") from None
-        return weights.get_state_dict(progress=False)
-    if not path.is_file():
-        raise VidrayError(
-            f"pretrained weights file {pretrained} not found; give a state_dict file "
-            "or a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V1"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is the user's to fix, not a bug here
-        raise VidrayError(f"cannot read pretrained weights {pretrained}: {err}") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise VidrayError(f"pretrained weights {pretrained} is not a state_dict of tensors")
-    return dict(state)
 
 
 def inflate_2d_to_3d(
@@ -198,7 +169,7 @@ def inflate_2d_to_3d(
 def _i3d(spec: PathwaySpec, num_classes: int, dropout: float, pretrained: str | None) -> ResNet3d:
     model = ResNet3d(spec, num_classes=num_classes, dropout=dropout)
     if pretrained is not None:
-        load_inflated(model, load_2d_state_dict(pretrained), source=pretrained)
+        load_inflated(model, _read_state_dict(pretrained), source=pretrained)
     return model
 
 
@@ -213,10 +184,14 @@ def i3d(
     res5_stride: int = 2,
     time_padding: TimePadding = "replicate",
 ) -> ResNet3d:
-    """I3D ResNet-`depth` (module docstring); `pretrained` 2D weights are inflated into it.
+    """I3D ResNet-`depth` (module docstring), 2D ImageNet weights optionally inflated into it.
 
-    `width` is the stem's channels (64 in the paper; every stage scales with it),
-    `res5_stride=1` keeps res5 at 1/16 resolution for a detector.
+    `depth`: 18/34 (basic blocks), 50/101/152 (bottlenecks). `width`: stem channels (64
+    in the paper; every stage scales with it). `pretrained`: a torchvision ResNet-`depth`
+    state_dict file, or a torchvision weights name such as "ResNet50_Weights.IMAGENET1K_V1";
+    its classifier is kept only if it has `num_classes` outputs. `res5_stride=1` keeps
+    res5 at 1/16 resolution for a detector. `time_padding`: "replicate" (exact inflation,
+    see the module docstring) or "zeros" (PyTorchVideo's).
     """
     spec = i3d_spec(depth, width=width, res5_stride=res5_stride, time_padding=time_padding)
     return _i3d(spec, num_classes, dropout, pretrained)

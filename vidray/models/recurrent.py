@@ -96,10 +96,15 @@ class RecurrentConvNet(nn.Module):
                 f"taps must be distinct ResNet stages among 1, 2, 3, 4; got {list(taps)}"
             )
         self.trunk, self.taps = trunk, tuple(sorted(taps))
-        channels = [trunk.stage_channels[i - 1] for i in self.taps]
-        self.grus = nn.ModuleList(ConvGRU(c, c) for c in channels)
+        # A stage's state gets the stage's base channels (width·2^(i-1)): its output channels for
+        # basic blocks, a quarter of them for bottlenecks, where a full-width 3x3 ConvGRU at
+        # layer4 alone would hold 226 M parameters.
+        hidden = [trunk.width * 2 ** (i - 1) for i in self.taps]
+        self.grus = nn.ModuleList(
+            ConvGRU(trunk.stage_channels[i - 1], h) for i, h in zip(self.taps, hidden, strict=True)
+        )
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(sum(channels), num_classes)
+        self.fc = nn.Linear(sum(hidden), num_classes)
 
     def forward(self, clip: Tensor) -> Tensor:
         b, t = clip.shape[0], clip.shape[2]
@@ -170,10 +175,11 @@ def recurrent_conv(
                           └─ layer4 maps ─▶ ConvGRU over t ─▶ h_T ─ mean(h, w) ─┘   │
                                                           dropout ─▶ linear ─▶ logits
 
-    Each ConvGRU keeps its layer's channels and resolution, so every tapped
-    layer sees the whole clip. The paper gives each layer a softmax classifier
-    and averages them at test time; one linear layer over the concatenation is
-    the sum of per-layer linear classifiers, trained jointly. Works for any T.
+    Each ConvGRU keeps its layer's resolution (and its channels, up to the
+    bottleneck expansion of depth 50), so every tapped layer sees the whole
+    clip. The paper gives each layer a softmax classifier and averages them at
+    test time; one linear layer over the concatenation is the sum of per-layer
+    linear classifiers, trained jointly. Works for any T.
 
     Args:
         taps: trunk stages (1-4) whose maps get a ConvGRU: (2, 3, 4), at strides 8 to 32.

@@ -13,15 +13,17 @@ The three variants differ only in data handed to ``VideoResNet``: the conv each 
 blocks use and the stem.
 
     r3d_18       3×3×3 convs in every stage
-    mc3_18       3×3×3 in layer1, 1×3×3 (no time) in layers 2-4: "mixed convolutions"
+    mc3_18       3×3×3 in layer1, 1×3×3 (no time) in layers 2-4: "mixed convolutions";
+                 its strides are then 1×2×2, so time stays at 16 steps to the top
     r2plus1d_18  every 3×3×3 factored into 1×3×3 → BN, ReLU → 3×1×1, with the middle
                  width chosen to keep the 3×3×3 conv's parameter count
 
 ``width`` is the stem's channels (64 in the paper, the network torchvision builds, whose
 Kinetics-400 weights load into it); ``depth`` picks the blocks per stage (10: 1-1-1-1,
-18: 2-2-2-2, 34: 3-4-6-3). ``weights`` loads a local state_dict file or names torchvision's
-Kinetics-400 weights (downloaded on first use); a checkpoint for another number of classes
-loads everything but ``fc``, which is how Kinetics-400 weights are fine-tuned.
+18: 2-2-2-2, 34: 3-4-6-3). ``pretrained`` is a local state_dict file or the name of
+torchvision's Kinetics-400 weights (downloaded once per machine); a checkpoint for another
+number of classes loads everything but ``fc``, which is how Kinetics-400 weights are
+fine-tuned.
 """
 
 from __future__ import annotations
@@ -131,53 +133,65 @@ class ScaledVideoResNet(VideoResNet):
         return layer
 
 
-def _read_state_dict(weights: str, enum: type[WeightsEnum]) -> dict[str, torch.Tensor]:
-    path = Path(weights).expanduser()
+def _read_state_dict(source: str, enum: type[WeightsEnum]) -> dict[str, torch.Tensor]:
+    path = Path(source).expanduser()
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-            raise VidrayError(f"cannot read weights file {path}: {e}") from e
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+            # torch's own message runs to several lines; the type is enough to go on.
+            raise VidrayError(
+                f"cannot read weights file {path} ({type(e).__name__}); "
+                "save weights with torch.save(model.state_dict(), path)"
+            ) from e
         if not isinstance(state, dict):
             raise VidrayError(f"weights file {path} holds no state_dict; save model.state_dict()")
         return state
     try:
-        chosen = enum.verify(weights)
+        weights = enum.verify(source)  # "KINETICS400_V1" or "R3D_18_Weights.KINETICS400_V1"
     except KeyError:
         names = ", ".join(f"{enum.__name__}.{w}" for w in enum.__members__)
         raise VidrayError(
-            f"weights {weights!r} is neither a file nor one of torchvision's: {names}"
+            f"pretrained {source!r} is neither a file nor one of torchvision's: {names}"
         ) from None
-    return chosen.get_state_dict(progress=False, check_hash=True)
+    try:
+        # torch.hub caches the file: it is downloaded once per machine, then read locally.
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except OSError as e:
+        raise VidrayError(
+            f"cannot fetch {source}: {e}; save its state_dict to a file and pass the path"
+        ) from None
 
 
-def _load_weights(model: nn.Module, weights: str, enum: type[WeightsEnum]) -> None:
+def _load_weights(model: nn.Module, source: str, enum: type[WeightsEnum]) -> None:
     """Load a state_dict file or torchvision weights name; a head of another size stays fresh."""
-    state = _read_state_dict(weights, enum)
+    state = _read_state_dict(source, enum)
     own = model.state_dict()
     if any(k in state and state[k].shape != own[k].shape for k in _HEAD):
         state = {k: v for k, v in state.items() if k not in _HEAD}
     for key, value in state.items():
         if key in own and value.shape != own[key].shape:
             raise VidrayError(
-                f"weights {weights!r} do not fit this model: {key} is {tuple(value.shape)} there, "
-                f"{tuple(own[key].shape)} here; build it with the width and depth they were saved at"
+                f"pretrained {source!r} does not fit this model: {key} is {tuple(value.shape)} "
+                f"there, {tuple(own[key].shape)} here; build it at the width and depth they had"
             )
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys) - set(_HEAD)
     if missing or result.unexpected_keys:
         first = sorted(missing)[0] if missing else sorted(result.unexpected_keys)[0]
         raise VidrayError(
-            f"weights {weights!r} do not fit this model ({len(missing)} tensors missing, "
+            f"pretrained {source!r} does not fit this model ({len(missing)} tensors missing, "
             f"{len(result.unexpected_keys)} unexpected, e.g. {first}); is it another family's?"
         )
 
 
 def _build(
-    name: str, *, num_classes: int, width: int, depth: int, dropout: float, weights: str
+    name: str, num_classes: int, depth: int, width: int, dropout: float, pretrained: str | None
 ) -> nn.Module:
     if depth not in _DEPTHS:
-        raise VidrayError(f"{name}: depth must be one of {', '.join(map(str, _DEPTHS))}, got {depth}")
+        raise VidrayError(
+            f"{name}: depth must be one of {', '.join(map(str, _DEPTHS))}, got {depth}"
+        )
     variant = _VARIANTS[name]
     model = ScaledVideoResNet(
         conv_makers=variant.conv_makers,
@@ -187,55 +201,62 @@ def _build(
         num_classes=num_classes,
         dropout=dropout,
     )
-    if weights:
-        _load_weights(model, weights, variant.weights)
+    if pretrained is not None:
+        _load_weights(model, pretrained, variant.weights)
     return model
 
 
 @register("r3d_18", paper="R3D-18 (Tran et al. 2018)", input=_INPUT)
 def r3d_18(
-    *, num_classes: int, width: int = 64, depth: int = 18, dropout: float = 0.0, weights: str = ""
+    *,
+    num_classes: int,
+    depth: int = 18,
+    width: int = 64,
+    dropout: float = 0.0,
+    pretrained: str | None = None,
 ) -> nn.Module:
     """R3D: a ResNet with 3×3×3 convs throughout (Tran et al. 2018).
 
     Args:
         num_classes: logits per clip (400 for Kinetics-400).
-        width: stem channels; 64 is the paper's network, 8 a CPU-sized one.
         depth: 10, 18 (the paper's R3D-18) or 34 layers.
+        width: stem channels; 64 is the paper's network, 8 a CPU-sized one.
         dropout: before fc (torchvision's network has none: 0).
-        weights: "" (random init), a state_dict file, or a torchvision ``R3D_18_Weights``
-            name such as ``KINETICS400_V1``.
+        pretrained: a state_dict file, or torchvision's weights by name
+            (``R3D_18_Weights.KINETICS400_V1``, or just ``KINETICS400_V1``); needs width 64
+            and depth 18.
     """
-    return _build(
-        "r3d_18", num_classes=num_classes, width=width, depth=depth, dropout=dropout,
-        weights=weights,
-    )
+    return _build("r3d_18", num_classes, depth, width, dropout, pretrained)
 
 
 @register("mc3_18", paper="MC3-18 (Tran et al. 2018)", input=_INPUT)
 def mc3_18(
-    *, num_classes: int, width: int = 64, depth: int = 18, dropout: float = 0.0, weights: str = ""
+    *,
+    num_classes: int,
+    depth: int = 18,
+    width: int = 64,
+    dropout: float = 0.0,
+    pretrained: str | None = None,
 ) -> nn.Module:
-    """MC3: 3D convs in the first stage only, 2D (1×3×3) above (Tran et al. 2018).
+    """MC3: 3D convs in the stem and layer1, 2D (1×3×3) ones above (Tran et al. 2018).
 
-    Arguments as for ``r3d_18``; ``weights`` names ``MC3_18_Weights``.
+    Arguments as for ``r3d_18``; ``pretrained`` names ``MC3_18_Weights``.
     """
-    return _build(
-        "mc3_18", num_classes=num_classes, width=width, depth=depth, dropout=dropout,
-        weights=weights,
-    )
+    return _build("mc3_18", num_classes, depth, width, dropout, pretrained)
 
 
 @register("r2plus1d_18", paper="R(2+1)D-18 (Tran et al. 2018)", input=_INPUT)
 def r2plus1d_18(
-    *, num_classes: int, width: int = 64, depth: int = 18, dropout: float = 0.0, weights: str = ""
+    *,
+    num_classes: int,
+    depth: int = 18,
+    width: int = 64,
+    dropout: float = 0.0,
+    pretrained: str | None = None,
 ) -> nn.Module:
     """R(2+1)D: every 3×3×3 conv split into a spatial 1×3×3 and a temporal 3×1×1 (Tran et al.
     2018).
 
-    Arguments as for ``r3d_18``; ``weights`` names ``R2Plus1D_18_Weights``.
+    Arguments as for ``r3d_18``; ``pretrained`` names ``R2Plus1D_18_Weights``.
     """
-    return _build(
-        "r2plus1d_18", num_classes=num_classes, width=width, depth=depth, dropout=dropout,
-        weights=weights,
-    )
+    return _build("r2plus1d_18", num_classes, depth, width, dropout, pretrained)

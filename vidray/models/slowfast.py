@@ -18,6 +18,9 @@ Two 3D ResNet pathways from `trunk3d` over one clip, fused fast → slow:
 Channel numbers are R50's at `width=64`. The slow pathway is temporally degenerate
 (k_t = 1) up to res3 and only res4/res5 look across its frames; the fast pathway
 has temporal kernels everywhere and no temporal downsampling, so it keeps all T.
+At 400 classes, 4×16 R50 has 34.48 M parameters and 36.1 GMACs at 256² (27.6 at
+224²); 8×8 R50 has 34.48 M and 65.3 GMACs at 256², and with 7×1×1 laterals, as in
+PyTorchVideo's 8×8 checkpoint, 34.57 M and 65.71 GMACs (its figures are at 256²).
 
 "T_slow × τ" names a setting: 4×16 is T_slow = 4 frames at stride τ = 16, with α = 8,
 so the model takes T = 32 frames at stride τ/α = 2 of the raw video; 8×8 is
@@ -112,10 +115,19 @@ def slowfast(
         depth, width=width, temporal_kernels=SLOW_KERNELS, res5_stride=res5_stride
     )
     fast = PathwaySpec.resnet(
-        depth, width=fast_width, stem_kernel=5, temporal_kernels=FAST_KERNELS, res5_stride=res5_stride
+        depth,
+        width=fast_width,
+        stem_kernel=5,
+        temporal_kernels=FAST_KERNELS,
+        res5_stride=res5_stride,
     )
     return SlowFast(
-        slow, fast, num_classes=num_classes, alpha=alpha, fusion_kernel=fusion_kernel, dropout=dropout
+        slow,
+        fast,
+        num_classes=num_classes,
+        alpha=alpha,
+        fusion_kernel=fusion_kernel,
+        dropout=dropout,
     )
 
 

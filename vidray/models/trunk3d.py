@@ -296,7 +296,9 @@ def build_pathway(
     slow pathway after the stem and res2..res4.
     """
     channels = spec.out_channels()
-    modules = OrderedDict(stem=make_stem(in_channels, spec.width, spec.stem_kernel, spec.time_padding))
+    modules = OrderedDict(
+        stem=make_stem(in_channels, spec.width, spec.stem_kernel, spec.time_padding)
+    )
     for i, stage in enumerate(spec.stages):
         modules[f"layer{i + 1}"] = make_stage(channels[i] + lateral[i], stage, spec)
     return nn.Sequential(modules)
@@ -334,23 +336,31 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class ResNet3d(nn.Sequential):
+class ResNet3d(nn.Module):
     """One pathway and a head: stem, layer1..layer4, head.
 
-    A Sequential, so ``model[:-1]`` is the feature extractor (B, C, T', H', W') a
-    detection head can pool boxes from.
+    `features` is the map after res5 (B, C, T', H', W') that a detection head pools
+    boxes from; `forward` pools it into logits.
     """
+
+    STAGES: ClassVar[tuple[str, ...]] = ("stem", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self, spec: PathwaySpec, *, num_classes: int, dropout: float = 0.5, in_channels: int = 3
     ):
-        pathway = build_pathway(spec, in_channels=in_channels)
-        super().__init__(
-            OrderedDict(
-                **dict(pathway.named_children()),
-                head=Head(spec.out_channels()[-1], num_classes, dropout),
-            )
-        )
+        super().__init__()
+        # Children at the top level, not under a "pathway" module, so layerN.* names
+        # are torchvision's and 2D checkpoints map onto them (see vidray.models.i3d).
+        for name, stage in build_pathway(spec, in_channels=in_channels).named_children():
+            self.add_module(name, stage)
+        self.head = Head(spec.out_channels()[-1], num_classes, dropout)
         self.spec = spec
         init_weights(self)
 
+    def features(self, clip: Tensor) -> Tensor:
+        for name in self.STAGES:
+            clip = getattr(self, name)(clip)
+        return clip
+
+    def forward(self, clip: Tensor) -> Tensor:
+        return self.head(self.features(clip))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidray.errors import VidrayError
-from vidray.models.backbone2d import PAPER_WIDTH, init_weights, resnet2d
+from vidray.models.backbone2d import PAPER_WIDTH, ResNet2d, init_weights, resnet2d
 from vidray.models.registry import InputSpec, register
 
 FLOW = 10  # L, the paper's flow stack (20 input channels)
@@ -99,7 +99,7 @@ STREAMS = {"both": ("rgb", "flow"), "rgb": ("rgb",), "flow": ("flow",)}
 class TwoStreamNet(nn.Module):
     """Trunks keyed by the input they read ("rgb", "flow") and a fusion of their last maps."""
 
-    def __init__(self, streams: dict[str, nn.Module], fusion: nn.Module):
+    def __init__(self, streams: dict[str, ResNet2d], fusion: nn.Module):
         super().__init__()
         self.streams = nn.ModuleDict(streams)
         self.fusion = fusion
