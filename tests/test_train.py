@@ -154,7 +154,7 @@ def test_unset_clip_parameters_come_from_the_model():
 def test_flow_stack_for_an_rgb_model_is_an_error():
     from vidray.train.inputs import resolve_inputs
 
-    with pytest.raises(VidrayError, match="reads no optical flow: unset flow.L"):
+    with pytest.raises(VidrayError, match=r"reads no optical flow: unset flow.L"):
         resolve_inputs(load_config(None, ["model.name=simple3d", "flow.L=4"]))
 
 

@@ -88,6 +88,10 @@ class ModelConfig:
     dropout: float | None = None
     pretrained: str = ""  # 2D weights: a local state_dict file or a torchvision weights name
     fusion: str | None = None  # two_stream: avg | concat | conv
+    streams: str | None = None  # two_stream: both | rgb | flow (train one stream alone)
+    hidden: int | None = None  # late_fusion_fc MLP / cnn_lstm LSTM size
+    layers: int | None = None  # cnn_lstm LSTM layers
+    taps: list[int] | None = None  # recurrent_conv: ResNet stages whose maps feed ConvGRUs
 
 
 @dataclass(frozen=True)
@@ -230,10 +234,14 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             )
         return value
     if origin in (typing.Union, types.UnionType):
-        for option in get_args(kind):
-            if option is type(None) and value is None:
-                return None
-        kind = next(a for a in get_args(kind) if a is not type(None))
+        if value is None and type(None) in get_args(kind):
+            return None
+        return _coerce(value, next(a for a in get_args(kind) if a is not type(None)), key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise VidrayError(f"config: {key} must be a list, got {value!r}")
+        (item,) = get_args(kind)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is float and isinstance(value, str):

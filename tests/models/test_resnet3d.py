@@ -103,14 +103,14 @@ def test_weights_saved_at_another_width_are_a_clear_error(tmp_path):
 def test_an_unreadable_weights_file_is_a_one_line_error(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("not a checkpoint")
-    with pytest.raises(VidrayError, match=r"cannot read weights file .*notes.pt") as raised:
+    with pytest.raises(VidrayError, match=r"cannot read pretrained weights .*notes.pt") as raised:
         build("r3d_18", num_classes=5, width=8, pretrained=str(path))
     assert "\n" not in str(raised.value)
 
 
 def test_an_unknown_weights_name_lists_torchvisions_without_downloading():
     with pytest.raises(
-        VidrayError, match=r"neither a file nor one of torchvision's: R3D_18_Weights.KINETICS400_V1"
+        VidrayError, match=r"not found: KINETICS700 .*such as R3D_18_Weights.KINETICS400_V1"
     ):
         build("r3d_18", num_classes=5, width=8, pretrained="KINETICS700")
 

@@ -3,8 +3,17 @@
 Importing a family module registers it; nothing here imports Ray.
 """
 
-# Importing a family module registers it.
-from vidray.models import c3d, i3d, resnet3d, simple3d, slow_fusion, slowfast  # noqa: F401
+from vidray.models import (  # noqa: F401  (importing a family module registers it)
+    c3d,
+    frame_fusion,
+    i3d,
+    recurrent,
+    resnet3d,
+    simple3d,
+    slow_fusion,
+    slowfast,
+    two_stream,
+)
 from vidray.models.registry import InputSpec, available, build, entry
 
 __all__ = ["InputSpec", "available", "build", "entry"]

@@ -21,8 +21,6 @@ early fusion. ``set_input_channels`` swaps the first conv for such inputs
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -30,6 +28,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from vidray.errors import VidrayError
+from vidray.models.weights import read_state_dict
 
 PAPER_WIDTH = 64  # torchvision's / He et al.'s stem width: the only width ImageNet weights fit
 
@@ -137,7 +136,7 @@ class ResNet2d(nn.Module):
                 f"pretrained 2D weights fit only width={PAPER_WIDTH} (got width={self.width}): "
                 f"drop `pretrained` or set width={PAPER_WIDTH}"
             )
-        state = {k: v for k, v in _read_state_dict(source).items() if not k.startswith("fc.")}
+        state = {k: v for k, v in read_state_dict(source).items() if not k.startswith("fc.")}
         own = self.state_dict()
         mismatch = sorted(set(own) ^ set(state)) or [
             k for k in own if own[k].shape != state[k].shape
@@ -173,41 +172,6 @@ def _derive_stem(rgb: Tensor, channels: int, how: StemInit) -> Tensor:
         return rgb.mean(dim=1, keepdim=True).expand(-1, channels, -1, -1)
     frames = channels // 3
     return rgb.repeat(1, frames, 1, 1) / frames
-
-
-def _read_state_dict(source: str) -> dict[str, Tensor]:
-    path = Path(source).expanduser()
-    if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # truncated or foreign file
-            raise VidrayError(
-                f"cannot read pretrained weights {path}: not a state_dict saved by torch.save "
-                f"({type(exc).__name__})"
-            ) from None
-        if not isinstance(state, dict):
-            raise VidrayError(f"pretrained weights {path} hold no state_dict")
-        return state
-    if "_Weights." not in source:
-        raise VidrayError(
-            f"pretrained weights file not found: {source} (give a state_dict saved with "
-            "torch.save, or a torchvision weights name such as ResNet18_Weights.IMAGENET1K_V1)"
-        )
-    from torchvision.models import get_weight
-
-    try:
-        weights = get_weight(source)
-    except (ValueError, KeyError):
-        raise VidrayError(
-            f"unknown torchvision weights {source!r} (e.g. ResNet18_Weights.IMAGENET1K_V1)"
-        ) from None
-    try:
-        # torch.hub caches the file: it is downloaded once per machine, then read locally
-        return weights.get_state_dict(progress=False, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise VidrayError(
-            f"cannot fetch {source}: {exc}; save its state_dict to a file and pass the path"
-        ) from None
 
 
 def resnet2d(

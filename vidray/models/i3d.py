@@ -37,10 +37,10 @@ import torchvision
 from torch import Tensor, nn
 
 from vidray.errors import VidrayError
-from vidray.models.backbone2d import _read_state_dict  # the 2D families' weights reader
 from vidray.models.nonlocal_block import NonLocalBlock, NonLocalMode
 from vidray.models.registry import InputSpec, register
 from vidray.models.trunk3d import STAGE_BLOCKS, PathwaySpec, ResNet3d, TimePadding
+from vidray.models.weights import read_state_dict
 
 PAPER = "I3D, Carreira & Zisserman 2017 (ResNet form: Wang et al. 2018)"
 NONLOCAL_PAPER = "Non-local neural networks, Wang et al. 2018"
@@ -169,7 +169,7 @@ def inflate_2d_to_3d(
 def _i3d(spec: PathwaySpec, num_classes: int, dropout: float, pretrained: str | None) -> ResNet3d:
     model = ResNet3d(spec, num_classes=num_classes, dropout=dropout)
     if pretrained is not None:
-        load_inflated(model, _read_state_dict(pretrained), source=pretrained)
+        load_inflated(model, read_state_dict(pretrained), source=pretrained)
     return model
 
 

@@ -64,12 +64,16 @@ def entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def arguments(name: str) -> list[str]:
+    """The keyword arguments a family's builder takes, besides ``num_classes``."""
+    params = inspect.signature(entry(name).builder).parameters
+    return [p for p in params if p != "num_classes"]
+
+
 def build(name: str, num_classes: int, **kwargs: object) -> nn.Module:
     """Build a registered model; unknown names or arguments are one-line errors."""
     builder = entry(name).builder
-    accepted = [
-        p.name for p in inspect.signature(builder).parameters.values() if p.name != "num_classes"
-    ]
+    accepted = arguments(name)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise VidrayError(

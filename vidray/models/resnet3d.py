@@ -28,12 +28,9 @@ fine-tuned.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision.models import WeightsEnum
 from torchvision.models.video import MC3_18_Weights, R2Plus1D_18_Weights, R3D_18_Weights
@@ -47,6 +44,7 @@ from torchvision.models.video.resnet import (
 
 from vidray.errors import VidrayError
 from vidray.models.registry import InputSpec, register
+from vidray.models.weights import read_state_dict
 
 ConvMaker = type[Conv3DSimple | Conv3DNoTemporal | Conv2Plus1D]
 
@@ -133,39 +131,9 @@ class ScaledVideoResNet(VideoResNet):
         return layer
 
 
-def _read_state_dict(source: str, enum: type[WeightsEnum]) -> dict[str, torch.Tensor]:
-    path = Path(source).expanduser()
-    if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
-            # torch's own message runs to several lines; the type is enough to go on.
-            raise VidrayError(
-                f"cannot read weights file {path} ({type(e).__name__}); "
-                "save weights with torch.save(model.state_dict(), path)"
-            ) from e
-        if not isinstance(state, dict):
-            raise VidrayError(f"weights file {path} holds no state_dict; save model.state_dict()")
-        return state
-    try:
-        weights = enum.verify(source)  # "KINETICS400_V1" or "R3D_18_Weights.KINETICS400_V1"
-    except KeyError:
-        names = ", ".join(f"{enum.__name__}.{w}" for w in enum.__members__)
-        raise VidrayError(
-            f"pretrained {source!r} is neither a file nor one of torchvision's: {names}"
-        ) from None
-    try:
-        # torch.hub caches the file: it is downloaded once per machine, then read locally.
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except OSError as e:
-        raise VidrayError(
-            f"cannot fetch {source}: {e}; save its state_dict to a file and pass the path"
-        ) from None
-
-
 def _load_weights(model: nn.Module, source: str, enum: type[WeightsEnum]) -> None:
     """Load a state_dict file or torchvision weights name; a head of another size stays fresh."""
-    state = _read_state_dict(source, enum)
+    state = read_state_dict(source, enum=enum)
     own = model.state_dict()
     if any(k in state and state[k].shape != own[k].shape for k in _HEAD):
         state = {k: v for k, v in state.items() if k not in _HEAD}

@@ -45,7 +45,6 @@ def format_table(rows: list[dict[str, object]]) -> str:
     header = f"{'model':<18} {'params (M)':>10} {'GMACs':>8}  {'input':<26} paper"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(
-            f"{r['name']:<18} {r['params_m']:>10.2f} {r['gmacs']:>8.2f}  {r['input']:<26} {r['paper']}"
-        )
+        size = f"{r['params_m']:>10.2f} {r['gmacs']:>8.2f}"
+        lines.append(f"{r['name']:<18} {size}  {r['input']:<26} {r['paper']}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from torch import nn
 from vidray import tracking
 from vidray.config import Config, OptimConfig
 from vidray.models import build
+from vidray.models.registry import arguments
 from vidray.train.checkpoints import load_checkpoint, save_checkpoint
 from vidray.train.inputs import model_input, model_kwargs
 from vidray.train.metrics import classification_metrics
@@ -38,7 +39,16 @@ def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    return build(cfg.model.name, num_classes=num_classes, **model_kwargs(cfg.model))
+    """The configured family, built for the clip the loader will give it."""
+    kwargs = model_kwargs(cfg.model)
+    # Families whose layers depend on the clip (early fusion's 3T-channel conv, the
+    # temporal stream's 2L channels) take its length under the InputSpec's names.
+    takes = arguments(cfg.model.name)
+    if "frames" in takes:
+        kwargs["frames"] = cfg.clip.T
+    if "flow" in takes:
+        kwargs["flow"] = cfg.flow.L
+    return build(cfg.model.name, num_classes=num_classes, **kwargs)
 
 
 @torch.no_grad()
