@@ -18,7 +18,8 @@ device (`vidray.train.inputs`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,18 +144,58 @@ def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]
     return files
 
 
+def _clips_from_shards(
+    paths: Iterable[str], sampler: ClipSampler, *, batch_rows: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Read shards (only the columns the clip needs) and derive their clips, batch by batch."""
+    columns = _columns(sampler.flow_L)
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            yield sampler(pa.Table.from_batches([batch]))
+
+
+@dataclass(frozen=True)
+class ShardReader:
+    """Ray Data stage: a batch of shard paths -> batches of clips.
+
+    One task reads a group of shards with pyarrow. Ray's own `read_parquet`
+    starts a read task per file, which costs ~60 ms each: at one shard per
+    video segment that overhead, paid every epoch, exceeded the reading itself.
+    """
+
+    sampler: ClipSampler
+    batch_rows: int = 32
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        yield from _clips_from_shards(batch["path"], self.sampler, batch_rows=self.batch_rows)
+
+
 def read_clips(
-    data_dir: str | Path, *, split: str, clip: ClipConfig, flow_L: int, train: bool
+    data_dir: str | Path,
+    *,
+    split: str,
+    clip: ClipConfig,
+    flow_L: int,
+    train: bool,
+    shards_per_task: int = 16,
 ) -> Any:
-    """A Ray Dataset of clip batches for one split (needs a running Ray)."""
+    """A Ray Dataset of clip batches for one split (needs a running Ray).
+
+    Each execution (each epoch) re-derives the clips, so training sees new
+    offsets, crops and flips every epoch; in training the shard groups also
+    come in a new order.
+    """
     import ray
 
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
-    # select_columns is pushed down into the Parquet read: flow is not read for RGB models.
-    ds = ray.data.read_parquet(window_files(data_dir, split=split)).select_columns(_columns(flow_L))
+    files = window_files(data_dir, split=split)
+    ds = ray.data.from_items(
+        [{"path": f} for f in files], override_num_blocks=math.ceil(len(files) / shards_per_task)
+    )
     if train:
         ds = ds.randomize_block_order()
-    return ds.map_batches(ClipSampler(clip, flow_L, train), batch_format="pyarrow", batch_size=32)
+    return ds.map_batches(ShardReader(ClipSampler(clip, flow_L, train)), batch_size=shards_per_task)
 
 
 def iter_clip_batches(
@@ -167,8 +208,8 @@ def iter_clip_batches(
     batch_rows: int = 32,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The same clips in-process, without Ray: for evaluation and tests."""
-    sampler = ClipSampler(clip, flow_L, train)
-    for path in window_files(data_dir, split=split):
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=_columns(flow_L)):
-            yield sampler(pa.Table.from_batches([batch]))
+    yield from _clips_from_shards(
+        window_files(data_dir, split=split),
+        ClipSampler(clip, flow_L, train),
+        batch_rows=batch_rows,
+    )
