@@ -35,8 +35,8 @@ class TrainResult:
     def report(self) -> str:
         video = self.metrics.get(tracking.VAL_VIDEO_TOP1)
         lines = [
-            f"train: {self.metrics.get('epoch', -1) + 1} epochs in {self.seconds:.0f} s; "
-            f"best checkpoint {self.checkpoint}",
+            f"train: {self.seconds:.0f} s; best checkpoint (epoch {self.metrics.get('epoch')}) "
+            f"{self.checkpoint}",
         ]
         if video is not None:
             lines.append(
@@ -164,9 +164,12 @@ def run_training(cfg: Config) -> TrainResult:
             dataset_config=DataConfig(datasets_to_split=["train"]),
         )
         result = trainer.fit()
-        best = result.get_best_checkpoint(tracking.VAL_VIDEO_TOP1, "max") or result.checkpoint
-        if best is None:
+        if not result.best_checkpoints:
             raise VidrayError("training reported no checkpoint")
+        # Ray keeps the top checkpoints by val video accuracy; report the best one.
+        best, best_metrics = max(
+            result.best_checkpoints, key=lambda kept: kept[1].get(tracking.VAL_VIDEO_TOP1, -1.0)
+        )
         with tempfile.TemporaryDirectory() as tmp:
             config_file = Path(tmp) / "config.yaml"
             config_file.write_text(cfg.to_yaml())
@@ -178,7 +181,7 @@ def run_training(cfg: Config) -> TrainResult:
             run_id=run_id,
             tracking_uri=uri,
             checkpoint=best.path,
-            metrics=result.metrics or {},
+            metrics=best_metrics,
             num_classes=len(classes),
             seconds=time.monotonic() - t0,
         )
