@@ -26,8 +26,8 @@ official Ray ratio uses the bigger epoch.
 One extra row measures a proposed fix, not vidray as it is: on-the-fly decoding
 with one shared PyAV ``VideoReformatter`` (``decode._to_rgb`` makes a new one,
 hence a new swscale context, per frame; the frames are identical). After that
-fix the on-the-fly baseline gets faster, so the ratios drop; the last ratio
-column shows by how much.
+fix the on-the-fly baseline gets faster, so the ratios drop; the ratio column
+"loader/(fly with decode fix)" shows by how much.
 
 How to read the ratios::
 
@@ -36,13 +36,16 @@ How to read the ratios::
 
 Targets: >= 3 for rgb, >= 10 for rgb+flow. A ratio says how much cheaper reading a
 stored clip is than making it from the video; the Ray Data ratio also pays Ray
-Data's per-epoch start-up and per-batch overhead.
+Data's per-epoch start-up and per-batch overhead. Every method also reports
+CPU-ms per clip (this process tree, Ray's processes included), and the "CPU:"
+ratio columns compare those: unlike clips/s they do not move with other users'
+load on a shared machine.
 
 The codec table compares the storage variants, frames raw|jpeg x flow raw|jpeg:
 bytes on disk per window (the whole shard, and the frames and flow columns
 alone, zstd-1 compressed as written) and in-process loader clips/s in both modes.
 
-    PYTHONPATH=. python bench/loader.py            # default sizes (~2 min on 2 cores)
+    PYTHONPATH=. python bench/loader.py            # default sizes (~1.5 min on 2 cores)
     PYTHONPATH=. python bench/loader.py --quick    # smoke run
 """
 

@@ -100,4 +100,4 @@ def test_3d_cnn_learns_the_motion(motion_splits):
 
 @pytest.mark.slow
 def test_two_stream_learns_the_motion_from_flow(motion_splits):
-    assert held_out_accuracy(motion_splits, "two_stream", "flow.L=4") >= 0.9
+    assert held_out_accuracy(motion_splits, "two_stream", "flow.L=8", "optim.lr=0.001") >= 0.9

@@ -25,6 +25,7 @@ from pathlib import Path
 import av
 import av.container
 import av.video
+import av.video.reformatter
 import numpy as np
 
 from vidray.errors import VideoError
@@ -472,6 +473,7 @@ def _grid_frames(
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         failure: list[str] = []
+        reformatter = av.video.reformatter.VideoReformatter()
         timed = _timed(_decode_from(container, stream, start_sec + k / fps, failure), stream)
 
         size = (0, 0)
@@ -485,7 +487,7 @@ def _grid_frames(
             else:
                 # `frame` replaces `cur` at time t: grid times before t show `cur`.
                 while k < stop and start_sec + k / fps < t - _TIME_EPS:
-                    rgb = rgb if rgb is not None else _to_rgb(cur, size, path)
+                    rgb = rgb if rgb is not None else _to_rgb(cur, size, path, reformatter)
                     yield rgb
                     k += 1
                 if k >= stop:
@@ -503,7 +505,7 @@ def _grid_frames(
         end = cur_t + (cur_duration or _last_frame_seconds(None, cur_t, prev_t, stream))
         stop = min(stop, grid_frame_count(end, fps, start_sec=start_sec))
         while k < stop:
-            rgb = rgb if rgb is not None else _to_rgb(cur, size, path)
+            rgb = rgb if rgb is not None else _to_rgb(cur, size, path, reformatter)
             yield rgb
             k += 1
         if failure:
@@ -611,17 +613,27 @@ def _timed(
         yield t, duration, frame
 
 
-def _to_rgb(frame: av.VideoFrame, size: tuple[int, int], path: Path) -> np.ndarray:
-    """Convert and resize in swscale; the result is read-only as it may be repeated."""
+def _to_rgb(
+    frame: av.VideoFrame,
+    size: tuple[int, int],
+    path: Path,
+    reformatter: av.video.reformatter.VideoReformatter,
+) -> np.ndarray:
+    """Convert and resize in swscale; the result is read-only as it may be repeated.
+
+    One `reformatter` serves a whole video: ``frame.to_ndarray(width=...)`` would
+    build a new swscale context for every frame, which cost more than decoding.
+    """
     width, height = size
     shrinking = width * height < frame.width * frame.height
     try:
-        rgb = frame.to_ndarray(
+        rgb = reformatter.reformat(
+            frame,
             width=width,
             height=height,
             format="rgb24",
             interpolation="AREA" if shrinking else "BILINEAR",
-        )
+        ).to_ndarray()
     except (av.FFmpegError, ValueError) as e:
         raise VideoError(
             f"{path}: cannot convert {frame.format.name} frames to RGB ({_reason(e)})"

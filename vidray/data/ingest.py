@@ -44,6 +44,8 @@ from vidray.errors import VideoError, VidrayError
 # The driver rewrites the manifest at most this often, so a crash loses little.
 _MANIFEST_EVERY_S = 30.0
 _PROGRESS_EVERY_S = 5.0
+# Probing a file takes a few ms: many per task, or scheduling dominates.
+_PROBES_PER_TASK = 32
 
 
 @dataclass
@@ -148,10 +150,39 @@ def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str
             segment=s,
             first_window=s * ingest.segment_windows,
             max_windows=ingest.segment_windows if s < n_segments - 1 else -1,
+            windows=min(ingest.segment_windows, n_windows - s * ingest.segment_windows),
             shard=f"{key:016x}-{s:04d}.parquet",
         )
         for s in range(n_segments)
     ]
+
+
+def pack_segments(
+    segments: list[dict[str, Any]], *, windows_per_task: int
+) -> list[list[dict[str, Any]]]:
+    """Group consecutive segments into tasks of about ``windows_per_task`` windows.
+
+    A Ray task costs ~20 ms of CPU and a little more of wall time; a short clip
+    (a UCF101 video is two or three windows) is cheaper than that to ingest, so
+    one task per clip spent more on scheduling than on video.
+    """
+    tasks: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    load = 0
+    for segment in segments:
+        if current and load + segment["windows"] > windows_per_task:
+            tasks.append(current)
+            current, load = [], 0
+        current.append(segment)
+        load += segment["windows"]
+    if current:
+        tasks.append(current)
+    return tasks
+
+
+def _tasks_for(items: int, per_task: int, cpus: float) -> int:
+    """Number of tasks: ``per_task`` items each, but enough to keep every CPU busy."""
+    return max(1, min(items, max(math.ceil(items / per_task), math.ceil(2 * cpus))))
 
 
 @functools.lru_cache(maxsize=2)
@@ -203,6 +234,16 @@ def encode_window(
         "flow": flow_entries,
         "flow_bound": flow.bound,
     }
+
+
+def ingest_task(
+    task: dict[str, Any], *, ingest: IngestConfig, flow: FlowConfig, output: str
+) -> list[dict[str, Any]]:
+    """Stage 2 as Ray runs it: the segments of one task, one after the other."""
+    return [
+        ingest_segment(segment, ingest=ingest, flow=flow, output=output)
+        for segment in task["segments"]
+    ]
 
 
 def ingest_segment(
@@ -310,10 +351,13 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
         f"{summary.skipped} already ingested, {len(todo)} to ingest"
     )
 
+    cpus = ray.cluster_resources().get("CPU", 1.0)
     segments: list[dict[str, Any]] = []
     if todo:
         probed = (
-            ray.data.from_items(todo, override_num_blocks=min(len(todo), 1000))
+            ray.data.from_items(
+                todo, override_num_blocks=_tasks_for(len(todo), _PROBES_PER_TASK, cpus)
+            )
             .map(probe_entry)
             .take_all()
         )
@@ -329,8 +373,16 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
     info = {s["video_id"]: s for s in segments}
     last_save = last_log = time.monotonic()
     if segments:
-        results = ray.data.from_items(segments, override_num_blocks=min(len(segments), 10_000)).map(
-            ingest_segment,
+        total = sum(s["windows"] for s in segments)
+        # Up to segment_windows windows a task, but at least two tasks per CPU.
+        tasks = pack_segments(
+            segments,
+            windows_per_task=min(ingest.segment_windows, max(1, math.ceil(total / (2 * cpus)))),
+        )
+        results = ray.data.from_items(
+            [{"segments": task} for task in tasks], override_num_blocks=len(tasks)
+        ).flat_map(
+            ingest_task,
             fn_kwargs={"ingest": ingest, "flow": flow, "output": str(output)},
             num_cpus=ingest.cpus_per_task,
             num_gpus=ingest.gpus_per_task,
