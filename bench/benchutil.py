@@ -36,10 +36,12 @@ STORAGE_OVERRIDES = [
 ]
 
 
-def add_dataset_args(parser: argparse.ArgumentParser, *, videos: int = 48) -> None:
+def add_dataset_args(
+    parser: argparse.ArgumentParser, *, videos: int = 48, frames: int = 64
+) -> None:
     """The flags that size the generated dataset, the Ray run and the work dir."""
     parser.add_argument("--videos", type=int, default=videos, help="videos to generate")
-    parser.add_argument("--frames", type=int, default=64, help="frames per generated video")
+    parser.add_argument("--frames", type=int, default=frames, help="frames per generated video")
     parser.add_argument("--video-fps", type=float, default=10.0, help="fps of generated videos")
     parser.add_argument(
         "--size", type=parse_size, default=(192, 144), help="WxH of generated videos"
@@ -49,6 +51,11 @@ def add_dataset_args(parser: argparse.ArgumentParser, *, videos: int = 48) -> No
     )
     parser.add_argument("--workdir", type=Path, default=None, help="work here, not in a temp dir")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
+
+
+def dataset_tag(videos: int, frames: int, fps: float, size: tuple[int, int]) -> str:
+    """A directory name for a generated dataset, so a --workdir rerun never reuses another."""
+    return f"{videos}x{frames}_{fps:g}fps_{size[0]}x{size[1]}"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -85,7 +92,8 @@ def make_videos(
 ) -> list[Path]:
     """The motion dataset (folders layout) with about `videos` videos, across up to 8 classes.
 
-    Reuses ``root`` when it already holds the same number of videos (a --workdir rerun).
+    Reuses ``root`` when it already holds the same number of videos (a --workdir
+    rerun): name it with `dataset_tag`.
     """
     classes = min(len(MOTIONS), max(1, videos))
     per_class = math.ceil(videos / classes)

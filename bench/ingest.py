@@ -1,25 +1,27 @@
 """Benchmark: Ray Data ingest throughput against the same work in one plain process.
 
-What is measured, on a generated motion dataset (default 48 videos of 64 frames at
-10 fps, 192x144):
+What is measured, on generated motion datasets (192x144, 10 fps):
+
+- the **main** dataset, default 48 videos of 320 frames (10 windows each), long
+  enough that the ratio measures steady-state throughput rather than Ray Data's
+  fixed cost per execution (about a second);
+- a **short** dataset, default 48 videos of 64 frames (2 windows each, like a
+  UCF101 clip), where that fixed cost shows; ``--short-frames 0`` skips it.
+
+On each, two sides:
 
 - **ray**: windows/s of ``vidray.data.ingest.run_ingest(cfg)`` on a local Ray with
   ``--cpus`` CPUs (default: all cores). The clock runs around the whole call:
   listing, the probe stage, planning, the segment stage (decode -> DIS flow ->
-  encode -> write shard), manifest and dataset.yaml. ``ray.init`` is not timed,
-  and a warm-up ingest of two videos into a scratch dir runs first, so worker
-  start-up is not measured either.
+  encode -> write shard, segments packed into tasks), manifest and dataset.yaml.
+  ``ray.init`` is not timed, and a warm-up ingest of two videos into a scratch
+  dir runs first, so worker start-up is not measured either.
 - **single**: windows/s of the same stage functions called sequentially in this
   process (``list_sources`` -> ``probe_entry`` -> ``plan_segments`` ->
   ``ingest_segment``, which writes the same shards), with one OpenCV thread and
   one decode thread, exactly what each Ray task gets with ``cpus_per_task=1``.
 
-- **packed** [a proposal, not vidray today]: the same stage functions on the
-  same Ray in fewer, bigger tasks (probing in ~2 tasks per CPU, short segments
-  packed into tasks of up to ``segment_windows`` windows); its ratio is printed
-  apart, so the lead can weigh the change.
-
-All sides use the same storage parameters (fps 10, short side 128, windows of 32
+Both sides use the same storage parameters (fps 10, short side 128, windows of 32
 frames at stride 32, JPEG frames, DIS flow stored raw) and are run ``--repeats``
 times, in turn; the best run of each side counts.
 
@@ -30,7 +32,7 @@ How to read the ratio::
 1.0 means Ray scales perfectly over the CPUs it was given; what is missing is
 Ray Data overhead (task launch, scheduling, the driver's own CPU use, stage
 barriers) plus contention with anything else on the machine (the load averages
-are printed before and after). Target: >= 0.8.
+are printed before and after). Target: >= 0.8, on the main dataset.
 
 Wall time moves with other users' load; CPU time does not. Every run also
 reports the CPU seconds (user+sys) of this process tree by role (driver, Ray
@@ -39,11 +41,10 @@ that can be read on a busy machine too: work efficiency (single-process CPU-s /
 Ray CPU-s: how much CPU Ray adds) times utilization (Ray CPU-s / (wall x CPUs):
 how busy Ray keeps its CPUs).
 
-Two further tables say where the time goes: the per-window cost of each stage in
-one process (including decode with one shared PyAV reformatter, a proposed fix),
-and Ray Data's fixed and per-task overhead (a no-op pipeline of the same shape).
+A last table says where the time goes: the per-window cost of each stage of
+``ingest_segment`` in one process.
 
-    PYTHONPATH=. python bench/ingest.py            # default sizes (~1-2 min on 2 cores)
+    PYTHONPATH=. python bench/ingest.py            # default sizes (~2.5 min on 2 cores)
     PYTHONPATH=. python bench/ingest.py --quick    # smoke run
 """
 
@@ -66,6 +67,7 @@ from vidray.data.shards import ShardWriter, encode_images
 from vidray.data.sources import list_sources
 
 TARGET = 0.8
+SIDES = ("single", "ray")
 
 
 def single_process_ingest(cfg: Config) -> dict[str, Any]:
@@ -98,72 +100,43 @@ def ray_ingest(cfg: Config) -> dict[str, Any]:
     return dict(seconds=seconds, windows=summary.windows, bytes=summary.bytes)
 
 
-def ray_packed_ingest(cfg: Config) -> dict[str, Any]:
-    """A proposed run_ingest pipeline: the same stage functions in fewer, bigger tasks.
+def compare(
+    name: str, videos: Path, out: Path, *, cpus: int, repeats: int
+) -> tuple[list[list[Any]], dict[str, dict[str, Any]], dict[str, float]]:
+    """Run single and ray `repeats` times in turn on `videos`.
 
-    Probing runs as about 2 tasks per CPU instead of one per file, and short
-    segments are packed into tasks of up to ``segment_windows`` windows (still
-    one shard per segment, so atomicity is unchanged; long videos still split).
-    The manifest is not written (a few ms).
+    Returns the table rows, the best (fastest) run of each side, and each side's
+    least CPU-s over its runs.
     """
-    import ray
-
-    ingest, flow = cfg.ingest, cfg.flow
-    output = Path(ingest.output)
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
-    t0 = time.perf_counter()
-    listing = list_sources(
-        ingest.input, layout=ingest.layout, split=ingest.split, val_fraction=ingest.val_fraction
-    )
-    entries = [asdict(e) for e in listing.entries]
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    probed = (
-        ray.data.from_items(entries, override_num_blocks=min(len(entries), 2 * cpus))
-        .map(probe_entry)
-        .take_all()
-    )
-    tasks: list[dict[str, Any]] = []
-    packed: list[dict[str, Any]] = []
-    size = 0
-    for item in probed:
-        for segment in [] if item["error"] else plan_segments(item, ingest):
-            n = _expected_windows(segment, ingest)
-            if packed and size + n > ingest.segment_windows:
-                tasks.append({"segments": packed})
-                packed, size = [], 0
-            packed.append(segment)
-            size += n
-    if packed:
-        tasks.append({"segments": packed})
-
-    def run(task: dict[str, Any]) -> list[dict[str, Any]]:
-        return [
-            ingest_segment(segment, ingest=ingest, flow=flow, output=str(output))
-            for segment in task["segments"]
-        ]
-
-    results = ray.data.from_items(tasks, override_num_blocks=len(tasks)).flat_map(
-        run, num_cpus=ingest.cpus_per_task
-    )
-    windows = nbytes = 0
-    for result in results.iter_rows():
-        windows += result["n_windows"]
-        nbytes += result["bytes"]
-    return dict(seconds=time.perf_counter() - t0, windows=windows, bytes=nbytes)
-
-
-def _expected_windows(segment: dict[str, Any], ingest: Any) -> int:
-    """Windows a planned segment will hold, from the probed duration (as plan_segments counts)."""
-    if segment["max_windows"] > 0:
-        return int(segment["max_windows"])
-    grid = decode.grid_frame_count(
-        segment["duration"], ingest.fps, start_sec=segment["start_sec"], end_sec=segment["end_sec"]
-    )
-    total = decode.count_windows(
-        grid, window_frames=ingest.window_frames, window_stride=ingest.window_stride
-    )
-    return max(1, total - int(segment["first_window"]))
+    configs = {side: bu.ingest_config(videos, out / side) for side in SIDES}
+    runners = {"single": single_process_ingest, "ray": ray_ingest}
+    rows: list[list[Any]] = []
+    best: dict[str, dict[str, Any]] = {}
+    min_cpu: dict[str, float] = {}
+    meter = bu.CpuMeter()
+    for r in range(repeats):
+        for side in SIDES:
+            meter.start()
+            result = runners[side](configs[side])
+            cpu = meter.stop()
+            result["cpu_s"] = sum(cpu.values())
+            result["rate"] = result["windows"] / result["seconds"]
+            rows.append(
+                [
+                    f"{name} {side} #{r + 1}",
+                    cpus if side == "ray" else 1,
+                    result["windows"],
+                    result["seconds"],
+                    result["rate"],
+                    result["bytes"] / max(1, result["windows"]) / 1e3,
+                    result["cpu_s"],
+                    *(cpu[role] for role in bu.CPU_ROLES),
+                ]
+            )
+            if side not in best or result["rate"] > best[side]["rate"]:
+                best[side] = result
+            min_cpu[side] = min(min_cpu.get(side, float("inf")), result["cpu_s"])
+    return rows, best, min_cpu
 
 
 def stage_breakdown(cfg: Config, paths: list[Path], scratch: Path) -> tuple[list[list[Any]], float]:
@@ -171,36 +144,31 @@ def stage_breakdown(cfg: Config, paths: list[Path], scratch: Path) -> tuple[list
 
     Returns the table rows and the probe cost in ms per video.
     """
-    from av.video.reformatter import VideoReformatter
-
     from vidray.data.flow import load_flow_estimator, quantize_flow
 
     ingest, flow = cfg.ingest, cfg.flow
     estimator = load_flow_estimator(flow.backend, dis_preset=flow.dis_preset)
     cost = dict.fromkeys(
-        ["probe", "decode", "decode_fix", "flow", "quantize", "enc_frames", "enc_flow", "write"],
-        0.0,
+        ["probe", "decode", "flow", "quantize", "enc_frames", "enc_flow", "write"], 0.0
     )
     windows = 0
     for i, path in enumerate(paths):
         t0 = time.perf_counter()
         decode.probe(path)
         t1 = time.perf_counter()
-        kwargs = dict(fps=ingest.fps, short_side=ingest.short_side, threads=ingest.decode_threads)
         got = list(
             decode.iter_windows(
                 path,
+                fps=ingest.fps,
+                short_side=ingest.short_side,
                 window_frames=ingest.window_frames,
                 window_stride=ingest.window_stride,
-                **kwargs,
+                threads=ingest.decode_threads,
             )
         )
         t2 = time.perf_counter()
-        decode_with_shared_reformatter(path, ingest.short_side, VideoReformatter())
-        t3 = time.perf_counter()
         cost["probe"] += t1 - t0
         cost["decode"] += t2 - t1
-        cost["decode_fix"] += t3 - t2
         writer = ShardWriter(scratch / f"{i}.parquet", tmp_dir=scratch / "_tmp")
         for window in got:
             windows += 1
@@ -227,43 +195,16 @@ def stage_breakdown(cfg: Config, paths: list[Path], scratch: Path) -> tuple[list
     labels = {
         "probe": "probe (decode.probe)",
         "decode": "decode + RGB + resize (decode.iter_windows)",
-        "decode_fix": "  same, one shared VideoReformatter [proposed]",
         "flow": f"flow ({flow.backend}, preset {flow.dis_preset})",
         "quantize": "quantize flow",
         "enc_frames": f"encode frames ({ingest.frames_codec})",
         "enc_flow": f"encode flow ({flow.codec})",
         "write": "Parquet write (ShardWriter)",
     }
-    total = sum(v for k, v in cost.items() if k != "decode_fix")
-    rows = [
-        [labels[k], 1000 * v / windows, "" if k == "decode_fix" else f"{100 * v / total:.0f}%"]
-        for k, v in cost.items()
-    ]
-    rows.append(["total (without the proposed row)", 1000 * total / windows, "100%"])
+    total = sum(cost.values())
+    rows = [[labels[k], 1000 * v / windows, f"{100 * v / total:.0f}%"] for k, v in cost.items()]
+    rows.append(["total", 1000 * total / windows, "100%"])
     return rows, 1000 * cost["probe"] / len(paths)
-
-
-def decode_with_shared_reformatter(path: Path, short_side: int, reformatter: Any) -> int:
-    """Decode every frame and convert it to RGB at the stored size with one reformatter.
-
-    ``VideoFrame.to_ndarray(width=, height=)`` builds a new VideoReformatter (and so
-    a new swscale context) for every frame; sharing one per stream is the fix.
-    The source here is at the base fps, so this converts as many frames as
-    decode.iter_windows does.
-    """
-    import av
-
-    count = 0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        for frame in container.decode(stream):
-            width, height = decode.output_size(frame.width, frame.height, short_side)
-            reformatter.reformat(
-                frame, width=width, height=height, format="rgb24", interpolation="AREA"
-            ).to_ndarray()
-            count += 1
-    return count
 
 
 def _row(window: Any, frames: list[bytes], flows: list[bytes], cfg: Config) -> dict[str, Any]:
@@ -287,137 +228,73 @@ def _row(window: Any, frames: list[bytes], flows: list[bytes], cfg: Config) -> d
     }
 
 
-def ray_overhead(cfg: Config, n_items: int, cpus: int, probe_ms: float) -> list[list[Any]]:
-    """Ray Data cost with little or no work: the two pipeline shapes run_ingest builds.
-
-    Each row: wall seconds, the ideal (the work divided over the CPUs), the wall
-    overhead per task ((seconds - ideal) x CPUs / tasks), and the CPU time per
-    task beyond the work itself (all processes of this tree; and the driver's).
-    """
-    import ray
-
-    def noop(row: dict[str, Any]) -> dict[str, Any]:
-        return row
-
-    def sleep(row: dict[str, Any]) -> dict[str, Any]:
-        time.sleep(0.05)
-        return row
-
-    def segment_shape(fn: Any) -> int:
-        items = [{"i": i, "pad": "x" * 200} for i in range(n_items)]
-        ds = ray.data.from_items(items, override_num_blocks=n_items).map(fn, num_cpus=1)
-        return sum(1 for _ in ds.iter_rows())
-
-    entries = [asdict(e) for e in list_sources(cfg.ingest.input, layout="folders").entries]
-
-    def probe_stage() -> int:
-        ds = ray.data.from_items(entries, override_num_blocks=len(entries)).map(probe_entry)
-        return len(ds.take_all())
-
-    cases = [
-        ("no-op map, num_cpus=1, iter_rows (segment stage shape)", segment_shape, noop, 0.0),
-        ("50 ms sleep map, same shape", segment_shape, sleep, 0.05 * n_items / cpus),
-        ("probe stage alone (real probe_entry, take_all)", None, None, 0.0),
-    ]
-    rows = []
-    meter = bu.CpuMeter()
-    for name, shape, fn, ideal in cases:
-        meter.start()
-        work_cpu = 0.0
-        if shape is None:
-            seconds, _ = bu.timed(probe_stage)
-            work_cpu = probe_ms / 1000 * len(entries)
-            ideal = work_cpu / cpus
-        else:
-            seconds, _ = bu.timed(lambda shape=shape, fn=fn: shape(fn))
-        cpu = meter.stop()
-        rows.append(
-            [
-                name,
-                n_items,
-                seconds,
-                ideal,
-                1000 * (seconds - ideal) * cpus / n_items,
-                1000 * (sum(cpu.values()) - work_cpu) / n_items,
-                1000 * cpu["driver"] / n_items,
-            ]
-        )
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    bu.add_dataset_args(parser)
+    bu.add_dataset_args(parser, frames=320)
+    parser.add_argument(
+        "--short-frames",
+        type=int,
+        default=64,
+        help="frames per video of the short dataset (same --videos; 0 = skip it)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
     parser.add_argument(
-        "--profile-videos", type=int, default=12, help="videos in the stage breakdown"
+        "--profile-videos", type=int, default=4, help="videos in the stage breakdown"
     )
-    parser.add_argument("--no-profile", action="store_true", help="skip the breakdown tables")
+    parser.add_argument("--no-profile", action="store_true", help="skip the stage breakdown")
     args = parser.parse_args(argv)
     if args.quick:
-        args.videos, args.repeats, args.profile_videos = min(args.videos, 8), 1, 2
+        args.videos, args.frames, args.repeats, args.profile_videos = min(args.videos, 8), 96, 1, 2
     cpus = bu.cpu_count(args.cpus)
     bu.single_thread_opencv()
+    datasets = {"main": args.frames}
+    if args.short_frames:
+        datasets["short"] = args.short_frames
+    width, height = args.size
 
     print(f"bench/ingest: {bu.load()} (before)")
     with bu.workdir(args.workdir) as work:
-        t_gen, paths = bu.timed(
-            lambda: bu.make_videos(
-                work / "videos",
-                videos=args.videos,
-                frames=args.frames,
-                fps=args.video_fps,
-                size=args.size,
+        inputs: dict[str, Path] = {}
+        for name, frames in datasets.items():
+            root = work / f"videos_{bu.dataset_tag(args.videos, frames, args.video_fps, args.size)}"
+            t_gen, paths = bu.timed(
+                lambda root=root, frames=frames: bu.make_videos(
+                    root, videos=args.videos, frames=frames, fps=args.video_fps, size=args.size
+                )
             )
-        )
-        width, height = args.size
-        print(
-            f"dataset: {len(paths)} videos x {args.frames} frames at {args.video_fps:g} fps, "
-            f"{width}x{height} (generated in {t_gen:.1f} s)"
-        )
+            inputs[name] = root
+            ingest = bu.ingest_config(root, work / "unused").ingest
+            per_video = decode.count_windows(
+                decode.grid_frame_count(frames / args.video_fps, ingest.fps),
+                window_frames=ingest.window_frames,
+                window_stride=ingest.window_stride,
+            )
+            print(
+                f"dataset {name}: {len(paths)} videos x {frames} frames at "
+                f"{args.video_fps:g} fps, {width}x{height}, {per_video} windows/video "
+                f"(generated in {t_gen:.1f} s)"
+            )
+            if name == "main":
+                main_paths = paths
         storage = ", ".join(o.split(".", 1)[1] for o in bu.STORAGE_OVERRIDES)
         print(f"storage (both sides): {storage}")
 
         t_init = bu.start_ray(cpus)
-        warm_input = bu.copy_subset(paths[:2], work / "videos", work / "warm_videos")
+        warm_input = bu.copy_subset(main_paths[:2], inputs["main"], work / "warm_videos")
         t_warm, _ = bu.timed(lambda: ray_ingest(bu.ingest_config(warm_input, work / "warm_out")))
         print(
             f"ray: local, {cpus} CPUs; ray.init {t_init:.1f} s and warm-up ingest of 2 videos "
             f"{t_warm:.1f} s, neither timed"
         )
 
-        single_cfg = bu.ingest_config(work / "videos", work / "out_single")
-        ray_cfg = bu.ingest_config(work / "videos", work / "out_ray")
-        packed_cfg = bu.ingest_config(work / "videos", work / "out_packed")
-        side_cpus = {"single": 1, "ray": cpus, "packed": cpus}
         runs: list[list[Any]] = []
-        best: dict[str, dict[str, Any]] = {}
-        meter = bu.CpuMeter()
-        for r in range(args.repeats):
-            for side, fn, cfg in [
-                ("single", single_process_ingest, single_cfg),
-                ("ray", ray_ingest, ray_cfg),
-                ("packed", ray_packed_ingest, packed_cfg),
-            ]:
-                meter.start()
-                result = fn(cfg)
-                result["cpu"] = meter.stop()
-                result["cpu_s"] = sum(result["cpu"].values())
-                result["rate"] = result["windows"] / result["seconds"]
-                runs.append(
-                    [
-                        f"{side} #{r + 1}",
-                        side_cpus[side],
-                        result["windows"],
-                        result["seconds"],
-                        result["rate"],
-                        result["bytes"] / max(1, result["windows"]) / 1e3,
-                        result["cpu_s"],
-                        *(result["cpu"][role] for role in bu.CPU_ROLES),
-                    ]
-                )
-                if side not in best or result["rate"] > best[side]["rate"]:
-                    best[side] = result
+        best: dict[str, dict[str, dict[str, Any]]] = {}
+        min_cpu: dict[str, dict[str, float]] = {}
+        for name in datasets:
+            rows, best[name], min_cpu[name] = compare(
+                name, inputs[name], work / f"out_{name}", cpus=cpus, repeats=args.repeats
+            )
+            runs += rows
         print()
         print(
             bu.table(
@@ -432,80 +309,54 @@ def main(argv: list[str] | None = None) -> int:
                     *(f"{role} CPU-s" for role in bu.CPU_ROLES),
                 ],
                 runs,
-                title="ingest runs (best of each side counts; ray = run_ingest; packed = "
-                "[proposed] fewer, bigger tasks, see ray_packed_ingest; CPU-s: user+sys "
-                "of this process tree, so other users' load does not count)",
+                title="ingest runs (best of each side counts; ray = run_ingest; CPU-s: "
+                "user+sys of this process tree, so other users' load does not count)",
             )
         )
-        if best["single"]["windows"] != best["ray"]["windows"]:
+        for name in datasets:
+            b, cpu = best[name], min_cpu[name]
+            if b["single"]["windows"] != b["ray"]["windows"]:
+                print(
+                    f"WARNING ({name}): window counts differ: single {b['single']['windows']}, "
+                    f"ray {b['ray']['windows']}"
+                )
+            utilization = b["ray"]["cpu_s"] / (b["ray"]["seconds"] * cpus)
+            ideal = b["single"]["seconds"] / cpus
             print(
-                f"WARNING: window counts differ: single {best['single']['windows']}, "
-                f"ray {best['ray']['windows']}"
-            )
-
-        def min_cpu(side: str) -> float:
-            return min(float(row[6]) for row in runs if str(row[0]).startswith(side + " "))
-
-        for side in ("ray", "packed"):
-            utilization = best[side]["cpu_s"] / (best[side]["seconds"] * cpus)
-            print(
-                f"CPU accounting, {side}: the work takes {min_cpu('single'):.2f} CPU-s in one "
-                f"process and {min_cpu(side):.2f} CPU-s under Ray (min over runs): work "
-                f"efficiency {min_cpu('single') / min_cpu(side):.2f}; the best run kept its "
+                f"{name}: ideal ray time {ideal:.2f} s, best {b['ray']['seconds']:.2f} s "
+                f"(+{b['ray']['seconds'] - ideal:.2f} s); the work takes {cpu['single']:.2f} "
+                f"CPU-s in one process and {cpu['ray']:.2f} CPU-s under Ray (min over runs): "
+                f"work efficiency {cpu['single'] / cpu['ray']:.2f}; the best run kept its "
                 f"{cpus} CPUs {100 * utilization:.0f}% busy (ratio ~ efficiency x utilization)"
             )
 
         if not args.no_profile:
             scratch = work / "profile"
             shutil.rmtree(scratch, ignore_errors=True)
-            subset = paths[: args.profile_videos]
+            subset = main_paths[: args.profile_videos]
+            cfg = bu.ingest_config(inputs["main"], work / "out_profile")
+            stages, probe_ms = stage_breakdown(cfg, subset, scratch)
             print()
-            stages, probe_ms = stage_breakdown(single_cfg, subset, scratch)
             print(
                 bu.table(
                     ["stage", "ms/window", "share"],
                     stages,
-                    title=f"single-process stage costs ({len(subset)} videos, 1 thread; "
+                    title=f"single-process stage costs ({len(subset)} main videos, 1 thread; "
                     f"probe: {probe_ms:.1f} ms/video)",
                 )
             )
-            print()
-            print(
-                bu.table(
-                    [
-                        "Ray Data pipeline",
-                        "tasks",
-                        "seconds",
-                        "ideal s",
-                        "wall ms x CPUs/task",
-                        "extra CPU-ms/task",
-                        "driver CPU-ms/task",
-                    ],
-                    ray_overhead(single_cfg, best["single"]["segments"], cpus, probe_ms),
-                    title=f"Ray Data overhead ({cpus} CPUs)",
-                )
-            )
 
-        single_rate, ray_rate = best["single"]["rate"], best["ray"]["rate"]
-        ideal = best["single"]["seconds"] / cpus
         print()
-        print(
-            f"single-process: {single_rate:.1f} windows/s; ray ({cpus} CPUs): "
-            f"{ray_rate:.1f} windows/s; ideal ray time {ideal:.2f} s, "
-            f"actual {best['ray']['seconds']:.2f} s "
-            f"(+{best['ray']['seconds'] - ideal:.2f} s overhead)"
-        )
-        ratio = ray_rate / (single_rate * cpus)
-        packed_ratio = best["packed"]["rate"] / (single_rate * cpus)
         print(f"bench/ingest: {bu.load()} (after)")
-        print(
-            f"[proposed, not vidray today] ratio packed/(single-process x CPUs) = "
-            f"{packed_ratio:.2f}"
-        )
-        print(
-            f"ratio ingest/(single-process x CPUs) = {ratio:.2f} (target >= {TARGET}) "
-            f"{bu.verdict(ratio, TARGET)}"
-        )
+        for name, frames in datasets.items():
+            b = best[name]
+            ratio = b["ray"]["rate"] / (b["single"]["rate"] * cpus)
+            print(
+                f"ratio ingest/(single-process x CPUs), {name} ({args.videos} videos x "
+                f"{frames} frames; single {b['single']['rate']:.1f} windows/s, ray "
+                f"{b['ray']['rate']:.1f} windows/s on {cpus} CPUs) = {ratio:.2f} "
+                f"(target >= {TARGET}) {bu.verdict(ratio, TARGET)}"
+            )
     return 0
 
 

@@ -71,6 +71,25 @@ def test_folders_split_is_stratified_per_class(tmp_path):
     assert val == {"big": 2, "small": 1, "pair": 1, "single": 0}
 
 
+def test_test_fraction_holds_out_a_test_split_per_class(tmp_path):
+    touch(tmp_path, *[f"big/{i:02d}.mp4" for i in range(12)])
+    touch(tmp_path, "pair/0.mp4", "pair/1.mp4", "trio/0.mp4", "trio/1.mp4", "trio/2.mp4")
+    listing = list_sources(str(tmp_path), layout="folders", val_fraction=0.25, test_fraction=0.25)
+    counts = {name: {"train": 0, "val": 0, "test": 0} for name in listing.classes}
+    for entry in listing.entries:
+        counts[entry.label_name][entry.split] += 1
+    assert counts["big"] == {"train": 6, "val": 3, "test": 3}
+    # small classes keep at least one training video
+    assert counts["pair"] == {"train": 1, "val": 1, "test": 0}
+    assert counts["trio"] == {"train": 1, "val": 1, "test": 1}
+
+
+def test_held_out_fractions_must_leave_videos_to_train(tmp_path):
+    touch(tmp_path, "a/0.mp4")
+    with pytest.raises(VidrayError, match="leave videos to train"):
+        list_sources(str(tmp_path), layout="folders", val_fraction=0.5, test_fraction=0.5)
+
+
 def test_split_without_val_fraction_is_all_train(tmp_path):
     touch(tmp_path, *[f"a/{i}.mp4" for i in range(4)])
     listing = list_sources(str(tmp_path), layout="folders", val_fraction=0.0)

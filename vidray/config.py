@@ -39,6 +39,7 @@ class IngestConfig:
     output: str = ""  # ingest output: windows/, manifest.parquet, dataset.yaml
     split: int = 1  # ucf101 official split number (1..3)
     val_fraction: float = 0.2  # for layouts without split files: share of each class held out
+    test_fraction: float = 0.0  # likewise for a test split (final numbers, never selection)
     fps: float = 10.0  # base frame rate every source is resampled to
     short_side: int = 128  # stored frames: short side in pixels (0 = keep source size)
     window_frames: int = 32  # frames per stored window (W)

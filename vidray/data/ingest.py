@@ -322,7 +322,11 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
 
     t0 = time.monotonic()
     listing = list_sources(
-        ingest.input, layout=ingest.layout, split=ingest.split, val_fraction=ingest.val_fraction
+        ingest.input,
+        layout=ingest.layout,
+        split=ingest.split,
+        val_fraction=ingest.val_fraction,
+        test_fraction=ingest.test_fraction,
     )
     summary = IngestSummary(output=str(output), listed=len(listing.entries))
     # Keyed by video id, not path: one Kinetics file can hold several trimmed clips.

@@ -21,8 +21,9 @@ Layouts (``LAYOUTS``):
 
 Where a layout names no split, videos are split by a deterministic rule: within a
 group (a class, or the whole dataset for ``flat``), videos are ordered by the SHA-1
-of their ``video_id`` and the first ``round(val_fraction * n)`` go to ``val``
-(at least one when ``n >= 2``, never the whole group), the rest to ``train``.
+of their ``video_id``; the first ``round(val_fraction * n)`` go to ``val``, the
+next ``round(test_fraction * n)`` to ``test`` (each at least one when the group
+allows, never the whole group), the rest to ``train``.
 Adding videos to one class leaves the other classes' splits unchanged.
 """
 
@@ -99,7 +100,12 @@ class _Row:
 
 
 def list_sources(
-    input_path: str, *, layout: str, split: int = 1, val_fraction: float = 0.2
+    input_path: str,
+    *,
+    layout: str,
+    split: int = 1,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
 ) -> SourceListing:
     """List the videos of a dataset laid out as ``layout``.
 
@@ -111,6 +117,7 @@ def list_sources(
         val_fraction: the share of each group sent to ``val`` where the layout
             names no split, in [0, 1); ``ucf101`` has only its official train and
             test lists, so it never has a ``val`` split.
+        test_fraction: likewise for ``test`` (default 0: no test split).
 
     Returns:
         The entries in a deterministic order, and the class names. An empty listing
@@ -123,6 +130,11 @@ def list_sources(
         raise VidrayError(f"unknown dataset layout '{layout}': use one of {', '.join(LAYOUTS)}")
     if not 0 <= val_fraction < 1:
         raise VidrayError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise VidrayError(
+            f"test_fraction must be in [0, 1) and leave videos to train, got {test_fraction} "
+            f"with val_fraction {val_fraction}"
+        )
     path = os.path.abspath(os.path.expanduser(input_path))
     if not os.path.exists(path):
         raise VidrayError(f"input path {input_path} does not exist: check the ingest input")
@@ -142,7 +154,9 @@ def list_sources(
         rows, classes = _ucf101(path, split=split)
     else:
         rows, classes = _kinetics(path, name=input_path)
-    entries = _finish(rows, val_fraction=val_fraction, stratified=layout != "flat")
+    entries = _finish(
+        rows, val_fraction=val_fraction, test_fraction=test_fraction, stratified=layout != "flat"
+    )
     return SourceListing(entries=entries, classes=classes)
 
 
@@ -274,7 +288,9 @@ def _kinetics(csv_path: str, *, name: str) -> tuple[list[_Row], list[str]]:
 # ---------------------------------------------------------------- shared steps
 
 
-def _finish(rows: list[_Row], *, val_fraction: float, stratified: bool) -> list[SourceEntry]:
+def _finish(
+    rows: list[_Row], *, val_fraction: float, test_fraction: float, stratified: bool
+) -> list[SourceEntry]:
     """Mark duplicate ids, split the rows that still need a split, freeze them."""
     first_path: dict[str, str] = {}
     for row in rows:
@@ -291,9 +307,11 @@ def _finish(rows: list[_Row], *, val_fraction: float, stratified: bool) -> list[
             groups.setdefault(row.label if stratified else -1, []).append(row)
     for group in groups.values():
         group.sort(key=lambda row: (_stable_hash(row.video_id), row.video_id))
-        n_val = _val_count(len(group), val_fraction)
+        n_val = _held_out_count(len(group), val_fraction, keep=1)
+        n_test = _held_out_count(len(group), test_fraction, keep=n_val + 1)
         for position, row in enumerate(group):
-            row.split = "val" if position < n_val else "train"
+            held_out = "val" if position < n_val else "test"
+            row.split = held_out if position < n_val + n_test else "train"
 
     return [
         SourceEntry(
@@ -311,11 +329,11 @@ def _finish(rows: list[_Row], *, val_fraction: float, stratified: bool) -> list[
     ]
 
 
-def _val_count(n: int, val_fraction: float) -> int:
-    if n < 2 or val_fraction == 0:
+def _held_out_count(n: int, fraction: float, *, keep: int) -> int:
+    """round(fraction * n) of a group of n, at least one, leaving ``keep`` videos."""
+    if fraction == 0 or n - keep < 1:
         return 0
-    # At least one val video per class, and never the whole class.
-    return min(max(round(val_fraction * n), 1), n - 1)
+    return min(max(round(fraction * n), 1), n - keep)
 
 
 def _stable_hash(video_id: str) -> str:
