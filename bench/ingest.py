@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
     parser.add_argument(
-        "--profile-videos", type=int, default=4, help="videos in the stage breakdown"
+        "--profile-videos", type=int, default=12, help="videos in the stage breakdown"
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the stage breakdown")
     args = parser.parse_args(argv)

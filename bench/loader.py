@@ -8,12 +8,13 @@ DIS flow), then training clips of the ``train`` split are produced three ways:
   of 32 windows through ``ClipSampler``), in this process, one thread;
 - **loader, Ray Data**: ``read_clips(...).iter_batches(batch_size=32)`` on a local
   Ray with ``--cpus`` CPUs (one untimed warm-up epoch first);
-- **on the fly**: the same clips decoded straight from the videos with PyAV in this
-  process, one thread: ``decode.iter_frames`` from the clip's first frame (seeking
-  to the keyframe before it) at the stored fps and short side, every stride-th
-  frame kept, random crop and flip; for rgb+flow also the L+1 frames under the
-  clip's flow stack, their flow with the same backend (DIS) at stored size,
-  quantized to uint8, cropped and flipped like the loader's.
+- **on the fly**: the same clips decoded straight from the videos in this process,
+  one thread, through vidray's own decoder: ``vidray.data.decode.iter_frames``
+  from the clip's first frame (seeking to the keyframe before it) at the stored
+  fps and short side, every stride-th frame kept, random crop and flip; for
+  rgb+flow also the L+1 frames under the clip's flow stack, their flow with the
+  same backend (DIS) at stored size, quantized to uint8, cropped and flipped like
+  the loader's. Whatever makes vidray's decoding faster speeds up this baseline too.
 
 Modes: ``rgb`` (T=8, stride 2, crop 112) and ``rgb+flow`` (the same plus L=10
 flow fields). Each measurement runs whole epochs until ``--min-seconds`` pass.
@@ -22,12 +23,6 @@ Ray Data is measured twice: on the dataset as it is (a small epoch, where the
 per-epoch start-up shows) and on a dataset whose manifest lists every shard
 ``--copies`` times (symlinks; a bigger epoch, closer to steady state). The
 official Ray ratio uses the bigger epoch.
-
-One extra row measures a proposed fix, not vidray as it is: on-the-fly decoding
-with one shared PyAV ``VideoReformatter`` (``decode._to_rgb`` makes a new one,
-hence a new swscale context, per frame; the frames are identical). After that
-fix the on-the-fly baseline gets faster, so the ratios drop; the ratio column
-"loader/(fly with decode fix)" shows by how much.
 
 How to read the ratios::
 
@@ -59,11 +54,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import benchutil as bu
 import numpy as np
 import pyarrow.parquet as pq
-from av.video.reformatter import VideoReformatter
 
 from vidray.config import ClipConfig
 from vidray.data import decode
@@ -78,10 +71,8 @@ SPLIT = "train"
 BATCH = 32
 # (frames codec, flow codec); the first is the ingest default and the main comparison.
 VARIANTS = [("jpeg", "raw"), ("raw", "raw"), ("jpeg", "jpeg"), ("raw", "jpeg")]
-STORED_FPS = 10.0
 METHODS = {
     "fly": "on-the-fly: decode.iter_frames (+ DIS flow)",
-    "fly_fix": "on-the-fly, one shared VideoReformatter [proposed decode fix]",
     "loader": "loader in-process: iter_clip_batches",
     "ray": "loader Ray Data: read_clips().iter_batches()",
     "ray_big": "  same, shards x{copies} (a {copies}x bigger epoch)",
@@ -124,7 +115,6 @@ class OnTheFly:
         clip: ClipConfig,
         flow_L: int,
         dis_preset: str = "fast",
-        shared_reformatter: bool = False,
         seed: int = 0,
     ) -> None:
         paths = {row["video_id"]: row["path"] for row in read_manifest(data_dir)}
@@ -140,7 +130,6 @@ class OnTheFly:
         self.clip, self.flow_L = clip, flow_L
         self.rng = np.random.default_rng(seed)
         self.estimator = load_flow_estimator("dis", dis_preset=dis_preset) if flow_L else None
-        self.reformatter = VideoReformatter() if shared_reformatter else None
 
     def epoch(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self.windows), BATCH):
@@ -168,13 +157,10 @@ class OnTheFly:
         lo = min(start, first)
         hi = max(start + span, first + L + 1 if L else 0)
         t0, short = row["start_sec"] + lo / fps, min(height, width)
-        if self.reformatter is not None:
-            decoded = self.decode_shared(row["path"], t0, hi - lo, short)
-        else:
-            frames_at = decode.iter_frames(
-                row["path"], fps=fps, short_side=short, start_sec=t0, threads=1
-            )
-            decoded = list(itertools.islice(frames_at, hi - lo))
+        frames_at = decode.iter_frames(
+            row["path"], fps=fps, short_side=short, start_sec=t0, threads=1
+        )
+        decoded = list(itertools.islice(frames_at, hi - lo))
         frames = np.stack(decoded[start - lo : start - lo + span : stride])
         frames = frames[:, top : top + crop, left : left + crop]
         flow = None
@@ -189,33 +175,6 @@ class OnTheFly:
                 flow = flow[:, :, ::-1].copy()
                 flow[..., 0] = 255 - flow[..., 0]
         return np.ascontiguousarray(frames), None if flow is None else np.ascontiguousarray(flow)
-
-    def decode_shared(self, path: str, t0: float, count: int, short: int) -> list[np.ndarray]:
-        """`count` frames from `t0` on, converted with one shared VideoReformatter.
-
-        The proposed fix for decode._to_rgb, which builds a new reformatter (a new
-        swscale context) per frame. Only valid where the source fps equals the
-        stored fps (every source frame is a grid frame), as in this benchmark.
-        """
-        assert self.reformatter is not None
-        out: list[np.ndarray] = []
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1
-            origin, tb = stream.start_time or 0, float(stream.time_base)
-            if t0 > 1e-3:
-                container.seek(origin + int(t0 / tb), stream=stream, backward=True)
-            for frame in container.decode(stream):
-                if (frame.pts - origin) * tb < t0 - 1e-3:
-                    continue
-                width, height = decode.output_size(frame.width, frame.height, short)
-                rgb = self.reformatter.reformat(
-                    frame, width=width, height=height, format="rgb24", interpolation="AREA"
-                )
-                out.append(rgb.to_ndarray())
-                if len(out) == count:
-                    break
-        return out
 
 
 def replicate(data: Path, copies: int, dst: Path) -> Path:
@@ -289,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     modes = {"rgb": 0, "rgb+flow": args.L}
 
     print(f"bench/loader: {bu.load()} (before)")
+    tag = bu.dataset_tag(args.videos, args.frames, args.video_fps, args.size)
     with bu.workdir(args.workdir) as work:
+        videos = work / f"videos_{tag}"
         t_gen, paths = bu.timed(
             lambda: bu.make_videos(
-                work / "videos",
+                videos,
                 videos=args.videos,
                 frames=args.frames,
                 fps=args.video_fps,
@@ -308,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             f"split={SPLIT}, batches of {BATCH}"
         )
         t_init = bu.start_ray(cpus)
-        warm = bu.copy_subset(paths[:2], work / "videos", work / "warm_videos")
+        warm = bu.copy_subset(paths[:2], videos, work / "warm_videos")
         run_ingest(bu.ingest_config(warm, work / "warm_out"), log=lambda _: None)
         print(f"ray: local, {cpus} CPUs (ray.init {t_init:.1f} s and a warm-up ingest, untimed)")
 
@@ -317,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         codec_rows: list[list[Any]] = []
         in_process: dict[tuple[str, str, int], tuple[float, float, float]] = {}
         for frames_codec, flow_codec in VARIANTS:
-            out = work / f"data_{frames_codec}_{flow_codec}_{args.dis_preset}"
+            out = work / f"data_{tag}_{frames_codec}_{flow_codec}_{args.dis_preset}"
             cfg = bu.ingest_config(
-                work / "videos",
+                videos,
                 out,
                 [
                     f"ingest.frames_codec={frames_codec}",
@@ -375,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- the main comparison on the default variant
         data = dirs[VARIANTS[0]]
-        big = replicate(data, args.copies, work / f"data_x{args.copies}")
+        big = replicate(data, args.copies, work / f"data_{tag}_x{args.copies}")
         methods: dict[str, dict[str, tuple[float, float, float]]] = {k: {} for k in METHODS}
         for mode, flow_L in modes.items():
             kwargs: dict[str, Any] = dict(clip=clip, flow_L=flow_L, min_seconds=args.min_seconds)
@@ -383,22 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                 OnTheFly(data, clip=clip, flow_L=flow_L, dis_preset=args.dis_preset).epoch,
                 args.min_seconds,
             )
-            if args.video_fps == STORED_FPS:
-                fixed = OnTheFly(
-                    data,
-                    clip=clip,
-                    flow_L=flow_L,
-                    dis_preset=args.dis_preset,
-                    shared_reformatter=True,
-                )
-                methods["fly_fix"][mode] = measure(fixed.epoch, args.min_seconds)
             methods["loader"][mode] = in_process[(*VARIANTS[0], flow_L)]
             methods["ray"][mode] = ray_loader(data, warm_up=True, **kwargs)
             methods["ray_big"][mode] = ray_loader(big, warm_up=False, **kwargs)
         rows = []
         for key, label in METHODS.items():
-            if not methods[key]:
-                continue
             procs = cpus if key.startswith("ray") else 1
             row: list[Any] = [label.format(copies=args.copies), procs]
             for mode in modes:
@@ -430,8 +380,6 @@ def main(argv: list[str] | None = None) -> int:
             (f"ray/(fly x {cpus})", "ray", "fly", cpus),
             (f"ray x{args.copies}/(fly x {cpus})", "ray_big", "fly", cpus),
         ]
-        if methods["fly_fix"]:
-            ratio_defs.append(("loader/(fly with decode fix)", "loader", "fly_fix", 1))
         ratio_rows = [
             [
                 mode,

@@ -69,6 +69,17 @@ def predict(model: nn.Module, batches: Any, device: torch.device) -> dict[str, n
     }
 
 
+def epoch_line(metrics: dict[str, float], epochs: int) -> str:
+    """The progress line rank 0 prints after each epoch."""
+    val = metrics.get(tracking.VAL_VIDEO_TOP1, float("nan"))
+    speed = metrics[tracking.CLIPS_PER_SECOND]
+    return (
+        f"train: epoch {metrics['epoch'] + 1}/{epochs}: loss {metrics[tracking.TRAIN_LOSS]:.3f}, "
+        f"train clip top-1 {metrics[tracking.TRAIN_CLIP_TOP1]:.3f}, val video top-1 {val:.3f} "
+        f"({metrics[tracking.EPOCH_SECONDS]:.1f} s, {speed:.0f} clips/s)"
+    )
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -142,6 +153,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracking.log_metrics(
                 uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
             )
+            print(epoch_line(metrics, cfg.train.epochs), flush=True)
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(
                     directory,
