@@ -91,7 +91,7 @@ def _split_counts(data: str) -> dict[str, int]:
 
 def run_training(cfg: Config) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.train.data``; needs a running Ray."""
-    from ray.train import CheckpointConfig, DataConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if not cfg.train.data:
@@ -158,8 +158,6 @@ def run_training(cfg: Config) -> TrainResult:
                     checkpoint_score_attribute=tracking.VAL_VIDEO_TOP1,
                     checkpoint_score_order="max",
                 ),
-                # Per-report INFO lines would drown the epoch summaries; they stay in the logs.
-                logging_config=LoggingConfig(log_level="WARNING"),
             ),
             datasets=datasets,
             # Only the training set is split; rank 0 reads all of val for video accuracy.

@@ -12,6 +12,8 @@ rank alone would wait forever for the others' buffer broadcast.
 
 from __future__ import annotations
 
+import logging
+import sys
 import tempfile
 import time
 from typing import Any
@@ -87,6 +89,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = Config.from_dict(loop_config["config"])
     classes: list[str] = loop_config["classes"]
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
+    # One line per epoch (below) says more than Ray Train's line per report.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
@@ -153,7 +157,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracking.log_metrics(
                 uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
             )
-            print(epoch_line(metrics, cfg.train.epochs), flush=True)
+            # Ray Train sends print() both to its logger and to stdout; writing to the
+            # process's own stdout shows the line once, forwarded to the driver.
+            print(epoch_line(metrics, cfg.train.epochs), file=sys.__stdout__, flush=True)
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(
                     directory,
