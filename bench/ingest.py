@@ -44,7 +44,7 @@ how busy Ray keeps its CPUs).
 A last table says where the time goes: the per-window cost of each stage of
 ``ingest_segment`` in one process.
 
-    PYTHONPATH=. python bench/ingest.py            # default sizes (~2.5 min on 2 cores)
+    PYTHONPATH=. python bench/ingest.py            # default sizes (~1.5-2 min on 2 cores)
     PYTHONPATH=. python bench/ingest.py --quick    # smoke run
 """
 

@@ -40,7 +40,7 @@ The codec table compares the storage variants, frames raw|jpeg x flow raw|jpeg:
 bytes on disk per window (the whole shard, and the frames and flow columns
 alone, zstd-1 compressed as written) and in-process loader clips/s in both modes.
 
-    PYTHONPATH=. python bench/loader.py            # default sizes (~1.5 min on 2 cores)
+    PYTHONPATH=. python bench/loader.py            # default sizes (~1 min on 2 cores)
     PYTHONPATH=. python bench/loader.py --quick    # smoke run
 """
 
