@@ -46,7 +46,7 @@ class IngestConfig:
     window_stride: int = 32  # frames between window starts (W = non-overlapping)
     frames_codec: FramesCodec = "jpeg"
     jpeg_quality: int = 90
-    segment_windows: int = 16  # windows per task: long videos are split across tasks
+    segment_windows: int = 64  # windows per task at most: long videos are split across tasks
     decode_threads: int = 1  # PyAV threads per task (Ray parallelises across tasks)
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0  # for flow.backend=raft on GPU nodes, e.g. 0.25 = 4 tasks a GPU
