@@ -116,3 +116,90 @@ def test_flow_model_on_data_without_flow_is_a_clear_error():
     sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=16), flow_L=2, train=False)
     with pytest.raises(VidrayError, match=r"flow.backend=none"):
         sampler.sample(_window(with_flow=False), None)
+
+
+def _coded_window(height, width, video_id="a/b"):
+    """Pixel (x, y) of frame i holds (x, 10*i, y): a clip tells its offset and crop."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    frames = np.stack(
+        [np.stack([xs, np.full_like(xs, 10 * i), ys], axis=-1) for i in range(W)]
+    ).astype(np.uint8)
+    return {
+        "video_key": 7,
+        "video_id": video_id,
+        "label": 2,
+        "height": height,
+        "width": width,
+        "frames_codec": "raw",
+        "frames": encode_images(frames, codec="raw"),
+        "flow_codec": "raw",
+        "flow": encode_images(np.zeros((W - 1, height, width, 2), np.uint8), codec="raw"),
+    }
+
+
+def _views(frames):
+    """(first frame index, top, left) of each clip in a batch of coded clips."""
+    return [(int(c[0, 0, 0, 1]) // 10, int(c[0, 0, 0, 2]), int(c[0, 0, 0, 0])) for c in frames]
+
+
+def test_multi_view_takes_temporal_times_spatial_clips_per_window():
+    sampler = ClipSampler(
+        ClipConfig(T=4, stride=2, crop=16), flow_L=2, train=False, temporal_views=2, spatial_views=3
+    )
+    batch = sampler(pa.Table.from_pylist([_coded_window(20, 30), _coded_window(20, 30)]))
+    assert batch["frames"].shape == (12, 4, 16, 16, 3)
+    assert batch["flow"].shape == (12, 2, 16, 16, 2)
+    assert batch["label"].tolist() == [2] * 12 and batch["video_key"].tolist() == [7] * 12
+    # span 7 in 16 frames: offsets 0 and 9; landscape: crops left, centre, right, centred vertically
+    one_window = [(s, 2, left) for s in (0, 9) for left in (0, 7, 14)]
+    assert _views(batch["frames"]) == one_window * 2
+    assert "video_id" not in batch
+
+
+def test_portrait_frames_are_cropped_top_centre_bottom():
+    sampler = ClipSampler(
+        ClipConfig(T=4, stride=2, crop=16), flow_L=0, train=False, spatial_views=3
+    )
+    batch = sampler(pa.Table.from_pylist([_coded_window(30, 20)]))
+    assert _views(batch["frames"]) == [(4, 0, 2), (4, 7, 2), (4, 14, 2)]
+
+
+def test_temporal_views_are_evenly_spaced_over_the_window():
+    sampler = ClipSampler(
+        ClipConfig(T=2, stride=1, crop=16), flow_L=0, train=False, temporal_views=4
+    )
+    batch = sampler(pa.Table.from_pylist([_coded_window(20, 30)]))
+    assert [s for s, _, _ in _views(batch["frames"])] == [0, 5, 9, 14]  # round(i * 14 / 3)
+
+
+def test_a_single_view_is_the_centred_clip():
+    sampler = ClipSampler(ClipConfig(T=4, stride=3, crop=16), flow_L=0, train=False)
+    row = _coded_window(20, 30)
+    ((frames, _),) = sampler.views(row)
+    np.testing.assert_array_equal(frames, sampler.sample(row, None)[0])
+
+
+def test_video_ids_are_read_only_when_asked():
+    clip = ClipConfig(T=2, stride=1, crop=16)
+    assert "video_id" not in ClipSampler(clip, flow_L=0, train=True).columns
+    sampler = ClipSampler(clip, flow_L=0, train=False, spatial_views=3, video_ids=True)
+    assert "video_id" in sampler.columns
+    batch = sampler(
+        pa.Table.from_pylist([_coded_window(20, 30, "x/1"), _coded_window(20, 30, "y/2")])
+    )
+    assert batch["video_id"].tolist() == ["x/1"] * 3 + ["y/2"] * 3
+
+
+@pytest.mark.parametrize(
+    ("views", "message"),
+    [
+        ({"spatial_views": 2}, r"^eval.spatial_views=2: must be 1 \(centre crop\) or 3"),
+        ({"temporal_views": 0}, r"^eval.temporal_views=0: needs at least 1 clip per window$"),
+        ({"train": True, "temporal_views": 2}, r"for evaluation only"),
+    ],
+)
+def test_undefined_view_counts_are_one_line_errors(views, message):
+    kwargs = {"train": False, **views}
+    with pytest.raises(VidrayError, match=message) as info:
+        ClipSampler(ClipConfig(T=2, stride=1, crop=16), flow_L=0, **kwargs)
+    assert "\n" not in str(info.value)

@@ -1,11 +1,18 @@
-"""Training on local Ray with a real MLflow store, read back through MlflowClient."""
+"""Training on local Ray with a real MLflow store, read back through MlflowClient.
+
+One two-worker run (`trained`) is shared by most tests here: a fit costs ~30 s
+of fixed overhead on two cores. It runs with gradient accumulation, clipping,
+label smoothing and a warm-up, so the replica check also covers DDP's no_sync.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from vidray.config import load_config
@@ -13,6 +20,7 @@ from vidray.errors import VidrayError
 from vidray.train.checkpoints import load_checkpoint
 from vidray.train.driver import run_training
 from vidray.train.evaluate import run_evaluation
+from vidray.train.schedule import lr_factor
 
 TINY = [
     "model.name=simple3d",
@@ -40,10 +48,41 @@ def tiny_config(data: Path, tmp_path: Path, *extra: str):
     )
 
 
+KNOBS = [
+    "train.grad_accum=2",
+    "train.clip_grad_norm=1.0",
+    "train.label_smoothing=0.1",
+    "optim.warmup_epochs=0.5",
+]
+
+
 @pytest.fixture(scope="module")
-def trained(ray_local, motion_data, tmp_path_factory):
+def trained_with_debug(ray_local, motion_data, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("train")
-    cfg = tiny_config(motion_data, tmp_path, "train.run_name=tiny-run")
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    cfg = tiny_config(motion_data, tmp_path, "train.run_name=tiny-run", *KNOBS)
+    return cfg, run_training(cfg, debug={"dir": str(debug)}), debug
+
+
+@pytest.fixture(scope="module")
+def trained(trained_with_debug):
+    cfg, result, _ = trained_with_debug
+    return cfg, result
+
+
+@pytest.fixture(scope="module")
+def resumed(trained, motion_data, tmp_path_factory):
+    """The tiny run continued from its last checkpoint (epochs 0, 1) to a third epoch."""
+    _, first = trained
+    tmp_path = tmp_path_factory.mktemp("resume")
+    cfg = tiny_config(
+        motion_data,
+        tmp_path,
+        *KNOBS,
+        "train.epochs=3",
+        f"train.resume_from={first.last_checkpoint}",
+    )
     return cfg, run_training(cfg)
 
 
@@ -58,12 +97,16 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
     assert params["model.name"] == "simple3d" and params["clip.T"] == "4"
     assert params["train.num_workers"] == "2"
     assert int(params["data.classes"]) == 4 and int(params["data.windows_train"]) > 0
+    assert params["train.grad_accum"] == "2" and params["optim.schedule"] == "cosine"
+    assert float(params["ray.cpus"]) == 2 and float(params["ray.gpus"]) == 0
     for name in (
         "train/loss",
         "train/clip_top1",
         "val/clip_top1",
         "val/video_top1",
         "val/video_top5",
+        "train/lr",
+        "train/global_step",
     ):
         history = client.get_metric_history(result.run_id, name)
         assert [m.step for m in history] == [0, 1], name
@@ -84,6 +127,61 @@ def test_checkpoint_holds_the_model_and_its_run(trained):
     )
     assert meta["epoch"] in (0, 1)
     assert any(isinstance(v, torch.Tensor) for v in state["model"].values())
+    assert state["scheduler"]["global_step"] == state["global_step"] > 0
+    last, _ = load_checkpoint(result.last_checkpoint)
+    assert last["epoch"] == 1 and last["scheduler"]["progress"] == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_two_worker_ddp_keeps_replicas_identical(trained_with_debug):
+    _, _, debug = trained_with_debug
+    checksums = [(debug / f"rank{rank}.checksum").read_text() for rank in (0, 1)]
+    assert checksums[0] == checksums[1]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_epoch_count_and_the_lr_schedule(trained, resumed):
+    _, first = trained
+    cfg, second = resumed
+    client = MlflowClient(tracking_uri=second.tracking_uri)
+    run = client.get_run(second.run_id)
+    assert run.data.tags["vidray.resumed_from"] == first.last_checkpoint
+    assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(second.run_id, "train/loss")] == [2]
+    # The first step of epoch 2 uses the rate an uninterrupted 3-epoch schedule gives there.
+    per_epoch = int(run.data.params["data.steps_per_epoch"])
+    (lr,) = client.get_metric_history(second.run_id, "train/lr")
+    expected = cfg.optim.lr * lr_factor(cfg.optim, 2 + 1 / per_epoch, cfg.train.epochs)
+    assert lr.value == pytest.approx(expected, rel=1e-6)
+    # The global step continues from the checkpoint's instead of restarting at 0.
+    state, _ = load_checkpoint(first.last_checkpoint)
+    (step,) = client.get_metric_history(second.run_id, "train/global_step")
+    assert step.value > state["global_step"]
+    final, meta = load_checkpoint(second.last_checkpoint)
+    assert meta["epoch"] == 2 and final["global_step"] == step.value
+
+
+def test_resuming_from_a_missing_checkpoint_is_a_clear_error(ray_local, motion_data, tmp_path):
+    cfg = tiny_config(motion_data, tmp_path, f"train.resume_from={tmp_path / 'nope'}")
+    with pytest.raises(VidrayError, match=r"train.resume_from=.*nope: no such checkpoint"):
+        run_training(cfg)
+
+
+@pytest.mark.slow
+def test_resuming_another_model_or_class_list_is_a_clear_error(trained, motion_data, tmp_path):
+    _, first = trained
+    wider = tiny_config(
+        motion_data, tmp_path, "model.width=16", f"train.resume_from={first.last_checkpoint}"
+    )
+    with pytest.raises(VidrayError, match=r"holds a 'simple3d' model that does not fit"):
+        run_training(wider)
+    other = tmp_path / "other_classes"
+    shutil.copytree(first.last_checkpoint, other)
+    meta = yaml.safe_load((other / "meta.yaml").read_text())
+    meta["classes"] = ["a", "b", "c", "d"]
+    (other / "meta.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(VidrayError, match=r"was trained on classes \['a', 'b', 'c', 'd'\]"):
+        run_training(tiny_config(motion_data, tmp_path, f"train.resume_from={other}"))
 
 
 @pytest.mark.slow

@@ -98,16 +98,20 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak rate, reached at the end of warm-up
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"  # set every optimiser step
+    warmup_epochs: float = 0.0  # linear ramp from 0 to lr over these (fractional) epochs
+    step_epochs: int = 30  # step: multiply the rate by gamma every step_epochs after warm-up
+    gamma: float = 0.1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = ""  # an ingest output directory
     epochs: int = 8
-    batch_size: int = 16  # per worker
+    batch_size: int = 16  # per worker, per forward pass
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -116,6 +120,12 @@ class TrainConfig:
     storage_path: str = "runs"  # checkpoints and Ray Train state
     run_name: str = ""  # MLflow run name and Ray Train run name ("" = generated)
     shuffle_buffer: int = 64  # clips in each worker's local shuffle buffer
+    grad_accum: int = 1  # batches per optimiser step (effective batch = this x batch x workers)
+    clip_grad_norm: float = 0.0  # max global gradient norm (0 = no clipping)
+    label_smoothing: float = 0.0
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; on CPU it works but is slow
+    resume_from: str = ""  # a checkpoint directory: continue its epochs and LR schedule
+    max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,11 @@ class EvalConfig:
     checkpoint: str = ""  # a checkpoint directory written by training
     data: str = ""  # ingest output to evaluate ("" = the training data)
     split: str = "val"
+    temporal_views: int = 1  # clips per window, evenly spaced over its valid offsets
+    spatial_views: int = 1  # crops per clip: 1 = centre, 3 = both ends and centre of the long side
+    output: str = ""  # where reports go ("" = <checkpoint>/eval_<split>)
+    workers: int = 0  # model replicas of a Ray Data batch-inference job (0 = in-process)
+    use_gpu: bool = False  # one GPU per replica (with eval.workers > 0)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ VAL_LOSS = "val/loss"
 VAL_CLIP_TOP1 = "val/clip_top1"
 VAL_VIDEO_TOP1 = "val/video_top1"
 VAL_VIDEO_TOP5 = "val/video_top5"
+TRAIN_LR = "train/lr"  # the rate of the epoch's first optimiser step
+TRAIN_STEP = "train/global_step"  # optimiser steps so far, at the end of the epoch
 EPOCH_SECONDS = "time/epoch_s"
 CLIPS_PER_SECOND = "time/clips_per_s"
 

@@ -7,6 +7,10 @@ them (which negates the flow's x component) and, for flow-reading models,
 stacks L consecutive flow fields centred on the clip. Changing T, s, crop or
 L changes only this derivation, never the shards.
 
+Multi-view testing (evaluation only) takes N clips per window, evenly spaced
+over its valid offsets, times M crops (1: centre; 3: both ends and the centre
+of the long side), so one window row gives N*M clips, temporal view major.
+
 Only the frames (and flow fields) a clip uses are decoded, and everything
 stays uint8: conversion to float and normalisation happen on the training
 device (`vidray.train.inputs`).
@@ -36,6 +40,40 @@ from vidray.errors import VidrayError
 # Columns a clip needs; flow is read only for flow-reading models.
 _BASE_COLUMNS = ["video_key", "label", "height", "width", "frames_codec", "frames"]
 _FLOW_COLUMNS = ["flow_codec", "flow"]
+SPATIAL_VIEWS = (1, 3)
+
+
+def check_views(temporal_views: int, spatial_views: int) -> None:
+    """One-line errors for view counts multi-view testing does not define."""
+    if temporal_views < 1:
+        raise VidrayError(f"eval.temporal_views={temporal_views}: needs at least 1 clip per window")
+    if spatial_views not in SPATIAL_VIEWS:
+        raise VidrayError(
+            f"eval.spatial_views={spatial_views}: must be 1 (centre crop) or 3 "
+            "(both ends and the centre of the long side)"
+        )
+
+
+def temporal_offsets(n: int, span: int, views: int) -> list[int]:
+    """First frames of ``views`` clips of ``span`` frames in an ``n``-frame window.
+
+    One view is centred; more are evenly spaced from the first valid offset to
+    the last, so together they cover the whole window.
+    """
+    last = n - span
+    if views == 1:
+        return [last // 2]
+    return [round(i * last / (views - 1)) for i in range(views)]
+
+
+def spatial_offsets(height: int, width: int, crop: int, views: int) -> list[tuple[int, int]]:
+    """(top, left) of ``views`` square crops: the centre, or 3 along the long side."""
+    top, left = (height - crop) // 2, (width - crop) // 2
+    if views == 1:
+        return [(top, left)]
+    if width >= height:
+        return [(top, 0), (top, left), (top, width - crop)]
+    return [(0, left), (top, left), (height - crop, left)]
 
 
 @dataclass(frozen=True)
@@ -44,35 +82,79 @@ class ClipSampler:
 
     Stateless apart from its parameters, so Ray Data can ship it to workers;
     ``train=True`` draws offsets, crops and flips from fresh entropy on every
-    call, so each epoch sees new clips of the same windows.
+    call, so each epoch sees new clips of the same windows. In evaluation,
+    ``temporal_views`` x ``spatial_views`` deterministic clips come from each
+    window (see `temporal_offsets`, `spatial_offsets`); ``video_ids=True`` adds
+    the string ``video_id`` of every clip (for reports; training leaves it out).
     """
 
     clip: ClipConfig
     flow_L: int
     train: bool
+    temporal_views: int = 1
+    spatial_views: int = 1
+    video_ids: bool = False
+
+    def __post_init__(self) -> None:
+        check_views(self.temporal_views, self.spatial_views)
+        if self.train and self.temporal_views * self.spatial_views != 1:
+            raise VidrayError("multi-view clips are for evaluation only (train=False)")
+
+    @property
+    def columns(self) -> list[str]:
+        """The shard columns this sampler reads."""
+        return (
+            _BASE_COLUMNS
+            + (_FLOW_COLUMNS if self.flow_L else [])
+            + (["video_id"] if self.video_ids else [])
+        )
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         rng = np.random.default_rng() if self.train else None
         rows = table.to_pylist()
-        frames, flows = [], []
-        for row in rows:
-            clip_frames, clip_flow = self.sample(row, rng)
-            frames.append(clip_frames)
-            flows.append(clip_flow)
+        frames, flows, owners = [], [], []
+        for i, row in enumerate(rows):
+            clips = [self.sample(row, rng)] if self.train else self.views(row)
+            for clip_frames, clip_flow in clips:
+                frames.append(clip_frames)
+                flows.append(clip_flow)
+                owners.append(i)
         batch = {
             "frames": np.stack(frames) if rows else np.zeros((0,), np.uint8),
-            "label": np.array([r["label"] for r in rows], np.int64),
-            "video_key": np.array([r["video_key"] for r in rows], np.int64),
+            "label": np.array([rows[i]["label"] for i in owners], np.int64),
+            "video_key": np.array([rows[i]["video_key"] for i in owners], np.int64),
         }
         if self.flow_L:
             batch["flow"] = np.stack(flows)
+        if self.video_ids:
+            batch["video_id"] = np.array([rows[i]["video_id"] for i in owners], dtype=object)
         return batch
 
     def sample(
         self, row: dict[str, Any], rng: np.random.Generator | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One clip from one window row: uint8 (T, c, c, 3) and (L, c, c, 2) or None."""
-        T, stride, crop, L = self.clip.T, self.clip.stride, self.clip.crop, self.flow_L
+        n, span, height, width = self._check(row)
+        crop = self.clip.crop
+        start = int(rng.integers(0, n - span + 1)) if rng is not None else (n - span) // 2
+        top = int(rng.integers(0, height - crop + 1)) if rng is not None else (height - crop) // 2
+        left = int(rng.integers(0, width - crop + 1)) if rng is not None else (width - crop) // 2
+        flip = self.clip.hflip and rng is not None and bool(rng.integers(0, 2))
+        return self._cut(row, start, [(top, left)], flip)[0]
+
+    def views(self, row: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The evaluation clips of one window row, temporal view major, never flipped."""
+        n, span, height, width = self._check(row)
+        crops = spatial_offsets(height, width, self.clip.crop, self.spatial_views)
+        return [
+            clip
+            for start in temporal_offsets(n, span, self.temporal_views)
+            for clip in self._cut(row, start, crops, False)
+        ]
+
+    def _check(self, row: dict[str, Any]) -> tuple[int, int, int, int]:
+        """(window frames, clip span, height, width), or a one-line error if the clip won't fit."""
+        T, stride, crop = self.clip.T, self.clip.stride, self.clip.crop
         n = len(row["frames"])
         span = (T - 1) * stride + 1
         if span > n:
@@ -86,16 +168,20 @@ class ClipSampler:
                 f"clip.crop={crop} is larger than the stored frames ({width}x{height}): "
                 "lower clip.crop or re-ingest with a larger ingest.short_side"
             )
-        start = int(rng.integers(0, n - span + 1)) if rng is not None else (n - span) // 2
-        top = int(rng.integers(0, height - crop + 1)) if rng is not None else (height - crop) // 2
-        left = int(rng.integers(0, width - crop + 1)) if rng is not None else (width - crop) // 2
-        flip = self.clip.hflip and rng is not None and bool(rng.integers(0, 2))
+        return n, span, height, width
 
+    def _cut(
+        self, row: dict[str, Any], start: int, crops: list[tuple[int, int]], flip: bool
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The clips starting at frame ``start``, one per (top, left) crop; decoded once."""
+        T, stride, crop, L = self.clip.T, self.clip.stride, self.clip.crop, self.flow_L
+        span = (T - 1) * stride + 1
+        height, width = row["height"], row["width"]
         picked = [row["frames"][start + i * stride] for i in range(T)]
-        frames = decode_images(
+        full = decode_images(
             picked, codec=row["frames_codec"], height=height, width=width, channels=3
-        )[:, top : top + crop, left : left + crop]
-        flow = None
+        )
+        full_flow = None
         if L:
             if row["flow"] is None:
                 raise VidrayError(
@@ -107,24 +193,30 @@ class ClipSampler:
                 raise VidrayError(f"flow.L={L} is more than the {fields} flow fields per window")
             # L consecutive fields centred on the clip's middle frame, kept inside the window.
             first = min(max(start + span // 2 - L // 2, 0), fields - L)
-            flow = decode_images(
+            full_flow = decode_images(
                 row["flow"][first : first + L],
                 codec=row["flow_codec"],
                 height=height,
                 width=width,
                 channels=2,
-            )[:, top : top + crop, left : left + crop]
-        if flip:
-            frames = frames[:, :, ::-1]
-            if flow is not None:
-                # Quantization is symmetric about 127.5, so negating x is 255 - q exactly.
-                flow = flow[:, :, ::-1].copy()
-                flow[..., 0] = 255 - flow[..., 0]
-        return np.ascontiguousarray(frames), None if flow is None else np.ascontiguousarray(flow)
-
-
-def _columns(flow_L: int) -> list[str]:
-    return _BASE_COLUMNS + (_FLOW_COLUMNS if flow_L else [])
+            )
+        clips = []
+        for top, left in crops:
+            frames = full[:, top : top + crop, left : left + crop]
+            flow = None if full_flow is None else full_flow[:, top : top + crop, left : left + crop]
+            if flip:
+                frames = frames[:, :, ::-1]
+                if flow is not None:
+                    # Quantization is symmetric about 127.5, so negating x is 255 - q exactly.
+                    flow = flow[:, :, ::-1].copy()
+                    flow[..., 0] = 255 - flow[..., 0]
+            clips.append(
+                (
+                    np.ascontiguousarray(frames),
+                    None if flow is None else np.ascontiguousarray(flow),
+                )
+            )
+        return clips
 
 
 def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]:
@@ -148,7 +240,7 @@ def _clips_from_shards(
     paths: Iterable[str], sampler: ClipSampler, *, batch_rows: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read shards (only the columns the clip needs) and derive their clips, batch by batch."""
-    columns = _columns(sampler.flow_L)
+    columns = sampler.columns
     for path in paths:
         parquet = pq.ParquetFile(path)
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
@@ -179,12 +271,16 @@ def read_clips(
     flow_L: int,
     train: bool,
     shards_per_task: int = 16,
+    temporal_views: int = 1,
+    spatial_views: int = 1,
+    video_ids: bool = False,
 ) -> Any:
     """A Ray Dataset of clip batches for one split (needs a running Ray).
 
     Each execution (each epoch) re-derives the clips, so training sees new
     offsets, crops and flips every epoch; in training the shard groups also
-    come in a new order.
+    come in a new order. Evaluation may ask for several views per window and
+    for the ``video_id`` of every clip, as `iter_clip_batches` does.
     """
     import ray
 
@@ -195,7 +291,10 @@ def read_clips(
     )
     if train:
         ds = ds.randomize_block_order()
-    return ds.map_batches(ShardReader(ClipSampler(clip, flow_L, train)), batch_size=shards_per_task)
+    sampler = ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids)
+    views = temporal_views * spatial_views
+    reader = ShardReader(sampler, batch_rows=max(1, ShardReader.batch_rows // views))
+    return ds.map_batches(reader, batch_size=shards_per_task)
 
 
 def iter_clip_batches(
@@ -206,10 +305,18 @@ def iter_clip_batches(
     flow_L: int,
     train: bool = False,
     batch_rows: int = 32,
+    temporal_views: int = 1,
+    spatial_views: int = 1,
+    video_ids: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The same clips in-process, without Ray: for evaluation and tests."""
+    """The same clips in-process, without Ray: for evaluation and tests.
+
+    Evaluation can ask for several views per window (``batch_rows`` windows
+    then give ``batch_rows * temporal_views * spatial_views`` clips) and for the
+    ``video_id`` strings of the clips, which the Ray training path never reads.
+    """
     yield from _clips_from_shards(
         window_files(data_dir, split=split),
-        ClipSampler(clip, flow_L, train),
+        ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids),
         batch_rows=batch_rows,
     )

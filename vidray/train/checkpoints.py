@@ -1,5 +1,6 @@
-"""Checkpoints: one directory holding ``state.pt`` (weights, optimiser, epoch, RNG)
-and ``meta.yaml`` (config, classes, MLflow run), readable without Ray."""
+"""Checkpoints: one directory holding ``state.pt`` (weights, optimiser, LR
+scheduler, epoch, global step, RNG) and ``meta.yaml`` (config, classes, MLflow
+run), readable without Ray."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def save_checkpoint(
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scheduler: dict[str, Any],
     epoch: int,
     cfg: Config,
     classes: list[str],
@@ -34,13 +36,16 @@ def save_checkpoint(
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler,
             "epoch": epoch,
+            "global_step": scheduler["global_step"],
             "torch_rng": torch.get_rng_state(),
         },
         directory / STATE_FILE,
     )
     meta = {
         "epoch": epoch,
+        "global_step": scheduler["global_step"],
         "run_id": run_id,
         "classes": classes,
         "metrics": metrics,
@@ -60,3 +65,27 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, An
     meta = yaml.safe_load((directory / META_FILE).read_text())
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
     return state, meta
+
+
+def check_resumable(directory: str | Path, *, model: nn.Module, classes: list[str]) -> dict:
+    """The meta of checkpoint ``directory`` if ``model`` can continue from it, else a
+    one-line error naming what differs (checked in the driver, before workers start)."""
+    if not Path(directory).is_dir():
+        raise VidrayError(f"train.resume_from={directory}: no such checkpoint directory")
+    state, meta = load_checkpoint(directory)
+    if meta["classes"] != classes:
+        raise VidrayError(
+            f"train.resume_from={directory} was trained on classes {meta['classes']}, "
+            f"the data has {classes}: resume on the same dataset"
+        )
+    name = meta["config"]["model"]["name"]
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if ours != theirs:
+        differs = sorted(set(ours.items()) ^ set(theirs.items()))[:1]
+        raise VidrayError(
+            f"train.resume_from={directory} holds a {name!r} model that does not fit the "
+            f"configured one (first difference: {differs[0][0] if differs else 'keys'}): "
+            "use the checkpoint's model.* settings"
+        )
+    return meta

@@ -2,12 +2,17 @@
 
 clips = read_clips(data, split=...)                          # Ray Data
 run_id = tracking.start_run(cfg)                             # params
-TorchTrainer(train_loop_per_worker, datasets=clips).fit()    # metrics per epoch
+TorchTrainer(train_loop_per_worker, datasets=clips,          # metrics per epoch
+             resume_from_checkpoint=train.resume_from).fit()
 log config + best checkpoint as artifacts
+
+A worker that dies restarts the worker group from the last checkpoint, up to
+``train.max_failures`` times (Ray Train's FailureConfig).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +24,7 @@ from vidray.config import Config
 from vidray.data.clips import read_clips
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import VidrayError
+from vidray.train.checkpoints import check_resumable
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
 
@@ -27,7 +33,8 @@ from vidray.train.loop import build_model, train_loop_per_worker
 class TrainResult:
     run_id: str
     tracking_uri: str
-    checkpoint: str
+    checkpoint: str  # the best by val video accuracy
+    last_checkpoint: str  # the last epoch's: what train.resume_from takes
     metrics: dict[str, Any]
     num_classes: int
     seconds: float
@@ -76,8 +83,26 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
         raise VidrayError(f"flow.L={cfg.flow.L} exceeds the {windows - 1} flow fields per window")
     if len(info["classes"]) < 2:
         raise VidrayError(f"{cfg.train.data} has {len(info['classes'])} classes; training needs 2+")
+    if cfg.train.grad_accum < 1:
+        raise VidrayError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
     # An unknown model or argument fails here, before any worker starts.
-    build_model(cfg, num_classes=len(info["classes"]))
+    model = build_model(cfg, num_classes=len(info["classes"]))
+    if cfg.train.resume_from:
+        check_resumable(cfg.train.resume_from, model=model, classes=info["classes"])
+
+
+def steps_per_epoch(cfg: Config, train_windows: int) -> int:
+    """Optimiser steps per epoch on each rank: one clip per window, split evenly."""
+    batches = math.ceil(math.ceil(train_windows / cfg.train.num_workers) / cfg.train.batch_size)
+    return max(1, math.ceil(batches / cfg.train.grad_accum))
+
+
+def ray_resources() -> dict[str, float]:
+    """The cluster's CPUs and GPUs, logged so runs on different clusters compare fairly."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return {"ray.cpus": resources.get("CPU", 0), "ray.gpus": resources.get("GPU", 0)}
 
 
 def _split_counts(data: str) -> dict[str, int]:
@@ -89,9 +114,19 @@ def _split_counts(data: str) -> dict[str, int]:
     return counts
 
 
-def run_training(cfg: Config) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.train.data``; needs a running Ray."""
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+def run_training(cfg: Config, *, debug: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.train.data``; needs a running Ray.
+
+    ``debug`` is for tests only (see `vidray.train.loop.DebugHooks`).
+    """
+    from ray.train import (
+        Checkpoint,
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     if not cfg.train.data:
@@ -111,7 +146,15 @@ def run_training(cfg: Config) -> TrainResult:
     uri = tracking.tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
     run_name = cfg.train.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = tracking.start_run(cfg, uri=uri, run_name=run_name, tags={"vidray.task": "train"})
+    tags = {"vidray.task": "train"}
+    resume = None
+    if cfg.train.resume_from:
+        # A resumed run is a new MLflow run (its params, e.g. train.epochs, may differ)
+        # whose metrics continue at the next epoch; the tag links it to the first.
+        resume = Checkpoint.from_directory(str(Path(cfg.train.resume_from).resolve()))
+        tags["vidray.resumed_from"] = str(Path(cfg.train.resume_from).resolve())
+    run_id = tracking.start_run(cfg, uri=uri, run_name=run_name, tags=tags)
+    per_epoch = steps_per_epoch(cfg, counts["train"])
     tracking.log_params(
         uri,
         run_id,
@@ -120,6 +163,8 @@ def run_training(cfg: Config) -> TrainResult:
             "data.windows": info["windows"],
             "data.classes": len(classes),
             **{f"data.windows_{split}": n for split, n in counts.items()},
+            "data.steps_per_epoch": per_epoch,
+            **ray_resources(),
         },
     )
     t0 = time.monotonic()
@@ -144,6 +189,8 @@ def run_training(cfg: Config) -> TrainResult:
                 "classes": classes,
                 "tracking_uri": uri,
                 "run_id": run_id,
+                "steps_per_epoch": per_epoch,
+                "debug": debug,
             },
             scaling_config=ScalingConfig(
                 num_workers=cfg.train.num_workers,
@@ -153,6 +200,7 @@ def run_training(cfg: Config) -> TrainResult:
             run_config=RunConfig(
                 name=run_name,
                 storage_path=str(Path(cfg.train.storage_path).resolve()),
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=2,
                     checkpoint_score_attribute=tracking.VAL_VIDEO_TOP1,
@@ -162,6 +210,7 @@ def run_training(cfg: Config) -> TrainResult:
             datasets=datasets,
             # Only the training set is split; rank 0 reads all of val for video accuracy.
             dataset_config=DataConfig(datasets_to_split=["train"]),
+            resume_from_checkpoint=resume,
         )
         result = trainer.fit()
         if not result.best_checkpoints:
@@ -181,6 +230,7 @@ def run_training(cfg: Config) -> TrainResult:
             run_id=run_id,
             tracking_uri=uri,
             checkpoint=best.path,
+            last_checkpoint=result.checkpoint.path,
             metrics=best_metrics,
             num_classes=len(classes),
             seconds=time.monotonic() - t0,

@@ -1,24 +1,38 @@
-"""Evaluate a checkpoint in-process: clip accuracy and video accuracy on one split.
+"""Evaluate a checkpoint in-process: multi-view testing on one split.
 
-Each stored window gives one centred clip; a video's prediction is the mean
-softmax over its clips. Results go to the checkpoint's MLflow run under
-``eval/<split>/...`` (the per-epoch ``val/...`` curves stay untouched).
+Each stored window gives ``eval.temporal_views`` clips (evenly spaced over the
+window) x ``eval.spatial_views`` crops (1: centre; 3: along the long side); a
+video's prediction is the mean softmax over all the clips of all its windows.
+
+    checkpoint -> model -> clips of every window of the split -> logits
+      -> clip top-1; per video: mean softmax -> top-1, top-5, per class, confusion
+      -> <eval.output>/predictions.csv, per_class.csv, confusion_matrix.png
+      -> MLflow: metrics ``eval/<split>/...`` and the files under ``eval_<split>/``
+         in the checkpoint's run (the per-epoch ``val/...`` curves stay untouched)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from vidray import tracking
 from vidray.config import Config
-from vidray.data.clips import iter_clip_batches
+from vidray.data.clips import check_views, iter_clip_batches
 from vidray.errors import VidrayError
+from vidray.train import report as files
 from vidray.train.checkpoints import load_checkpoint
-from vidray.train.loop import build_model, predict
-from vidray.train.metrics import classification_metrics
+from vidray.train.inputs import model_input, resolve_inputs
+from vidray.train.loop import build_model
+from vidray.train.metrics import VideoPredictions, video_predictions
+
+CLIPS_PER_BATCH = 32
+METRICS = ("video_top1", "video_top5", "clip_top1", "mean_class_acc")
 
 
 @dataclass
@@ -26,48 +40,124 @@ class EvalReport:
     split: str
     clips: int
     videos: int
-    metrics: dict[str, float]
+    views: int  # clips per window
+    metrics: dict[str, float]  # eval/<split>/<name>
+    output: Path  # the directory holding the report files
     run_id: str | None
 
     def report(self) -> str:
         m = {k.rsplit("/", 1)[-1]: v for k, v in self.metrics.items()}
         return (
-            f"evaluate [{self.split}]: {self.videos} videos, {self.clips} clips: "
-            f"video top-1 {m['video_top1']:.3f}, top-5 {m['video_top5']:.3f}, "
-            f"clip top-1 {m['clip_top1']:.3f}"
+            f"evaluate [{self.split}]: {self.videos} videos, {self.clips} clips "
+            f"({self.views} per window): video top-1 {m['video_top1']:.3f}, "
+            f"top-5 {m['video_top5']:.3f}, mean class {m['mean_class_acc']:.3f}, "
+            f"clip top-1 {m['clip_top1']:.3f}; reports in {self.output}"
         )
+
+
+@torch.no_grad()
+def predict_clips(model: nn.Module, batches: Any, device: torch.device) -> dict[str, np.ndarray]:
+    """Logits, labels, video keys and video ids of every clip in ``batches`` (numpy batches)."""
+    model.eval()
+    logits, labels, keys, ids = [], [], [], []
+    for batch in batches:
+        ids.append(batch.pop("video_id"))
+        tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+        logits.append(model(model_input(tensors, device)).float().cpu().numpy())
+        labels.append(batch["label"])
+        keys.append(batch["video_key"])
+    if not logits:
+        return {}
+    return {
+        "logits": np.concatenate(logits),
+        "labels": np.concatenate(labels),
+        "keys": np.concatenate(keys),
+        "video_ids": np.concatenate(ids),
+    }
+
+
+def write_reports(
+    output: Path,
+    result: VideoPredictions,
+    video_ids: list[str],
+    classes: list[str],
+    *,
+    title: str,
+) -> list[Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    return [
+        files.write_predictions(output / files.PREDICTIONS_FILE, result, video_ids, classes),
+        files.write_per_class(output / files.PER_CLASS_FILE, result, classes),
+        files.plot_confusion_matrix(
+            output / files.CONFUSION_FILE, result.confusion, classes, title=title
+        ),
+    ]
 
 
 def run_evaluation(cfg: Config) -> EvalReport:
     if not cfg.eval.checkpoint:
         raise VidrayError("eval.checkpoint is not set: pass --checkpoint DIR")
+    check_views(cfg.eval.temporal_views, cfg.eval.spatial_views)
+    split = cfg.eval.split
     state, meta = load_checkpoint(cfg.eval.checkpoint)
-    trained = Config.from_dict(meta["config"])
+    trained = resolve_inputs(Config.from_dict(meta["config"]))
+    classes: list[str] = list(meta["classes"])
     data = cfg.eval.data or trained.train.data
     if not Path(data).is_dir():
         raise VidrayError(f"evaluation data {data!r} not found: pass --data DIR")
-    model = build_model(trained, len(meta["classes"]))
+    model = build_model(trained, len(classes))
     model.load_state_dict(state["model"])
-    batches = (
-        {k: torch.from_numpy(v) for k, v in batch.items()}
-        for batch in iter_clip_batches(
-            data, split=cfg.eval.split, clip=trained.clip, flow_L=trained.flow.L
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+
+    views = cfg.eval.temporal_views * cfg.eval.spatial_views
+    batches = iter_clip_batches(
+        data,
+        split=split,
+        clip=trained.clip,
+        flow_L=trained.flow.L,
+        batch_rows=max(1, CLIPS_PER_BATCH // views),
+        temporal_views=cfg.eval.temporal_views,
+        spatial_views=cfg.eval.spatial_views,
+        video_ids=True,
+    )
+    out = predict_clips(model, batches, device)
+    if not out:
+        raise VidrayError(f"{data} has no windows in split {split!r}")
+    labels = out["labels"]
+    if labels.min() < 0:
+        raise VidrayError(
+            f"split {split!r} of {data} has unlabeled videos: evaluate a labeled split"
         )
+    if labels.max() >= len(classes):
+        raise VidrayError(
+            f"{data} has labels up to {labels.max()}, but the checkpoint knows "
+            f"{len(classes)} classes: evaluate data ingested with the training classes"
+        )
+    result = video_predictions(out["logits"], labels, out["keys"], len(classes))
+    id_of = dict(zip(out["keys"].tolist(), out["video_ids"].tolist(), strict=True))
+    video_ids = [id_of[k] for k in result.keys.tolist()]
+
+    output = Path(cfg.eval.output or Path(cfg.eval.checkpoint) / f"eval_{split}")
+    title = (
+        f"{trained.model.name} [{split}]: {len(video_ids)} videos, "
+        f"{cfg.eval.temporal_views}x{cfg.eval.spatial_views} views"
     )
-    out = predict(model, batches, torch.device("cpu"))
-    if len(out["labels"]) == 0:
-        raise VidrayError(f"{data} has no windows in split {cfg.eval.split!r}")
-    metrics = classification_metrics(
-        out["logits"], out["labels"], out["keys"], prefix=f"eval/{cfg.eval.split}"
-    )
+    written = write_reports(output, result, video_ids, classes, title=title)
+    metrics = {f"eval/{split}/{name}": result.metrics[name] for name in METRICS}
+
     run_id = meta.get("run_id")
     if run_id:
         uri = tracking.tracking_uri(cfg.mlflow)
         tracking.log_metrics(uri, run_id, metrics, step=meta["epoch"])
+        for path in written:
+            tracking.log_artifact(uri, run_id, path, f"eval_{split}")
     return EvalReport(
-        split=cfg.eval.split,
-        clips=len(out["labels"]),
-        videos=len(set(out["keys"].tolist())),
+        split=split,
+        clips=len(labels),
+        videos=len(video_ids),
+        views=views,
         metrics=metrics,
+        output=output,
         run_id=run_id,
     )

@@ -1,7 +1,9 @@
 """`train_loop_per_worker`: the one training loop, run by every Ray Train worker.
 
+    restore model, optimiser, LR schedule, epoch (a restart or train.resume_from)
     for epoch:
-        train shard (Ray Data, new random clips each epoch) -> DDP forward/backward
+        train shard (Ray Data, new random clips each epoch) -> DDP forward/backward,
+            gradient accumulation, clipping, bf16 autocast, LR set every step
         all-reduce train loss / accuracy
         rank 0: val clips -> clip and video accuracy; checkpoint; MLflow metrics
         ray.train.report(metrics, checkpoint from rank 0)
@@ -12,10 +14,15 @@ rank alone would wait forever for the others' buffer broadcast.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +37,7 @@ from vidray.models.registry import arguments
 from vidray.train.checkpoints import load_checkpoint, save_checkpoint
 from vidray.train.inputs import model_input, model_kwargs
 from vidray.train.metrics import classification_metrics
+from vidray.train.schedule import Scheduler
 
 
 def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
@@ -54,12 +62,16 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Any, device: torch.device) -> dict[str, np.ndarray]:
+def predict(
+    model: nn.Module, batches: Any, device: torch.device, *, precision: str = "fp32"
+) -> dict[str, np.ndarray]:
     """Logits, labels and video keys of every clip in ``batches`` (torch batches)."""
     model.eval()
     logits, labels, keys = [], [], []
     for batch in batches:
-        logits.append(model(model_input(batch, device)).float().cpu().numpy())
+        with autocast(device, precision):
+            out = model(to_device(batch, device))
+        logits.append(out.float().cpu().numpy())
         labels.append(np.asarray(batch["label"]))
         keys.append(np.asarray(batch["video_key"]))
     if not logits:
@@ -71,6 +83,147 @@ def predict(model: nn.Module, batches: Any, device: torch.device) -> dict[str, n
     }
 
 
+def autocast(device: torch.device, precision: str) -> Any:
+    """bf16 autocast where asked for (fast on CUDA; allowed on CPU, where it is slow)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> Any:
+    """The model's input on ``device``; 5-D clips channels-last on CUDA, where cuDNN's
+    3D convolutions are fastest in that layout (a no-op on CPU)."""
+    x = model_input(batch, device)
+    if device.type != "cuda":
+        return x
+
+    def layout(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t
+
+    return {k: layout(v) for k, v in x.items()} if isinstance(x, dict) else layout(x)
+
+
+def channels_last_3d(model: nn.Module) -> nn.Module:
+    """5-D (3D conv) weights in channels-last layout, to match `to_device`'s inputs.
+
+    ``model.to(memory_format=...)`` would also try to convert the 4-D weights
+    of 2D convs (two-stream, single-frame models) and fail, hence per tensor.
+    """
+    for param in model.parameters():
+        if param.dim() == 5:
+            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+    return model
+
+
+def with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """``(item, is_last)`` pairs: the epoch's last batch must always sync and step."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for upcoming in iterator:
+        yield current, False
+        current = upcoming
+    yield current, True
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler,
+    epoch: int,
+    cfg: Config,
+    device: torch.device,
+) -> tuple[torch.Tensor, float]:
+    """One pass over this rank's shard: (loss sum, correct, count) and the first step's LR.
+
+    With ``train.grad_accum`` > 1, gradients of the accumulating batches stay
+    local (DDP ``no_sync``) and are all-reduced once, on the batch that steps.
+    """
+    model.train()
+    accum = cfg.train.grad_accum
+    totals = torch.zeros(3, dtype=torch.float64)
+    first_lr = float("nan")
+    steps = 0
+    for i, (batch, last) in enumerate(with_last(batches)):
+        stepping = last or (i + 1) % accum == 0
+        local = not stepping and isinstance(model, nn.parallel.DistributedDataParallel)
+        sync = model.no_sync() if local else contextlib.nullcontext()
+        labels = batch["label"].to(device, non_blocking=True)
+        with sync:
+            with autocast(device, cfg.train.precision):
+                logits = model(to_device(batch, device))
+                loss = F.cross_entropy(
+                    logits.float(), labels, label_smoothing=cfg.train.label_smoothing
+                )
+            (loss / accum).backward()
+        if stepping:
+            lr = scheduler.step(epoch, steps)
+            first_lr = lr if steps == 0 else first_lr
+            if cfg.train.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+        n = len(labels)
+        totals += torch.tensor(
+            [loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64
+        )
+    return totals, first_lr
+
+
+def restore(
+    checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler
+) -> int:
+    """Load a Ray Train checkpoint (a restart, or train.resume_from); the epoch to start at."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        state, _ = load_checkpoint(directory)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if "scheduler" in state:  # checkpoints from before the schedule existed have none
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"] + 1
+
+
+def param_checksum(model: nn.Module) -> str:
+    """A hash of every parameter's bytes: equal on all ranks iff the replicas are identical."""
+    digest = hashlib.sha256()
+    for param in model.parameters():
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class DebugHooks:
+    """Test-only hooks, off unless the driver passes ``debug={"dir": ...}``.
+
+    - ``pause_epoch``: at the start of that epoch each rank writes its pid to
+      ``rank<r>.pid`` and waits (up to a minute) for a ``release`` file, so a
+      test can kill a worker mid-run; a restarted worker finds ``release`` and
+      goes on.
+    - at the end of training each rank writes ``rank<r>.checksum`` (`param_checksum`).
+    """
+
+    def __init__(self, debug: dict[str, Any] | None, rank: int) -> None:
+        self.dir = Path(debug["dir"]) if debug else None
+        self.pause_epoch = (debug or {}).get("pause_epoch")
+        self.rank = rank
+
+    def epoch_start(self, epoch: int) -> None:
+        if self.dir is None or epoch != self.pause_epoch:
+            return
+        (self.dir / f"rank{self.rank}.pid").write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while not (self.dir / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def finished(self, model: nn.Module) -> None:
+        if self.dir is not None:
+            (self.dir / f"rank{self.rank}.checksum").write_text(param_checksum(model))
+
+
 def epoch_line(metrics: dict[str, float], epochs: int) -> str:
     """The progress line rank 0 prints after each epoch."""
     val = metrics.get(tracking.VAL_VIDEO_TOP1, float("nan"))
@@ -78,6 +231,7 @@ def epoch_line(metrics: dict[str, float], epochs: int) -> str:
     return (
         f"train: epoch {metrics['epoch'] + 1}/{epochs}: loss {metrics[tracking.TRAIN_LOSS]:.3f}, "
         f"train clip top-1 {metrics[tracking.TRAIN_CLIP_TOP1]:.3f}, val video top-1 {val:.3f} "
+        f"lr {metrics[tracking.TRAIN_LR]:.2e} "
         f"({metrics[tracking.EPOCH_SECONDS]:.1f} s, {speed:.0f} clips/s)"
     )
 
@@ -93,47 +247,37 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    hooks = DebugHooks(loop_config.get("debug"), rank)
 
     # Workers share cores with Ray Data's readers: one intra-op thread each.
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
-    model = build_model(cfg, len(classes))
+    # On the device before the optimiser exists, so restored optimiser state lands there too.
+    model = build_model(cfg, len(classes)).to(device)
+    if device.type == "cuda":
+        model = channels_last_3d(model)
     optimizer = make_optimizer(cfg.optim, model.parameters())
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state, _ = load_checkpoint(directory)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
+    scheduler = Scheduler(optimizer, cfg.optim, cfg.train.epochs, loop_config["steps_per_epoch"])
+    # A restarted worker group gets the last reported checkpoint; a first start gets
+    # train.resume_from (TorchTrainer's resume_from_checkpoint), or None.
+    start_epoch = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
     model = ray.train.torch.prepare_model(model)
     bare_model = model.module if hasattr(model, "module") else model
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
+    pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous; CUDA only
     for epoch in range(start_epoch, cfg.train.epochs):
+        hooks.epoch_start(epoch)
         t0 = time.monotonic()
-        model.train()
-        # loss sum, correct, count: summed over ranks after the epoch
-        totals = torch.zeros(3, dtype=torch.float64)
-        for batch in train_shard.iter_torch_batches(
+        batches = train_shard.iter_torch_batches(
             batch_size=cfg.train.batch_size,
             local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
             device="cpu",
-        ):
-            labels = batch["label"].to(device)
-            logits = model(model_input(batch, device))
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = len(labels)
-            totals += torch.tensor(
-                [loss.item() * n, (logits.argmax(1) == labels).sum().item(), n],
-                dtype=torch.float64,
-            )
+            pin_memory=pin,
+        )
+        totals, first_lr = train_epoch(model, batches, optimizer, scheduler, epoch, cfg, device)
         if world > 1:
             torch.distributed.all_reduce(totals)
         seconds = time.monotonic() - t0
@@ -142,14 +286,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epoch": epoch,
             tracking.TRAIN_LOSS: totals[0].item() / count,
             tracking.TRAIN_CLIP_TOP1: totals[1].item() / count,
+            tracking.TRAIN_LR: first_lr,
+            tracking.TRAIN_STEP: scheduler.global_step,
             tracking.EPOCH_SECONDS: seconds,
             tracking.CLIPS_PER_SECOND: totals[2].item() / seconds,
         }
         if rank == 0:
             out = predict(
                 bare_model,
-                val_data.iter_torch_batches(batch_size=cfg.train.batch_size, device="cpu"),
+                val_data.iter_torch_batches(
+                    batch_size=cfg.train.batch_size, device="cpu", pin_memory=pin
+                ),
                 device,
+                precision=cfg.train.precision,
             )
             metrics.update(
                 classification_metrics(out["logits"], out["labels"], out["keys"], prefix="val")
@@ -165,6 +314,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     directory,
                     model=bare_model,
                     optimizer=optimizer,
+                    scheduler=scheduler.state_dict(),
                     epoch=epoch,
                     cfg=cfg,
                     classes=classes,
@@ -174,3 +324,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
+    hooks.finished(bare_model)
