@@ -9,6 +9,11 @@ video's prediction is the mean softmax over all the clips of all its windows.
       -> <eval.output>/predictions.csv, per_class.csv, confusion_matrix.png
       -> MLflow: metrics ``eval/<split>/...`` and the files under ``eval_<split>/``
          in the checkpoint's run (the per-epoch ``val/...`` curves stay untouched)
+
+In-process by default (small sets). With ``eval.workers=N`` the logits come
+from a Ray Data batch-inference job instead, the model replicated N times:
+
+    read_clips(split, views, video_ids) -> map_batches(ClipPredictor, concurrency=N)
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import nn
 
 from vidray import tracking
 from vidray.config import Config
-from vidray.data.clips import check_views, iter_clip_batches
+from vidray.data.clips import check_views, iter_clip_batches, read_clips
 from vidray.errors import VidrayError
 from vidray.train import report as files
 from vidray.train.checkpoints import load_checkpoint
@@ -76,6 +81,71 @@ def predict_clips(model: nn.Module, batches: Any, device: torch.device) -> dict[
     }
 
 
+def load_model(checkpoint: str | Path) -> tuple[nn.Module, Config, dict[str, Any]]:
+    """The checkpoint's model (weights loaded, eval mode, on CPU), its config and meta."""
+    state, meta = load_checkpoint(checkpoint)
+    trained = resolve_inputs(Config.from_dict(meta["config"]))
+    model = build_model(trained, len(meta["classes"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), trained, meta
+
+
+class ClipPredictor:
+    """Ray Data stage (an actor class): clip batches -> logits, one model replica per actor."""
+
+    def __init__(self, checkpoint: str, use_gpu: bool) -> None:
+        torch.set_num_threads(1)
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.model = load_model(checkpoint)[0].to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = predict_clips(self.model, [dict(batch)], self.device)
+        return {
+            "logits": out["logits"],
+            "label": out["labels"],
+            "video_key": out["keys"],
+            "video_id": out["video_ids"],
+        }
+
+
+def _predict_with_ray(
+    cfg: Config, trained: Config, data: str | Path, views: int
+) -> dict[str, np.ndarray]:
+    from vidray.runtime import init_ray
+
+    init_ray(cfg.ray)
+    clips = read_clips(
+        data,
+        split=cfg.eval.split,
+        clip=trained.clip,
+        flow_L=trained.flow.L,
+        train=False,
+        temporal_views=cfg.eval.temporal_views,
+        spatial_views=cfg.eval.spatial_views,
+        video_ids=True,
+    )
+    logits = clips.map_batches(
+        ClipPredictor,
+        fn_constructor_kwargs={
+            "checkpoint": str(Path(cfg.eval.checkpoint).resolve()),
+            "use_gpu": cfg.eval.use_gpu,
+        },
+        concurrency=cfg.eval.workers,
+        batch_size=max(CLIPS_PER_BATCH, views),
+        num_gpus=1 if cfg.eval.use_gpu else 0,
+        num_cpus=1,
+    )
+    parts = list(logits.iter_batches(batch_size=None, batch_format="numpy"))
+    if not parts:
+        return {}
+    return {
+        "logits": np.concatenate([p["logits"] for p in parts]),
+        "labels": np.concatenate([p["label"] for p in parts]),
+        "keys": np.concatenate([p["video_key"] for p in parts]),
+        "video_ids": np.concatenate([p["video_id"] for p in parts]),
+    }
+
+
 def write_reports(
     output: Path,
     result: VideoPredictions,
@@ -98,30 +168,31 @@ def run_evaluation(cfg: Config) -> EvalReport:
     if not cfg.eval.checkpoint:
         raise VidrayError("eval.checkpoint is not set: pass --checkpoint DIR")
     check_views(cfg.eval.temporal_views, cfg.eval.spatial_views)
+    if cfg.eval.workers < 0:
+        raise VidrayError(f"eval.workers={cfg.eval.workers}: 0 (in-process) or more replicas")
     split = cfg.eval.split
-    state, meta = load_checkpoint(cfg.eval.checkpoint)
-    trained = resolve_inputs(Config.from_dict(meta["config"]))
+    model, trained, meta = load_model(cfg.eval.checkpoint)
     classes: list[str] = list(meta["classes"])
     data = cfg.eval.data or trained.train.data
     if not Path(data).is_dir():
         raise VidrayError(f"evaluation data {data!r} not found: pass --data DIR")
-    model = build_model(trained, len(classes))
-    model.load_state_dict(state["model"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
 
     views = cfg.eval.temporal_views * cfg.eval.spatial_views
-    batches = iter_clip_batches(
-        data,
-        split=split,
-        clip=trained.clip,
-        flow_L=trained.flow.L,
-        batch_rows=max(1, CLIPS_PER_BATCH // views),
-        temporal_views=cfg.eval.temporal_views,
-        spatial_views=cfg.eval.spatial_views,
-        video_ids=True,
-    )
-    out = predict_clips(model, batches, device)
+    if cfg.eval.workers:
+        out = _predict_with_ray(cfg, trained, data, views)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        batches = iter_clip_batches(
+            data,
+            split=split,
+            clip=trained.clip,
+            flow_L=trained.flow.L,
+            batch_rows=max(1, CLIPS_PER_BATCH // views),
+            temporal_views=cfg.eval.temporal_views,
+            spatial_views=cfg.eval.spatial_views,
+            video_ids=True,
+        )
+        out = predict_clips(model.to(device), batches, device)
     if not out:
         raise VidrayError(f"{data} has no windows in split {split!r}")
     labels = out["labels"]
