@@ -418,3 +418,12 @@ def test_unset_input_says_how_to_set_it(tmp_path):
     cfg = load_config(None, [f"ingest.output={tmp_path}"])
     with pytest.raises(VidrayError, match="pass --input PATH"):
         run_ingest(cfg)
+
+
+def test_short_segments_are_packed_and_long_ones_run_alone():
+    from vidray.data.ingest import pack_segments
+
+    segments = [{"id": i, "windows": w} for i, w in enumerate([2, 2, 2, 8, 3, 8, 1])]
+    tasks = pack_segments(segments, windows_per_task=8)
+    assert [[s["id"] for s in task] for task in tasks] == [[0, 1, 2], [3], [4], [5], [6]]
+    assert all(sum(s["windows"] for s in t) <= 8 or len(t) == 1 for t in tasks)

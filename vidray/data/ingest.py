@@ -1,12 +1,12 @@
 """Ingest: videos -> windows of frames and optical flow in Parquet shards, on Ray Data.
 
-    list sources ─> skip what is done ─> probe (Ray Data, per file)
-        ─> plan segments of windows ─> decode → flow → encode → shard (Ray Data, per segment)
+    list sources ─> skip what is done ─> probe (Ray Data, files in batches)
+        ─> plan segments ─> pack into tasks ─> decode → flow → encode → shard (Ray Data)
         ─> manifest.parquet + dataset.yaml
 
 A segment is a run of at most ``ingest.segment_windows`` windows of one video,
 so a long film is spread over many tasks and no task holds more than one
-window of frames at a time. Every segment writes its own shard atomically;
+window of frames at a time; short clips are packed several to a task. Every segment writes its own shard atomically;
 the manifest, rewritten as results arrive, is the commit record. A bad file
 becomes a manifest row with the reason, never an exception that stops the job.
 
