@@ -8,8 +8,8 @@ A segment is a run of at most ``ingest.segment_windows`` windows of one video,
 so a long film is spread over many tasks and no task holds more than one
 window of frames at a time; short clips are packed several to a task. Every
 segment writes its own shard atomically; the manifest, rewritten as results
-arrive, is the commit record. A bad file
-becomes a manifest row with the reason, never an exception that stops the job.
+arrive, is the commit record. A bad file becomes a manifest row with the
+reason, never an exception that stops the job.
 
 The stage functions (`probe_entry`, `ingest_segment`) are plain functions,
 testable without Ray; `run_ingest` only wires them.
