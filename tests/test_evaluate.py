@@ -183,3 +183,21 @@ def test_undefined_view_counts_are_one_line_errors(checkpoint, override, message
 def test_a_split_without_windows_is_a_clear_error(checkpoint):
     with pytest.raises(VidrayError, match=r"no window shards in split 'holdout'"):
         evaluate(checkpoint, "eval.split=holdout")
+
+
+def test_ray_batch_inference_predicts_what_the_in_process_path_does(
+    checkpoint, single_view, tmp_path
+):
+    report = evaluate(checkpoint, "eval.workers=1", f"eval.output={tmp_path}")
+    assert (report.clips, report.videos) == (single_view.clips, single_view.videos)
+    for name, value in single_view.metrics.items():
+        assert report.metrics[name] == pytest.approx(value), name
+    ray_rows = sorted(_read_csv(tmp_path / "predictions.csv"), key=lambda r: r["video_id"])
+    local_rows = sorted(
+        _read_csv(single_view.output / "predictions.csv"), key=lambda r: r["video_id"]
+    )
+    assert [(r["video_id"], r["predicted"]) for r in ray_rows] == [
+        (r["video_id"], r["predicted"]) for r in local_rows
+    ]
+    for a, b in zip(ray_rows, local_rows, strict=True):
+        assert float(a["top1_score"]) == pytest.approx(float(b["top1_score"]), abs=1e-5)

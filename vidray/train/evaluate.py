@@ -115,7 +115,7 @@ def _predict_with_ray(
 
     init_ray(cfg.ray)
     clips = read_clips(
-        data,
+        Path(data).resolve(),  # Ray workers run in other directories
         split=cfg.eval.split,
         clip=trained.clip,
         flow_L=trained.flow.L,
