@@ -101,7 +101,8 @@ class OptimConfig:
     lr: float = 3e-3  # peak rate, reached at the end of warm-up
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: Literal["cosine", "step", "constant"] = "cosine"  # set every optimiser step
+    # Set every optimiser step. The default keeps the rate flat, as before schedules existed.
+    schedule: Literal["cosine", "step", "constant"] = "constant"
     warmup_epochs: float = 0.0  # linear ramp from 0 to lr over these (fractional) epochs
     step_epochs: int = 30  # step: multiply the rate by gamma every step_epochs after warm-up
     gamma: float = 0.1

@@ -230,7 +230,7 @@ def epoch_line(metrics: dict[str, float], epochs: int) -> str:
     speed = metrics[tracking.CLIPS_PER_SECOND]
     return (
         f"train: epoch {metrics['epoch'] + 1}/{epochs}: loss {metrics[tracking.TRAIN_LOSS]:.3f}, "
-        f"train clip top-1 {metrics[tracking.TRAIN_CLIP_TOP1]:.3f}, val video top-1 {val:.3f} "
+        f"train clip top-1 {metrics[tracking.TRAIN_CLIP_TOP1]:.3f}, val video top-1 {val:.3f}, "
         f"lr {metrics[tracking.TRAIN_LR]:.2e} "
         f"({metrics[tracking.EPOCH_SECONDS]:.1f} s, {speed:.0f} clips/s)"
     )
@@ -259,9 +259,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model = channels_last_3d(model)
     optimizer = make_optimizer(cfg.optim, model.parameters())
     scheduler = Scheduler(optimizer, cfg.optim, cfg.train.epochs, loop_config["steps_per_epoch"])
-    # A restarted worker group gets the last reported checkpoint; a first start gets
-    # train.resume_from (TorchTrainer's resume_from_checkpoint), or None.
-    start_epoch = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    # A restarted worker group gets the last reported checkpoint; a first start
+    # gets train.resume_from (a path every worker can read), or nothing.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint.from_directory(loop_config["resume_from"])
+    start_epoch = restore(checkpoint, model, optimizer, scheduler)
     model = ray.train.torch.prepare_model(model)
     bare_model = model.module if hasattr(model, "module") else model
 
