@@ -28,6 +28,9 @@ def init_ray(cfg: RayConfig) -> None:
     # the workers, which inherit this environment from the local Ray we start.
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     ray.init(
+        # "local" always starts a new Ray: without it ray.init() would join whatever
+        # /tmp/ray/ray_current_cluster names, even a stale cluster from an earlier run.
+        address="local",
         num_cpus=cfg.num_cpus or None,
         logging_level=logging.WARNING,
     )

@@ -203,7 +203,8 @@ class DebugHooks:
       ``rank<r>.pid`` and waits (up to a minute) for a ``release`` file, so a
       test can kill a worker mid-run; a restarted worker finds ``release`` and
       goes on.
-    - at the end of training each rank writes ``rank<r>.checksum`` (`param_checksum`).
+    - at the end of training each rank writes ``rank<r>.checksum`` (`param_checksum`)
+      and ``rank<r>.node``, the id of the Ray node it ran on.
     """
 
     def __init__(self, debug: dict[str, Any] | None, rank: int) -> None:
@@ -221,7 +222,11 @@ class DebugHooks:
 
     def finished(self, model: nn.Module) -> None:
         if self.dir is not None:
+            import ray
+
             (self.dir / f"rank{self.rank}.checksum").write_text(param_checksum(model))
+            node = ray.get_runtime_context().get_node_id()
+            (self.dir / f"rank{self.rank}.node").write_text(node)
 
 
 def epoch_line(metrics: dict[str, float], epochs: int) -> str:
