@@ -261,3 +261,17 @@ def test_flow_stack_for_an_rgb_model_is_an_error():
 def test_a_knob_the_family_lacks_is_a_clear_error(ray_local, motion_data, tmp_path):
     with pytest.raises(VidrayError, match="takes no argument fusion; valid: width, dropout"):
         run_training(tiny_config(motion_data, tmp_path, "model.fusion=avg"))
+
+
+def test_demo_baseline_fits_any_temporal_model():
+    from vidray.demo import baseline_config
+    from vidray.train.inputs import resolve_inputs
+
+    cfg = load_config(
+        Path(__file__).parents[1] / "configs" / "demo.yaml",
+        ["model.name=two_stream", "model.fusion=concat", "flow.L=8"],
+    )
+    baseline = resolve_inputs(baseline_config(cfg))
+    assert baseline.model.name == "single_frame" and baseline.model.fusion is None
+    assert (baseline.clip.T, baseline.flow.L, baseline.model.width) == (1, 0, cfg.model.width)
+    assert resolve_inputs(cfg).flow.L == 8

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from vidray.config import Config
+from vidray.config import Config, ModelConfig
 from vidray.data.ingest import run_ingest
 from vidray.data.synthetic import write_motion_dataset
 from vidray.train.driver import run_training
@@ -25,6 +25,16 @@ DEMO_CLASSES = 4
 DEMO_VIDEOS_PER_CLASS = 24
 DEMO_FRAMES = 40
 BASELINE = "single_frame"
+
+
+def baseline_config(cfg: Config) -> Config:
+    """The single-frame baseline beside ``cfg``'s model: same width, data and training.
+
+    Only the shared knobs carry over (a two-stream ``model.fusion`` would be an
+    error for it), and its clip is what it declares: one frame, no flow.
+    """
+    model = ModelConfig(name=BASELINE, width=cfg.model.width, dropout=cfg.model.dropout)
+    return replace(cfg, model=model, clip=replace(cfg.clip, T=None), flow=replace(cfg.flow, L=None))
 
 
 def run_demo(cfg: Config) -> int:
@@ -50,13 +60,9 @@ def run_demo(cfg: Config) -> int:
 
     accuracy = {}
     last_run = None
-    # The baseline keeps the temporal model's width; it reads one frame (its InputSpec).
-    baseline = replace(cfg.model, name=BASELINE)
-    for model in (baseline, cfg.model):
-        run_cfg = replace(
-            cfg, model=model, clip=replace(cfg.clip, T=None if model is baseline else cfg.clip.T)
-        )
-        print(f"demo: training {model.name}")
+    for run_cfg in (baseline_config(cfg), cfg):
+        name = run_cfg.model.name
+        print(f"demo: training {name}")
         result = run_training(run_cfg)
         print(result.report())
         evaluation = run_evaluation(
@@ -66,11 +72,11 @@ def run_demo(cfg: Config) -> int:
             )
         )
         print(evaluation.report())
-        accuracy[model.name] = evaluation.metrics[f"eval/{evaluation.split}/video_top1"]
+        accuracy[name] = evaluation.metrics[f"eval/{evaluation.split}/video_top1"]
         last_run = result
 
     print(f"demo: test video accuracy (chance {1 / DEMO_CLASSES:.2f}):")
-    for name, value in accuracy.items():
-        print(f"demo:   {name:<14} {value:.3f}")
+    for model_name, value in accuracy.items():
+        print(f"demo:   {model_name:<14} {value:.3f}")
     print(f"demo: compare the runs in the MLflow UI: {last_run.ui_command()}")
     return 0
