@@ -62,6 +62,24 @@ def test_missing_config_file_is_an_error(tmp_path: Path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_extends_merges_the_base_under_the_file_section_by_section(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("clip:\n  T: 8\n  stride: 4\noptim:\n  lr: 0.1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("extends: ../base.yaml\nclip:\n  T: 16\n")
+    cfg = load_config(tmp_path / "sub" / "c.yaml", ["optim.lr=0.5"])
+    assert (cfg.clip.T, cfg.clip.stride, cfg.optim.lr) == (16, 4, 0.5)
+
+
+def test_extends_to_a_missing_file_or_a_loop_is_an_error(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(VidrayError, match=r"gone.yaml \(extended by .*a.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(VidrayError, match=r"loops back"):
+        load_config(tmp_path / "b.yaml")
+
+
 def test_flat_names_round_trip_through_overrides():
     cfg = load_config(None, ["model.width=8", "clip.crop=64"])
     flat = cfg.flat()

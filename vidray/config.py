@@ -185,24 +185,13 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults) and apply ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise VidrayError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            problem = getattr(exc, "problem", exc)
-            raise VidrayError(f"{path}{where}: not valid YAML ({problem})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise VidrayError(
-                f"{path}: expected a mapping of sections, got {type(loaded).__name__}"
-            )
-        data = loaded or {}
+    """Read a YAML config (or start from defaults) and apply ``key=value`` overrides.
+
+    A file may start with ``extends: other.yaml`` (relative to itself): the other
+    file is read first and this one's keys override it, section by section. The
+    per-family configs use it so a dataset's schedule is written once.
+    """
+    data = _read_yaml(Path(path), chain=()) if path else {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
@@ -214,6 +203,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise VidrayError(f"config section {section!r} must be a mapping")
         data[section][name] = value
     return Config.from_dict(data)
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """One config file with its ``extends`` chain merged under it."""
+    if not path.is_file():
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise VidrayError(f"config file not found: {path}{where}")
+    if path.resolve() in chain:
+        raise VidrayError(f"{path}: 'extends' loops back to itself")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", exc)
+        raise VidrayError(f"{path}{where}: not valid YAML ({problem})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise VidrayError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+    data = dict(loaded or {})
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise VidrayError(f"{path}: 'extends' must be one file name, got {base!r}")
+    merged = _read_yaml(path.parent / base, (*chain, path.resolve()))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
