@@ -188,7 +188,19 @@ def test_a_split_without_windows_is_a_clear_error(checkpoint):
 def test_ray_batch_inference_predicts_what_the_in_process_path_does(
     checkpoint, single_view, tmp_path
 ):
-    report = evaluate(checkpoint, "eval.workers=1", f"eval.output={tmp_path}")
+    # The replicas load the checkpoint by URI, as they would from s3:// or gs://.
+    directory, uri, *_ = checkpoint
+    report = run_evaluation(
+        load_config(
+            None,
+            [
+                f"eval.checkpoint=file://{directory}",
+                f"mlflow.tracking_uri={uri}",
+                "eval.workers=1",
+                f"eval.output={tmp_path}",
+            ],
+        )
+    )
     assert (report.clips, report.videos) == (single_view.clips, single_view.videos)
     for name, value in single_view.metrics.items():
         assert report.metrics[name] == pytest.approx(value), name
@@ -201,3 +213,42 @@ def test_ray_batch_inference_predicts_what_the_in_process_path_does(
     ]
     for a, b in zip(ray_rows, local_rows, strict=True):
         assert float(a["top1_score"]) == pytest.approx(float(b["top1_score"]), abs=1e-5)
+
+
+def test_the_evaluate_command_takes_views_and_output_as_flags(checkpoint, single_view, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    directory, uri, *_ = checkpoint
+    repo = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        "-m",
+        "vidray.cli",
+        "evaluate",
+        "--checkpoint",
+        f"file://{directory}",
+    ]
+    flags = ["--temporal-views", "2", "--spatial-views", "3", "--output", str(tmp_path / "out")]
+    out = subprocess.run(
+        [*command, *flags, f"mlflow.tracking_uri={uri}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = _read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(rows) == single_view.videos
+    assert "(6 per window)" in out.stdout, out.stdout
+
+
+def test_a_remote_checkpoint_reports_under_eval_by_run_and_epoch():
+    from vidray.train.evaluate import default_output
+
+    assert default_output("s3://bucket/runs/tiny-run/checkpoint_000002", "test") == Path(
+        "eval/tiny-run_checkpoint_000002_test"
+    )
+    assert default_output("/x/ckpt", "val") == Path("/x/ckpt/eval_val")

@@ -74,7 +74,11 @@ def trained(trained_with_debug):
 
 @pytest.fixture(scope="module")
 def resumed(trained, motion_data, tmp_path_factory):
-    """The tiny run continued from its last checkpoint (epochs 0, 1) to a third epoch."""
+    """The tiny run continued from its last checkpoint (epochs 0, 1) to a third epoch.
+
+    Checkpoints are named by ``file://`` URIs here, the path that ``s3://`` and
+    ``gs://`` take too (a pyarrow filesystem, a copy to local disk to load).
+    """
     _, first = trained
     tmp_path = tmp_path_factory.mktemp("resume")
     cfg = tiny_config(
@@ -82,7 +86,8 @@ def resumed(trained, motion_data, tmp_path_factory):
         tmp_path,
         *KNOBS,
         "train.epochs=3",
-        f"train.resume_from={first.last_checkpoint}",
+        f"train.resume_from=file://{first.last_checkpoint}",
+        f"train.storage_path=file://{tmp_path / 'uri_runs'}",
     )
     return cfg, run_training(cfg)
 
@@ -146,7 +151,8 @@ def test_resume_continues_the_epoch_count_and_the_lr_schedule(trained, resumed):
     cfg, second = resumed
     client = MlflowClient(tracking_uri=second.tracking_uri)
     run = client.get_run(second.run_id)
-    assert run.data.tags["vidray.resumed_from"] == first.last_checkpoint
+    assert run.data.tags["vidray.resumed_from"] == f"file://{first.last_checkpoint}"
+    assert Path(second.last_checkpoint).is_relative_to(Path(cfg.train.storage_path[7:]))
     before = MlflowClient(tracking_uri=first.tracking_uri)  # the first run's own store
     assert [m.step for m in before.get_metric_history(first.run_id, "train/loss")] == [0, 1]
     assert [m.step for m in client.get_metric_history(second.run_id, "train/loss")] == [2]
@@ -163,9 +169,18 @@ def test_resume_continues_the_epoch_count_and_the_lr_schedule(trained, resumed):
     assert meta["epoch"] == 2 and final["global_step"] == step.value
 
 
-def test_resuming_from_a_missing_checkpoint_is_a_clear_error(ray_local, motion_data, tmp_path):
-    cfg = tiny_config(motion_data, tmp_path, f"train.resume_from={tmp_path / 'nope'}")
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_resuming_from_a_missing_checkpoint_is_a_clear_error(
+    ray_local, motion_data, tmp_path, scheme
+):
+    cfg = tiny_config(motion_data, tmp_path, f"train.resume_from={scheme}{tmp_path / 'nope'}")
     with pytest.raises(VidrayError, match=r"train.resume_from=.*nope: no such checkpoint"):
+        run_training(cfg)
+
+
+def test_a_storage_uri_pyarrow_cannot_open_is_a_clear_error(ray_local, motion_data, tmp_path):
+    cfg = tiny_config(motion_data, tmp_path, "train.storage_path=nosuch://bucket/runs")
+    with pytest.raises(VidrayError, match=r"nosuch://bucket/runs: not a filesystem pyarrow"):
         run_training(cfg)
 
 
@@ -275,3 +290,70 @@ def test_demo_baseline_fits_any_temporal_model():
     assert baseline.model.name == "single_frame" and baseline.model.fusion is None
     assert (baseline.clip.T, baseline.flow.L, baseline.model.width) == (1, 0, cfg.model.width)
     assert resolve_inputs(cfg).flow.L == 8
+
+
+def doctored(data: Path, tmp_path: Path, *, classes=None, label=None) -> Path:
+    """A copy of ingest output ``data`` (shards linked) whose dataset.yaml lists
+    ``classes`` instead, or whose first train video has label ``label``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "doctored"
+    copy.mkdir()
+    (copy / "windows").symlink_to(data / "windows")
+    info = yaml.safe_load((data / "dataset.yaml").read_text())
+    if classes is not None:
+        info["classes"] = classes
+    (copy / "dataset.yaml").write_text(yaml.safe_dump(info))
+    rows = pq.read_table(data / "manifest.parquet").to_pylist()
+    if label is not None:
+        first = next(r for r in rows if r["split"] == "train" and r["status"] == "ok")
+        first["label"] = label
+    schema = pq.read_schema(data / "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), copy / "manifest.parquet")
+    return copy
+
+
+def test_labels_beyond_the_class_list_fail_before_training(ray_local, motion_data, tmp_path):
+    three = yaml.safe_load((motion_data / "dataset.yaml").read_text())["classes"][:3]
+    data = doctored(motion_data, tmp_path, classes=three)
+    with pytest.raises(VidrayError, match=r"has label 3 .* dataset.yaml lists 3 classes"):
+        run_training(tiny_config(data, tmp_path))
+
+
+def test_an_unlabeled_training_video_fails_before_training(ray_local, motion_data, tmp_path):
+    data = doctored(motion_data, tmp_path, label=-1)
+    with pytest.raises(VidrayError, match=r"in split 'train' has no label"):
+        run_training(tiny_config(data, tmp_path))
+
+
+def test_the_train_command_exits_2_with_one_line_on_a_label_mismatch(motion_data, tmp_path):
+    """The same check through ``python -m pipelines.train``, as a Ray job would run it."""
+    import os
+    import subprocess
+    import sys
+
+    three = yaml.safe_load((motion_data / "dataset.yaml").read_text())["classes"][:3]
+    data = doctored(motion_data, tmp_path, classes=three)
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.train",
+            "--data",
+            str(data),
+            *TINY,
+            "ray.num_cpus=1",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "dataset.yaml lists 3 classes" in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr

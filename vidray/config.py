@@ -118,25 +118,25 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     seed: int = 0
     val_split: str = "val"  # split evaluated after every epoch
-    storage_path: str = "runs"  # checkpoints and Ray Train state
+    storage_path: str = "runs"  # checkpoints and Ray Train state: a path or s3://, gs://, ...
     run_name: str = ""  # MLflow run name and Ray Train run name ("" = generated)
     shuffle_buffer: int = 64  # clips in each worker's local shuffle buffer
     grad_accum: int = 1  # batches per optimiser step (effective batch = this x batch x workers)
     clip_grad_norm: float = 0.0  # max global gradient norm (0 = no clipping)
     label_smoothing: float = 0.0
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; on CPU it works but is slow
-    resume_from: str = ""  # a checkpoint directory: continue its epochs and LR schedule
+    resume_from: str = ""  # a checkpoint directory or URI: continue its epochs and LR schedule
     max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    checkpoint: str = ""  # a checkpoint directory written by training
+    checkpoint: str = ""  # a checkpoint directory (or URI) written by training
     data: str = ""  # ingest output to evaluate ("" = the training data)
     split: str = "val"
     temporal_views: int = 1  # clips per window, evenly spaced over its valid offsets
     spatial_views: int = 1  # crops per clip: 1 = centre, 3 = both ends and centre of the long side
-    output: str = ""  # where reports go ("" = <checkpoint>/eval_<split>)
+    output: str = ""  # where reports go ("" = <checkpoint>/eval_<split>, or eval/... for a URI)
     workers: int = 0  # model replicas of a Ray Data batch-inference job (0 = in-process)
     use_gpu: bool = False  # one GPU per replica (with eval.workers > 0)
 

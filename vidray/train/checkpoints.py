@@ -11,6 +11,7 @@ import torch
 import yaml
 from torch import nn
 
+from vidray import storage
 from vidray.config import Config
 from vidray.errors import VidrayError
 
@@ -56,21 +57,22 @@ def save_checkpoint(
 
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, meta) of a checkpoint directory; a one-line error if it is not one."""
-    directory = Path(directory)
-    if not (directory / STATE_FILE).is_file() or not (directory / META_FILE).is_file():
-        raise VidrayError(
-            f"{directory} is not a vidray checkpoint (needs {STATE_FILE} and {META_FILE})"
-        )
-    meta = yaml.safe_load((directory / META_FILE).read_text())
-    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    """(state, meta) of a checkpoint directory, local or a URI (``s3://...``); a
+    one-line error if it is not one."""
+    with storage.local_dir(directory) as local:
+        if not (local / STATE_FILE).is_file() or not (local / META_FILE).is_file():
+            raise VidrayError(
+                f"{directory} is not a vidray checkpoint (needs {STATE_FILE} and {META_FILE})"
+            )
+        meta = yaml.safe_load((local / META_FILE).read_text())
+        state = torch.load(local / STATE_FILE, map_location="cpu", weights_only=False)
     return state, meta
 
 
 def check_resumable(directory: str | Path, *, model: nn.Module, classes: list[str]) -> dict:
     """The meta of checkpoint ``directory`` if ``model`` can continue from it, else a
     one-line error naming what differs (checked in the driver, before workers start)."""
-    if not Path(directory).is_dir():
+    if not storage.exists(directory):
         raise VidrayError(f"train.resume_from={directory}: no such checkpoint directory")
     state, meta = load_checkpoint(directory)
     if meta["classes"] != classes:

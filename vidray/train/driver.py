@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vidray import tracking
+from vidray import storage, tracking
 from vidray.config import Config
 from vidray.data.clips import read_clips
 from vidray.data.manifest import read_dataset_info, read_manifest
@@ -104,12 +104,27 @@ def ray_resources() -> dict[str, float]:
     return {"ray.cpus": resources.get("CPU", 0), "ray.gpus": resources.get("GPU", 0)}
 
 
-def _split_counts(data: str) -> dict[str, int]:
-    """Windows per split, from the manifest (no shard is opened)."""
+def split_counts(data: str, classes: list[str], labeled: tuple[str, ...]) -> dict[str, int]:
+    """Windows per split, from the manifest (no shard is opened), after checking
+    that every video's label is one of the dataset's ``classes`` and that the
+    ``labeled`` splits (those trained or validated on) have no unlabeled video."""
     counts: dict[str, int] = {}
     for row in read_manifest(data):
-        if row["status"] == "ok":
-            counts[row["split"]] = counts.get(row["split"], 0) + row["n_windows"]
+        if row["status"] != "ok":
+            continue
+        label = row["label"]
+        if label < 0 and row["split"] in labeled:
+            raise VidrayError(
+                f"{data}: video {row['video_id']} in split {row['split']!r} has no label; "
+                "training and validation need labeled videos"
+            )
+        if label >= len(classes) or (label >= 0 and row["label_name"] != classes[label]):
+            raise VidrayError(
+                f"{data}: video {row['video_id']} has label {label} ({row['label_name']!r}), "
+                f"but dataset.yaml lists {len(classes)} classes: the manifest and dataset.yaml "
+                "disagree, re-ingest into a new output"
+            )
+        counts[row["split"]] = counts.get(row["split"], 0) + row["n_windows"]
     return counts
 
 
@@ -126,7 +141,8 @@ def run_training(cfg: Config, *, debug: dict[str, Any] | None = None) -> TrainRe
     cfg = resolve_inputs(cfg)
     info = read_dataset_info(cfg.train.data)
     check_data(cfg, info)
-    counts = _split_counts(cfg.train.data)
+    storage_path = storage.resolve(cfg.train.storage_path)
+    counts = split_counts(cfg.train.data, info["classes"], ("train", cfg.train.val_split))
     if not counts.get("train"):
         raise VidrayError(f"{cfg.train.data} has no windows in split 'train' (splits: {counts})")
     if not counts.get(cfg.train.val_split):
@@ -139,7 +155,7 @@ def run_training(cfg: Config, *, debug: dict[str, Any] | None = None) -> TrainRe
     tracking.check_reachable(uri)
     run_name = cfg.train.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tags = {"vidray.task": "train"}
-    resume = str(Path(cfg.train.resume_from).resolve()) if cfg.train.resume_from else ""
+    resume = storage.resolve(cfg.train.resume_from) if cfg.train.resume_from else ""
     if resume:
         # A resumed run is a new MLflow run (its params, e.g. train.epochs, may differ)
         # whose metrics continue at the next epoch; the tag links it to the first.
@@ -193,7 +209,7 @@ def run_training(cfg: Config, *, debug: dict[str, Any] | None = None) -> TrainRe
             ),
             run_config=RunConfig(
                 name=run_name,
-                storage_path=str(Path(cfg.train.storage_path).resolve()),
+                storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=2,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vidray import tracking
+from vidray import storage, tracking
 from vidray.config import Config
 from vidray.data.clips import check_views, iter_clip_batches, read_clips
 from vidray.errors import VidrayError
@@ -127,7 +127,7 @@ def _predict_with_ray(
     logits = clips.map_batches(
         ClipPredictor,
         fn_constructor_kwargs={
-            "checkpoint": str(Path(cfg.eval.checkpoint).resolve()),
+            "checkpoint": storage.resolve(cfg.eval.checkpoint),
             "use_gpu": cfg.eval.use_gpu,
         },
         concurrency=cfg.eval.workers,
@@ -162,6 +162,14 @@ def write_reports(
             output / files.CONFUSION_FILE, result.confusion, classes, title=title
         ),
     ]
+
+
+def default_output(checkpoint: str, split: str) -> Path:
+    """Beside a local checkpoint; for a remote one, under ./eval/ named by its run and epoch."""
+    if storage.is_uri(checkpoint):
+        run, epoch = checkpoint.rstrip("/").split("/")[-2:]
+        return Path("eval") / f"{run}_{epoch}_{split}"
+    return Path(checkpoint) / f"eval_{split}"
 
 
 def run_evaluation(cfg: Config) -> EvalReport:
@@ -209,7 +217,7 @@ def run_evaluation(cfg: Config) -> EvalReport:
     id_of = dict(zip(out["keys"].tolist(), out["video_ids"].tolist(), strict=True))
     video_ids = [id_of[k] for k in result.keys.tolist()]
 
-    output = Path(cfg.eval.output or Path(cfg.eval.checkpoint) / f"eval_{split}")
+    output = Path(cfg.eval.output or default_output(cfg.eval.checkpoint, split))
     title = (
         f"{trained.model.name} [{split}]: {len(video_ids)} videos, "
         f"{cfg.eval.temporal_views}x{cfg.eval.spatial_views} views"

@@ -268,7 +268,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # gets train.resume_from (a path every worker can read), or nothing.
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint.from_directory(loop_config["resume_from"])
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])  # a path or a URI
     start_epoch = restore(checkpoint, model, optimizer, scheduler)
     model = ray.train.torch.prepare_model(model)
     bare_model = model.module if hasattr(model, "module") else model
