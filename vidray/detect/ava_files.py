@@ -478,7 +478,9 @@ def read_label_map(path: str | Path) -> LabelMap:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise VidrayError(f"cannot read label map {path}: {getattr(e, 'strerror', None) or e}") from e
+        raise VidrayError(
+            f"cannot read label map {path}: {getattr(e, 'strerror', None) or e}"
+        ) from e
     tokens = _tokenize(text, name)
     labels: list[Label] = []
     seen: dict[int, int] = {}
@@ -486,7 +488,9 @@ def read_label_map(path: str | Path) -> LabelMap:
     while position < len(tokens):
         head = tokens[position]
         if head.kind != "word" or head.text not in _LABEL_ENTRIES:
-            raise VidrayError(f"{name}:{head.line}: expected 'label {{' or 'item {{', got '{head.text}'")
+            raise VidrayError(
+                f"{name}:{head.line}: expected 'label {{' or 'item {{', got '{head.text}'"
+            )
         fields, position = _message(tokens, position + 1, name, head)
         label = _label(fields, name, head.line)
         if label.id in seen:
@@ -496,11 +500,15 @@ def read_label_map(path: str | Path) -> LabelMap:
         seen[label.id] = head.line
         labels.append(label)
     if not labels:
-        raise VidrayError(f"{name}: no label entries: expected 'label {{ name: ... label_id: ... }}'")
+        raise VidrayError(
+            f"{name}: no label entries: expected 'label {{ name: ... label_id: ... }}'"
+        )
     return LabelMap(tuple(labels))
 
 
-def write_label_map(path: str | Path, labels: LabelMap | Iterable[Label], *, form: str = "label") -> Path:
+def write_label_map(
+    path: str | Path, labels: LabelMap | Iterable[Label], *, form: str = "label"
+) -> Path:
     """Write a label map in AVA's ``label`` form (name, label_id, label_type) or the
     ``item`` form (name, id, display_name) of the evaluation subset."""
     if form not in _LABEL_ENTRIES:
@@ -584,7 +592,11 @@ def _message(
 
 
 def _skip(tokens: list[_Token], position: int, text: str) -> int:
-    if position < len(tokens) and tokens[position].kind == "punct" and tokens[position].text == text:
+    if (
+        position < len(tokens)
+        and tokens[position].kind == "punct"
+        and tokens[position].text == text
+    ):
         return position + 1
     return position
 

@@ -108,10 +108,14 @@ def frame_map(
     if matching not in MATCHING:
         raise ValueError(f"matching must be one of {', '.join(MATCHING)}, got {matching!r}")
     if max_detections_per_keyframe is not None and max_detections_per_keyframe < 1:
-        raise ValueError(f"max_detections_per_keyframe must be >= 1, got {max_detections_per_keyframe}")
+        raise ValueError(
+            f"max_detections_per_keyframe must be >= 1, got {max_detections_per_keyframe}"
+        )
     skip = frozenset(excluded)
-    allowed = None if label_map is None else frozenset(
-        label_map.ids if isinstance(label_map, LabelMap) else label_map
+    allowed = (
+        None
+        if label_map is None
+        else frozenset(label_map.ids if isinstance(label_map, LabelMap) else label_map)
     )
 
     num_gt: dict[int, int] = {}
