@@ -1,0 +1,110 @@
+"""The shipped training configs: one per family for UCF101, Kinetics-400 and the CPU demo.
+
+Each file under configs/train/ must load, name a registered family, and read a
+clip that the windows of its dataset's ingest config hold. The dataset is found
+by path: a train config's ``train.data`` is some ingest config's ``ingest.output``.
+Real-dataset models are built on the meta device (shapes only, no memory or
+compute); the demo configs train one step on a real ingested batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.models import get_weight
+
+from vidray.config import Config, load_config
+from vidray.data.clips import iter_clip_batches
+from vidray.data.manifest import STORAGE_KEYS, read_dataset_info
+from vidray.models import InputSpec, available
+from vidray.models.summary import example_input
+from vidray.train.driver import check_data
+from vidray.train.inputs import resolve_inputs
+from vidray.train.loop import build_model, to_device
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+TRAIN = CONFIGS / "train"
+# Files a family config extends; they are not trained on their own.
+TRAIN_FILES = sorted(p for p in TRAIN.rglob("*.yaml") if not p.name.startswith("_"))
+DEMO_FILES = [p for p in TRAIN_FILES if p.parent.name == "demo" or p.name == "demo.yaml"]
+DATASET_DIRS = ("ucf101", "kinetics400", "demo")
+# Classes of each ingest layout's dataset: what the classifier heads are built for.
+CLASSES = {"ucf101": 101, "kinetics": 400, "folders": 4}
+# Families with a config in every dataset directory; slowfast_r101 (8x8) is Kinetics' and
+# the demo's only, simple3d is configs/train/demo.yaml.
+OPTIONAL = {"simple3d", "slowfast_r101"}
+
+
+def _id(path: Path) -> str:
+    return str(path.relative_to(TRAIN))
+
+
+def _ingest_by_output() -> dict[str, Config]:
+    configs = [load_config(p) for p in sorted((CONFIGS / "ingest").glob("*.yaml"))]
+    return {cfg.ingest.output: cfg for cfg in configs}
+
+
+def _dataset_info(ingest: Config) -> dict:
+    """The dataset.yaml an ingest with this config writes (storage, classes)."""
+    flat = ingest.flat()
+    n = CLASSES[ingest.ingest.layout]
+    return {"storage": {k: flat[k] for k in STORAGE_KEYS}, "classes": [f"c{i}" for i in range(n)]}
+
+
+@pytest.mark.parametrize("directory", DATASET_DIRS)
+def test_every_family_has_a_config_per_dataset(directory):
+    files = sorted((TRAIN / directory).glob("[!_]*.yaml"))
+    names = {load_config(p).model.name: p.stem for p in files}
+    assert set(available()) - OPTIONAL <= set(names)
+    assert all(stem == name for name, stem in names.items())  # file named for its family
+
+
+@pytest.mark.parametrize("path", TRAIN_FILES, ids=_id)
+def test_config_starts_with_a_comment_naming_its_family(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and load_config(path).model.name in first
+
+
+@pytest.mark.parametrize("path", TRAIN_FILES, ids=_id)
+def test_config_fits_its_datasets_windows_and_builds(path):
+    cfg = resolve_inputs(load_config(path))
+    ingest = _ingest_by_output().get(cfg.train.data)
+    assert ingest is not None, f"train.data={cfg.train.data} is no ingest config's output"
+    info = _dataset_info(ingest)
+    if cfg.model.pretrained:
+        # The name must resolve in torchvision's registry (no download); the build below
+        # leaves it out, since loading would fetch the weights.
+        assert get_weight(cfg.model.pretrained) is not None
+        cfg = replace(cfg, model=replace(cfg.model, pretrained=""))
+    with torch.device("meta"):
+        check_data(cfg, info)  # the driver's checks: clip span and crop, flow, model arguments
+        model = build_model(cfg, num_classes=len(info["classes"]))
+        clip = InputSpec(frames=cfg.clip.T, crop=cfg.clip.crop, flow=cfg.flow.L)
+        logits = model(example_input(clip, device="meta"))
+    assert logits.shape == (1, len(info["classes"]))
+
+
+@pytest.mark.parametrize("path", DEMO_FILES, ids=_id)
+def test_demo_config_trains_a_step_on_ingested_windows(motion_data, path):
+    torch.manual_seed(0)
+    cfg = resolve_inputs(load_config(path, [f"train.data={motion_data}"]))
+    info = read_dataset_info(motion_data)
+    check_data(cfg, info)
+    batch = next(
+        iter_clip_batches(
+            motion_data, split="train", clip=cfg.clip, flow_L=cfg.flow.L, train=True, batch_rows=4
+        )
+    )
+    batch = {k: torch.from_numpy(v) for k, v in batch.items()}
+    model = build_model(cfg, num_classes=len(info["classes"]))
+    logits = model(to_device(batch, torch.device("cpu")))
+    assert logits.shape == (len(batch["label"]), len(info["classes"]))
+    loss = F.cross_entropy(logits, batch["label"])
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
