@@ -13,18 +13,24 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from vidray.config import Config, load_config
 from vidray.errors import VidrayError
+
+if TYPE_CHECKING:
+    from vidray.tune.space import Sweep
 
 
 @dataclass(frozen=True)
 class Command:
     name: str
     help: str
-    run: Callable[[Config], int]  # returns the exit status
-    flags: dict[str, str] = field(default_factory=dict)  # --flag -> config key
+    run: Callable[[Any], int]  # takes what ``load`` returns; returns the exit status
+    flags: dict[str, str] = field(default_factory=dict)  # --flag VALUE -> config key
+    switches: dict[str, str] = field(default_factory=dict)  # --flag -> config key set true
     needs_ray: bool = True
+    load: Callable[[str | None, list[str]], Any] = load_config
 
 
 def _ingest(cfg: Config) -> int:
@@ -54,6 +60,22 @@ def _evaluate(cfg: Config) -> int:
     report = run_evaluation(cfg)
     print(report.report())
     return 0
+
+
+def _tune(sweep: Sweep) -> int:
+    from vidray.tune.sweep import run_sweep
+
+    result = run_sweep(sweep)
+    print(result.report())
+    return 0
+
+
+def _load_sweep(path: str | None, overrides: list[str]) -> Sweep:
+    from vidray.tune.space import load_sweep
+
+    if not path:
+        raise VidrayError("a sweep needs --config FILE (e.g. configs/tune/fusion_sweep_demo.yaml)")
+    return load_sweep(path, overrides)
 
 
 def _demo(cfg: Config) -> int:
@@ -91,6 +113,14 @@ COMMANDS = {
             },
             needs_ray=False,
         ),
+        Command(
+            "tune",
+            "a Ray Tune sweep of training runs (fusion choices, clip parameters)",
+            _tune,
+            {"--data": "train.data"},
+            switches={"--resume": "sweep.resume"},
+            load=_load_sweep,
+        ),
         Command("demo", "synthetic dataset -> ingest -> train -> evaluate", _demo),
     ]
 }
@@ -103,18 +133,19 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
     parser.add_argument("--config", help="YAML config file (configs/...)")
     for flag, key in command.flags.items():
         parser.add_argument(flag, dest=key, metavar=key.split(".")[-1].upper(), help=f"sets {key}")
+    for flag, key in command.switches.items():
+        parser.add_argument(flag, dest=key, action="store_true", help=f"sets {key}=true")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
     try:
-        overrides = [
-            f"{key}={getattr(args, key)}" for key in command.flags.values() if getattr(args, key)
-        ]
-        cfg = load_config(args.config, [*args.overrides, *overrides])
+        keys = [*command.flags.values(), *command.switches.values()]
+        overrides = [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key)]
+        loaded = command.load(args.config, [*args.overrides, *overrides])
         if command.needs_ray:
             from vidray.runtime import init_ray
 
-            init_ray(cfg.ray)
-        return command.run(cfg)
+            init_ray(loaded.ray)
+        return command.run(loaded)
     except VidrayError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

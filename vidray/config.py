@@ -181,7 +181,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        return _build(cls, data, prefix="")
+        return build_dataclass(cls, data, prefix="")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -191,8 +191,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     file is read first and this one's keys override it, section by section. The
     per-family configs use it so a dataset's schedule is written once.
     """
-    data = _read_yaml(Path(path), chain=()) if path else {}
-    for item in overrides or []:
+    data = read_config_file(Path(path)) if path else {}
+    return Config.from_dict(apply_overrides(data, overrides or []))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` (sections of a config file) with ``section.key=value`` items set;
+    a value is parsed as YAML, so ``clip.T=8`` is an int and ``model.taps=[2,3]`` a list."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
             raise VidrayError(f"override {item!r} is not of the form section.key=value")
@@ -202,10 +209,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data[section], dict):
             raise VidrayError(f"config section {section!r} must be a mapping")
         data[section][name] = value
-    return Config.from_dict(data)
+    return data
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """One config file with its ``extends`` chain merged under it."""
     if not path.is_file():
         where = f" (extended by {chain[-1]})" if chain else ""
@@ -227,7 +234,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise VidrayError(f"{path}: 'extends' must be one file name, got {base!r}")
-    merged = _read_yaml(path.parent / base, (*chain, path.resolve()))
+    merged = read_config_file(path.parent / base, (*chain, path.resolve()))
     for section, values in data.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section] = {**merged[section], **values}
@@ -236,7 +243,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return merged
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "config"
     if data is None:
         data = {}
@@ -254,7 +261,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             )
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
-            values[key] = _build(kind, value, f"{prefix}{key}.")
+            values[key] = build_dataclass(kind, value, f"{prefix}{key}.")
         else:
             values[key] = _coerce(value, kind, f"{prefix}{key}")
     return cls(**values)

@@ -14,6 +14,6 @@ from vidray.models import (  # noqa: F401  (importing a family module registers 
     slowfast,
     two_stream,
 )
-from vidray.models.registry import InputSpec, available, build, entry
+from vidray.models.registry import InputSpec, arguments, available, build, entry
 
-__all__ = ["InputSpec", "available", "build", "entry"]
+__all__ = ["InputSpec", "arguments", "available", "build", "entry"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,10 +129,19 @@ def split_counts(data: str, classes: list[str], labeled: tuple[str, ...]) -> dic
     return counts
 
 
-def run_training(cfg: Config, *, debug: dict[str, Any] | None = None) -> TrainResult:
+def run_training(
+    cfg: Config,
+    *,
+    tags: dict[str, str] | None = None,
+    callbacks: Sequence[Any] = (),
+    debug: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.train.data``; needs a running Ray.
 
-    ``debug`` is for tests only (see `vidray.train.loop.DebugHooks`).
+    ``tags`` go on the MLflow run (a sweep nests its trials with
+    ``mlflow.parentRunId``); ``callbacks`` are Ray Train callbacks (a Tune trial
+    passes the one that reports each epoch to Tune). ``debug`` is for tests
+    only (see `vidray.train.loop.DebugHooks`).
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -154,7 +164,7 @@ def run_training(cfg: Config, *, debug: dict[str, Any] | None = None) -> TrainRe
     uri = tracking.tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
     run_name = cfg.train.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"vidray.task": "train"}
+    tags = {"vidray.task": "train", **(tags or {})}
     resume = storage.resolve(cfg.train.resume_from) if cfg.train.resume_from else ""
     if resume:
         # A resumed run is a new MLflow run (its params, e.g. train.epochs, may differ)
@@ -211,6 +221,7 @@ def run_training(cfg: Config, *, debug: dict[str, Any] | None = None) -> TrainRe
                 name=run_name,
                 storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                callbacks=list(callbacks),
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=2,
                     checkpoint_score_attribute=tracking.VAL_VIDEO_TOP1,

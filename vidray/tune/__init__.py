@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over model families and clip parameters (`vidray tune`)."""

@@ -1,0 +1,167 @@
+"""What a sweep leaves behind: the trials table, the sweep plot, the best config."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vidray.tune.space import Sweep, trial_name
+
+
+@dataclass
+class TrialRow:
+    index: int
+    overrides: dict[str, Any]
+    status: str  # finished | stopped early | failed | not run
+    curve: list[float] = field(default_factory=list)  # the metric after each epoch
+    best: float | None = None
+    run_id: str = ""  # the trial's MLflow run
+    error: str = ""
+
+    @property
+    def label(self) -> str:
+        return trial_name(self.overrides) or "(shared config)"
+
+
+def trial_rows(grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict[int, Any]):
+    """One row per trial from Tune's ResultGrid, best first (trials without a result last)."""
+    metric, sign = sweep.sweep.metric, (1 if sweep.sweep.mode == "max" else -1)
+    results = {result.config["index"]: result for result in grid}
+    rows = []
+    for index, overrides in enumerate(trials):
+        result = results.get(index)
+        frame = result.metrics_dataframe if result is not None else None
+        curve = []
+        if frame is not None and metric in frame:
+            curve = [float(v) for v in frame[metric] if not math.isnan(float(v))]
+        if result is not None and result.error is not None:
+            status = "failed"
+        elif not curve:
+            status = "not run"
+        elif len(curve) >= sweep.config(overrides).train.epochs:
+            status = "finished"
+        else:
+            status = "stopped early"
+        run = runs.get(index)
+        rows.append(
+            TrialRow(
+                index=index,
+                overrides=overrides,
+                status=status,
+                curve=curve,
+                best=(max(curve, key=lambda v: sign * v) if curve else None),
+                run_id=run.info.run_id if run is not None else "",
+                error=str(result.error).splitlines()[0] if result and result.error else "",
+            )
+        )
+    rows.sort(key=lambda r: (r.best is None, -sign * (r.best or 0.0), r.index))
+    return rows
+
+
+def _columns(sweep: Sweep) -> list[str]:
+    return [d.key for d in sweep.space]
+
+
+def format_table(rows: list[TrialRow], sweep: Sweep) -> str:
+    """The trials as aligned text, best first."""
+    keys = _columns(sweep)
+    header = ["rank", "trial", "status", "epochs", sweep.sweep.metric, *keys]
+    lines = [header]
+    for rank, row in enumerate(rows, 1):
+        values = [_cell(row.overrides.get(k, "-")) for k in keys]
+        best = "-" if row.best is None else f"{row.best:.3f}"
+        lines.append([str(rank), str(row.index), row.status, str(len(row.curve)), best, *values])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+    )
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def write_table(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
+    keys = _columns(sweep)
+    metric = sweep.sweep.metric
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        fixed = ["rank", "trial", "status", "epochs", f"best {metric}", f"last {metric}"]
+        writer.writerow([*fixed, *keys, "mlflow_run_id", "error"])
+        for rank, row in enumerate(rows, 1):
+            writer.writerow(
+                [rank, row.index, row.status, len(row.curve), row.best]
+                + [row.curve[-1] if row.curve else None]
+                + [row.overrides.get(k, "") for k in keys]
+                + [row.run_id, row.error]
+            )
+    return path
+
+
+def write_best_config(path: Path, sweep: Sweep, best: TrialRow) -> Path:
+    """The best trial's full training config, which ``vidray train --config`` takes as is."""
+    cfg = sweep.config(best.overrides)
+    header = (
+        f"# Best trial of sweep {sweep.sweep.name!r} by {sweep.sweep.metric} "
+        f"({best.best:.4f}): {best.label}\n"
+        f"# Train it again (e.g. longer, on more data): vidray train --config {path.name}\n"
+    )
+    path.write_text(header + cfg.to_yaml())
+    return path
+
+
+def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
+    """One panel per swept key (each trial's best metric against its value) and one of
+    the best trial of each model family's metric over epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    metric = sweep.sweep.metric
+    dims = list(sweep.space)
+    fig, axes = plt.subplots(1, len(dims) + 1, figsize=(4.2 * (len(dims) + 1), 3.8), squeeze=False)
+    scored = [r for r in rows if r.best is not None]
+    for ax, dim in zip(axes[0], dims, strict=False):
+        points = [(r.overrides[dim.key], r) for r in scored if dim.key in r.overrides]
+        numeric = dim.kind in ("uniform", "loguniform", "randint") or all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in points
+        )
+        if numeric:
+            xs = [float(v) for v, _ in points]
+        else:
+            categories = [str(v) for v in dim.values]
+            xs = [categories.index(str(v)) for v, _ in points]
+            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        for x, (_, row) in zip(xs, points, strict=True):
+            finished = row.status == "finished"
+            ax.scatter(x, row.best, s=36, facecolors="C0" if finished else "none", edgecolors="C0")
+        if dim.kind == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(dim.key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    ax = axes[0][-1]
+    families: dict[str, TrialRow] = {}
+    for row in scored:  # rows are best first: the first of a family is its best
+        family = str(sweep.config(row.overrides).model.name)
+        families.setdefault(family, row)
+    for family, row in families.items():
+        ax.plot(range(1, len(row.curve) + 1), row.curve, marker="o", label=family)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title("best trial per family")
+    ax.grid(alpha=0.3)
+    if families:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"sweep {sweep.sweep.name}: {len(rows)} trials (hollow: stopped early)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,233 @@
+"""A sweep file: the training config the trials share, the search space, the scheduler.
+
+    extends: ../train/demo/_base.yaml      # what every trial trains with
+    sweep:                                 # how the sweep runs (`SweepConfig`)
+      name: fusion-demo
+      metric: val/video_top1
+    space:                                 # what varies, by dotted config key
+      model.name: {grid: [single_frame, early_fusion, two_stream]}
+      model.fusion: {grid: [avg, conv]}    # expanded for two_stream only
+      clip.T: {choice: [4, 8]}
+      optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+
+`expand` turns the space into the list of trials up front: the Cartesian
+product of the ``grid`` keys, and for each point ``sweep.num_samples`` draws
+of the random keys (``choice``, ``uniform``, ``loguniform``, ``randint``),
+seeded. A key that does not apply to a trial's model (a knob its family lacks,
+such as ``model.fusion`` for anything but two_stream, or ``flow.L`` for an
+RGB model) is left out of that trial instead of being sampled as noise; a key
+may also name its own condition with ``when: {model.name: [two_stream]}``.
+Knowing every trial before the first starts is what lets a bad one (a clip
+longer than the stored windows) fail the sweep at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from vidray.config import Config, RayConfig, apply_overrides, build_dataclass, read_config_file
+from vidray.errors import VidrayError
+from vidray.models import arguments, available, entry
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The ``sweep:`` section."""
+
+    name: str = "sweep"  # the Tune experiment and the MLflow parent run
+    metric: str = "val/video_top1"  # what ASHA and the final ranking use
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = 1  # draws of the random keys per grid point
+    max_concurrent_trials: int = 1
+    time_budget_s: float = 0.0  # stop starting and running trials after this (0 = no limit)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = 2  # ASHA keeps the top 1/reduction_factor at each rung
+    seed: int = 0  # of the random draws: the same file gives the same trials
+    output: str = ""  # trials table, plot, best config ("" = sweeps/<name>)
+    resume: bool = False  # continue an interrupted sweep of the same name
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One key of the search space."""
+
+    key: str
+    kind: str  # one of DISTRIBUTIONS
+    values: tuple[Any, ...]  # grid / choice values, or (low, high)
+    when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        args = ", ".join(map(str, self.values))
+        cond = "".join(f" when {k} in {list(v)}" for k, v in self.when.items())
+        return f"{self.kind}({args}){cond}"
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        if self.kind == "choice":
+            return self.values[int(rng.integers(len(self.values)))]
+        low, high = self.values
+        if self.kind == "uniform":
+            return float(rng.uniform(low, high))
+        if self.kind == "loguniform":
+            return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        return int(rng.integers(low, high))  # randint: high excluded, as in Tune
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A parsed sweep file: the shared config, the space, and how to run it."""
+
+    base: dict[str, Any]  # config sections every trial starts from (validated)
+    space: tuple[Dimension, ...]
+    sweep: SweepConfig
+    source: str = ""  # the sweep file, for the parent run
+
+    def config(self, trial: dict[str, Any]) -> Config:
+        """The full training config of one trial (its dotted overrides applied)."""
+        return Config.from_dict(_with(self.base, trial))
+
+    @property
+    def ray(self) -> RayConfig:
+        """Where the sweep's Ray runs (``ray.*`` of the shared config)."""
+        return self.config({}).ray
+
+    def output_dir(self) -> Path:
+        return Path(self.sweep.output or Path("sweeps") / self.sweep.name)
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read a sweep file; ``sweep.key=value`` overrides go to the sweep section, the
+    rest to the shared training config."""
+    data = read_config_file(Path(path))
+    sweep_data = data.pop("sweep", None) or {}
+    space_data = data.pop("space", None)
+    ours = [o for o in overrides or [] if o.startswith("sweep.")]
+    base = apply_overrides(data, [o for o in overrides or [] if not o.startswith("sweep.")])
+    sweep_data = apply_overrides({"sweep": sweep_data}, ours)["sweep"]
+    sweep = build_dataclass(SweepConfig, sweep_data, "sweep.")
+    Config.from_dict(base)  # a typo in the shared part fails here, naming the key
+    if not space_data or not isinstance(space_data, dict):
+        raise VidrayError(f"{path}: 'space' must map config keys to distributions")
+    space = tuple(_dimension(key, spec) for key, spec in space_data.items())
+    if sweep.num_samples < 1:
+        raise VidrayError(f"sweep.num_samples={sweep.num_samples}: needs at least 1")
+    if sweep.reduction_factor < 2 or sweep.grace_period < 1:
+        raise VidrayError("sweep.reduction_factor must be >= 2 and sweep.grace_period >= 1")
+    return Sweep(base=base, space=space, sweep=sweep, source=str(path))
+
+
+def _dimension(key: str, spec: Any) -> Dimension:
+    where = f"space.{key}"
+    section, _, name = key.partition(".")
+    if not name:
+        raise VidrayError(f"{where}: keys are dotted config names, e.g. clip.T")
+    if not isinstance(spec, dict):
+        raise VidrayError(f"{where}: expected {{grid|choice|...: values}}, got {spec!r}")
+    spec = dict(spec)
+    when = spec.pop("when", None) or {}
+    kinds = [k for k in spec if k in DISTRIBUTIONS]
+    unknown = [k for k in spec if k not in DISTRIBUTIONS]
+    if unknown or len(kinds) != 1:
+        raise VidrayError(
+            f"{where}: expected exactly one of {', '.join(DISTRIBUTIONS)} (and optionally "
+            f"'when'), got {', '.join(map(str, spec)) or 'nothing'}"
+        )
+    kind = kinds[0]
+    values = spec[kind]
+    if kind in ("grid", "choice"):
+        if not isinstance(values, list) or not values:
+            raise VidrayError(f"{where}: {kind} needs a non-empty list of values")
+    else:
+        ok = isinstance(values, list) and len(values) == 2
+        if not ok or not all(isinstance(v, (int, float)) for v in values):
+            raise VidrayError(f"{where}: {kind} needs [low, high], got {values!r}")
+        if not values[0] < values[1] or (kind == "loguniform" and values[0] <= 0):
+            raise VidrayError(f"{where}: {kind} needs 0 < low < high, got {values!r}")
+    if not isinstance(when, dict) or not all(
+        isinstance(v, (list, str, int)) for v in when.values()
+    ):
+        raise VidrayError(f"{where}: 'when' maps keys to a value or a list of values")
+    conditions = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}
+    # Every value must be one the training config takes: an unknown key or a
+    # wrong type fails here, named as in a config file (with the closest key).
+    for value in values:
+        try:
+            Config.from_dict({section: {name: value}})
+        except VidrayError as exc:
+            raise VidrayError(f"{where}: {exc}") from None
+    return Dimension(key=key, kind=kind, values=tuple(values), when=conditions)
+
+
+def _with(base: dict[str, Any], trial: dict[str, Any]) -> dict[str, Any]:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in trial.items():
+        section, _, name = key.partition(".")
+        data.setdefault(section, {})[name] = value
+    return data
+
+
+def applies(dimension: Dimension, trial: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether ``dimension`` means anything for a trial that has settled ``trial``."""
+    config = _with(base, trial)
+    for key, allowed in dimension.when.items():
+        section, _, name = key.partition(".")
+        if (config.get(section) or {}).get(name) not in allowed:
+            return False
+    model = (config.get("model") or {}).get("name") or Config().model.name
+    if model not in available():
+        return True  # the trial's validation names the unknown model
+    section, _, name = dimension.key.partition(".")
+    if section == "model" and name not in ("name", "pretrained"):
+        return name in arguments(model)
+    if dimension.key == "flow.L":
+        return entry(model).input.flow > 0
+    return True
+
+
+def expand(sweep: Sweep) -> list[dict[str, Any]]:
+    """Every trial of the sweep, as dotted overrides of the shared config, in run order.
+
+    Grid keys are settled first, then the random ones, each group in file
+    order: a key's applicability may depend on the keys settled before it.
+    """
+    rng = np.random.default_rng(sweep.sweep.seed)
+    points: list[dict[str, Any]] = [{}]
+    for dim in (d for d in sweep.space if d.kind == "grid"):
+        expanded = []
+        for point in points:
+            if applies(dim, point, sweep.base):
+                expanded += [{**point, dim.key: value} for value in dim.values]
+            else:
+                expanded.append(point)
+        points = expanded
+    randoms = [d for d in sweep.space if d.kind != "grid"]
+    trials = []
+    for point, _ in itertools.product(points, range(sweep.sweep.num_samples)):
+        trial = dict(point)
+        for dim in randoms:
+            if applies(dim, trial, sweep.base):
+                trial[dim.key] = dim.sample(rng)
+        trials.append({d.key: trial[d.key] for d in sweep.space if d.key in trial})
+    return trials
+
+
+def describe_space(sweep: Sweep) -> dict[str, str]:
+    """The space as MLflow params of the parent run: ``space.<key>`` -> distribution."""
+    return {f"space.{d.key}": d.describe() for d in sweep.space}
+
+
+def trial_name(trial: dict[str, Any]) -> str:
+    """A short readable label, e.g. ``model.name=c3d clip.T=8``."""
+    return " ".join(f"{k}={_short(v)}" for k, v in trial.items())
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
