@@ -195,12 +195,16 @@ def applies(dimension: Dimension, trial: dict[str, Any], base: dict[str, Any]) -
 def expand(sweep: Sweep) -> list[dict[str, Any]]:
     """Every trial of the sweep, as dotted overrides of the shared config, in run order.
 
-    Grid keys are settled first, then the random ones, each group in file
-    order: a key's applicability may depend on the keys settled before it.
+    Grid keys are settled first, then the random ones; within each group
+    ``model.name`` and the keys a ``when`` names come first, since whether the
+    other keys apply depends on them.
     """
     rng = np.random.default_rng(sweep.sweep.seed)
+    # Keys others depend on (model.name, and any a 'when' names) are settled first.
+    deciding = {"model.name"} | {key for d in sweep.space for key in d.when}
+    ordered = sorted(sweep.space, key=lambda d: d.key not in deciding)
     points: list[dict[str, Any]] = [{}]
-    for dim in (d for d in sweep.space if d.kind == "grid"):
+    for dim in (d for d in ordered if d.kind == "grid"):
         expanded = []
         for point in points:
             if applies(dim, point, sweep.base):
@@ -208,7 +212,7 @@ def expand(sweep: Sweep) -> list[dict[str, Any]]:
             else:
                 expanded.append(point)
         points = expanded
-    randoms = [d for d in sweep.space if d.kind != "grid"]
+    randoms = [d for d in ordered if d.kind != "grid"]
     trials = []
     for point, _ in itertools.product(points, range(sweep.sweep.num_samples)):
         trial = dict(point)

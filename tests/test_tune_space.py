@@ -1,0 +1,142 @@
+"""Sweep files without Ray: parsing, the trials a space expands to, and bad sweeps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vidray.config import load_config
+from vidray.errors import VidrayError
+from vidray.tune.space import expand, load_sweep
+from vidray.tune.sweep import validate
+
+
+def sweep_file(tmp_path: Path, space: dict, sweep: dict | None = None, **sections) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"sweep": sweep or {}, "space": space, **sections}))
+    return path
+
+
+def test_grid_keys_multiply_and_keys_a_family_lacks_are_left_out(tmp_path):
+    path = sweep_file(
+        tmp_path,
+        {
+            "model.name": {"grid": ["single_frame", "two_stream", "c3d"]},
+            "model.fusion": {"grid": ["avg", "conv"]},  # two_stream's knob only
+            "flow.L": {"grid": [5, 10]},  # flow models only
+            "clip.stride": {"grid": [1, 2]},  # every family
+        },
+    )
+    trials = expand(load_sweep(path))
+    by_family = {}
+    for trial in trials:
+        by_family.setdefault(trial["model.name"], []).append(trial)
+    assert len(by_family["single_frame"]) == 2 and len(by_family["c3d"]) == 2
+    assert len(by_family["two_stream"]) == 2 * 2 * 2
+    for family in ("single_frame", "c3d"):
+        assert all(set(t) == {"model.name", "clip.stride"} for t in by_family[family])
+    assert len({tuple(sorted(t.items())) for t in trials}) == len(trials)  # no duplicates
+
+
+def test_random_keys_are_drawn_per_sample_within_their_ranges_and_reproducibly(tmp_path):
+    space = {
+        "model.name": {"grid": ["simple3d", "c3d"]},
+        "optim.lr": {"loguniform": [1e-4, 1e-2]},
+        "optim.weight_decay": {"uniform": [0.0, 0.1]},
+        "clip.T": {"randint": [4, 9]},
+        "clip.crop": {"choice": [48, 56]},
+        "model.width": {"choice": [8, 16], "when": {"model.name": "c3d"}},
+    }
+    path = sweep_file(tmp_path, space, {"num_samples": 5, "seed": 3})
+    trials = expand(load_sweep(path))
+    assert len(trials) == 2 * 5
+    assert all(1e-4 <= t["optim.lr"] <= 1e-2 for t in trials)
+    assert all(0.0 <= t["optim.weight_decay"] <= 0.1 for t in trials)
+    assert all(4 <= t["clip.T"] < 9 and isinstance(t["clip.T"], int) for t in trials)
+    assert {t["clip.crop"] for t in trials} <= {48, 56}
+    assert all(("model.width" in t) == (t["model.name"] == "c3d") for t in trials)
+    # log-uniform: the draws spread over decades, not bunched at the top
+    assert min(math.log10(t["optim.lr"]) for t in trials) < -2.5
+    assert expand(load_sweep(path)) == trials
+    reseeded = sweep_file(tmp_path, space, {"num_samples": 5, "seed": 4})
+    assert expand(load_sweep(reseeded)) != trials
+
+
+def test_a_trial_config_is_the_shared_config_with_its_overrides(tmp_path):
+    path = sweep_file(
+        tmp_path,
+        {"clip.T": {"grid": [4, 8]}},
+        {"name": "s"},
+        optim={"lr": 0.01},
+        train={"epochs": 3},
+    )
+    sweep = load_sweep(path, ["optim.lr=0.02", "sweep.num_samples=2"])
+    assert sweep.sweep.num_samples == 2
+    configs = [sweep.config(t) for t in expand(sweep)]
+    assert [c.clip.T for c in configs] == [4, 4, 8, 8]
+    assert all(c.optim.lr == 0.02 and c.train.epochs == 3 for c in configs)
+    assert configs[0] == load_config(None, ["clip.T=4", "optim.lr=0.02", "train.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    ("space", "sweep", "message"),
+    [
+        ({"clip.TT": {"grid": [4]}}, {}, r"space.clip.TT: .*unknown key 'clip.TT' .*'clip.T'"),
+        ({"clip.T": {"choice": []}}, {}, r"space.clip.T: choice needs a non-empty list"),
+        ({"clip.T": {"grid": ["eight"]}}, {}, r"space.clip.T: config: clip.T must be int"),
+        ({"clip.T": {"grid": [4], "choice": [8]}}, {}, r"space.clip.T: expected exactly one"),
+        ({"clip.T": [4, 8]}, {}, r"space.clip.T: expected \{grid\|choice"),
+        ({"optim.lr": {"loguniform": [0, 1]}}, {}, r"loguniform needs 0 < low < high"),
+        ({"optim.lr": {"uniform": [1]}}, {}, r"uniform needs \[low, high\]"),
+        ({"clip.T": {"grid": [4]}}, {"metrc": "x"}, r"unknown key 'sweep.metrc'"),
+        ({"clip.T": {"grid": [4]}}, {"num_samples": 0}, r"sweep.num_samples=0"),
+        ({"clip.T": {"grid": [4]}}, {"mode": "best"}, r"sweep.mode"),
+        ({}, {}, r"'space' must map config keys"),
+    ],
+)
+def test_bad_sweep_files_are_one_line_errors(tmp_path, space, sweep, message):
+    with pytest.raises(VidrayError, match=message) as info:
+        load_sweep(sweep_file(tmp_path, space, sweep))
+    assert "\n" not in str(info.value)
+
+
+def test_a_typo_in_the_shared_config_is_an_error(tmp_path):
+    path = sweep_file(tmp_path, {"clip.T": {"grid": [4]}}, optim={"learning_rate": 0.1})
+    with pytest.raises(VidrayError, match=r"unknown key 'optim.learning_rate'"):
+        load_sweep(path)
+
+
+def test_a_clip_longer_than_the_stored_window_fails_before_any_trial(motion_data, tmp_path):
+    """Trial 1 asks for 12 frames at stride 2 (23 > 16 stored): named, before Tune starts."""
+    path = sweep_file(
+        tmp_path,
+        {"clip.T": {"grid": [4, 12]}},
+        train={"data": str(motion_data)},
+        model={"name": "simple3d", "width": 8},
+        clip={"crop": 48},
+    )
+    sweep = load_sweep(path)
+    with pytest.raises(VidrayError, match=r"trial 1 \(clip.T=12\): .*spans 23 frames"):
+        validate(sweep, expand(sweep))
+
+
+def test_the_shipped_sweep_files_expand_and_fit_their_data(motion_data):
+    """configs/tune/*: every trial builds and fits the demo's 16-frame windows."""
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "tune").glob("*.yaml"))
+    assert {p.stem for p in configs} >= {
+        "fusion_sweep",
+        "clip_sweep",
+        "fusion_sweep_demo",
+        "clip_sweep_demo",
+    }
+    for path in configs:
+        sweep = load_sweep(path)
+        trials = expand(sweep)
+        assert len(trials) >= 4, path
+        families = {sweep.config(t).model.name for t in trials}
+        assert len(families) >= 2, path
+        if path.stem.endswith("_demo"):
+            validate(load_sweep(path, [f"train.data={motion_data}"]), trials)
