@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/loader.py
+	$(PY) bench/train.py
 
 clean:
-	rm -rf $(VENV) demo_output mlflow.db mlruns runs
+	rm -rf $(VENV) demo_output mlflow.db mlruns runs sweeps
