@@ -35,7 +35,7 @@ class IngestConfig:
     """Videos -> Parquet windows (``vidray ingest``)."""
 
     input: str = ""  # dataset root, or the CSV file for the csv / kinetics layouts
-    layout: Literal["folders", "flat", "csv", "ucf101", "kinetics"] = "folders"
+    layout: Literal["folders", "flat", "csv", "ucf101", "kinetics", "ava"] = "folders"
     output: str = ""  # ingest output: windows/, manifest.parquet, dataset.yaml
     split: int = 1  # ucf101 official split number (1..3)
     val_fraction: float = 0.2  # for layouts without split files: share of each class held out
@@ -47,6 +47,9 @@ class IngestConfig:
     frames_codec: FramesCodec = "jpeg"
     jpeg_quality: int = 90
     segment_windows: int = 64  # windows per task at most: long videos are split across tasks
+    # ava: video time of annotation second 0 is -offset (900 for AVA's 15-minute cuts
+    # starting at second 900, 0 for full movies); windows are centred on keyframes
+    ava_time_offset: float = 0.0
     decode_threads: int = 1  # PyAV threads per task (Ray parallelises across tasks)
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0  # for flow.backend=raft on GPU nodes, e.g. 0.25 = 4 tasks a GPU

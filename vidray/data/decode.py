@@ -431,6 +431,65 @@ def iter_windows(
     )
 
 
+def iter_keyframe_windows(
+    path: str | Path,
+    *,
+    centres: list[int],
+    fps: float,
+    short_side: int,
+    window_frames: int,
+    threads: int = 0,
+    errors: list[str] | None = None,
+) -> Iterator[Window]:
+    """Windows of ``window_frames`` grid frames centred on grid frames ``centres`` (sorted).
+
+    The window of centre c holds grid frames ``c - window_frames // 2`` onwards, so
+    its keyframe is frame ``window_frames // 2`` of it. Frames before the video's
+    start repeat its first frame and frames past its end its last (``padded``
+    counts them); a centre past the end of the video gives no window. Windows
+    overlap when centres are closer than ``window_frames``: each frame is decoded
+    once, in one pass from the first window's start. ``Window.index`` is the
+    centre's position in ``centres``.
+    """
+    if not centres:
+        return
+    if window_frames < 1:
+        raise ValueError(f"window_frames must be >= 1, got {window_frames}")
+    half = window_frames // 2
+    starts = [c - half for c in centres]
+    first = max(0, starts[0])
+    recent: deque[tuple[int, np.ndarray]] = deque(maxlen=window_frames)
+    pending = 0  # the next window to emit
+
+    def emit(k: int) -> Window:
+        have = dict(recent)
+        lo, hi = min(have), max(have)
+        picked = [have[min(max(i, lo), hi)] for i in range(starts[k], starts[k] + window_frames)]
+        padded = sum(1 for i in range(starts[k], starts[k] + window_frames) if not lo <= i <= hi)
+        return Window(index=k, start_sec=starts[k] / fps, frames=np.stack(picked), padded=padded)
+
+    frames = _grid_frames(
+        Path(path),
+        fps=fps,
+        short_side=short_side,
+        start_sec=0.0,
+        first_index=first,
+        stop_index=starts[-1] + window_frames,
+        end_sec=None,
+        threads=threads,
+        errors=errors,
+    )
+    for index, frame in enumerate(frames, start=first):
+        recent.append((index, frame))
+        while pending < len(starts) and starts[pending] + window_frames - 1 <= index:
+            yield emit(pending)
+            pending += 1
+    # The video ended first: windows whose centre it reached, padded with its last frame.
+    while recent and pending < len(starts) and centres[pending] <= recent[-1][0]:
+        yield emit(pending)
+        pending += 1
+
+
 def _check_window_args(window_frames: int, window_stride: int) -> None:
     if window_frames < 1:
         raise ValueError(f"window_frames must be >= 1, got {window_frames}")

@@ -18,12 +18,13 @@ testable without Ray; `run_ingest` only wires them.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,10 @@ def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str
 
     The last segment is open-ended (``max_windows=-1``): when the probe
     underestimates the length, the remaining windows still land somewhere.
+    A video with keyframes (layout ava) is split by its keyframes instead.
     """
+    if probed.get("keyframes"):
+        return _keyframe_segments(probed, ingest)
     grid_frames = decode.grid_frame_count(
         probed["duration"], ingest.fps, start_sec=probed["start_sec"], end_sec=probed["end_sec"]
     )
@@ -155,6 +159,24 @@ def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str
             shard=f"{key:016x}-{s:04d}.parquet",
         )
         for s in range(n_segments)
+    ]
+
+
+def _keyframe_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str, Any]]:
+    """Segments of at most ``segment_windows`` keyframes, one window each."""
+    keyframes = json.loads(probed["keyframes"])
+    per = ingest.segment_windows
+    key = video_key(probed["video_id"])
+    return [
+        dict(
+            probed,
+            keyframes=json.dumps(keyframes[first : first + per]),
+            segment=s,
+            first_window=first,
+            windows=len(keyframes[first : first + per]),
+            shard=f"{key:016x}-{s:04d}.parquet",
+        )
+        for s, first in enumerate(range(0, len(keyframes), per))
     ]
 
 
@@ -274,6 +296,29 @@ def ingest_segment(
         "error": None,
     }
     try:
+        for window, extra in _segment_windows(segment, ingest=ingest, errors=errors):
+            row = encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
+            writer.add({**row, **extra})
+            padded = max(padded, window.padded)
+    except VideoError as exc:
+        errors.append(str(exc))
+    except Exception as exc:  # a decoder/codec bug on one file must not stop the job
+        errors.append(f"{type(exc).__name__}: {exc}")
+    if writer.num_rows:
+        result["bytes"] = writer.commit()
+    else:
+        writer.abort()
+        result["shard"] = None
+    result.update(n_windows=writer.num_rows, padded=padded, error="; ".join(errors) or None)
+    return result
+
+
+def _segment_windows(
+    segment: dict[str, Any], *, ingest: IngestConfig, errors: list[str]
+) -> Iterator[tuple[decode.Window, dict[str, Any]]]:
+    """A segment's windows and each one's extra columns: windows on the regular grid,
+    or (layout ava) one centred on each keyframe, with the keyframe's boxes."""
+    if not segment.get("keyframes"):
         windows = decode.iter_windows(
             segment["path"],
             fps=ingest.fps,
@@ -288,21 +333,47 @@ def ingest_segment(
             errors=errors,
         )
         for window in windows:
-            writer.add(
-                encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
-            )
-            padded = max(padded, window.padded)
-    except VideoError as exc:
-        errors.append(str(exc))
-    except Exception as exc:  # a decoder/codec bug on one file must not stop the job
-        errors.append(f"{type(exc).__name__}: {exc}")
-    if writer.num_rows:
-        result["bytes"] = writer.commit()
-    else:
-        writer.abort()
-        result["shard"] = None
-    result.update(n_windows=writer.num_rows, padded=padded, error="; ".join(errors) or None)
-    return result
+            yield window, {}
+        return
+    keyframes = json.loads(segment["keyframes"])
+    centres = [round((k["sec"] - ingest.ava_time_offset) * ingest.fps) for k in keyframes]
+    early = sum(c < 0 for c in centres)
+    if early:
+        errors.append(
+            f"{early} keyframes before the video starts (ingest.ava_time_offset="
+            f"{ingest.ava_time_offset:g}): left out"
+        )
+    written = 0
+    windows = decode.iter_keyframe_windows(
+        segment["path"],
+        centres=centres[early:],
+        fps=ingest.fps,
+        short_side=ingest.short_side,
+        window_frames=ingest.window_frames,
+        threads=ingest.decode_threads,
+        errors=errors,
+    )
+    for window in windows:
+        keyframe = keyframes[early + window.index]
+        written += 1
+        yield (
+            replace(window, index=segment["first_window"] + early + window.index),
+            {
+                "keyframe_sec": keyframe["sec"],
+                "keyframe_offset": ingest.window_frames // 2,
+                "boxes": [v for box in keyframe["boxes"] for v in box],
+                "box_actions": keyframe["actions"],
+                "person_ids": keyframe["persons"],
+                "proposals": [v for box in keyframe.get("proposals", []) for v in box],
+                "proposal_scores": keyframe.get("scores", []),
+            },
+        )
+    late = len(keyframes) - early - written
+    if late:
+        errors.append(
+            f"{late} keyframes past the end of the video (ingest.ava_time_offset="
+            f"{ingest.ava_time_offset:g}): left out"
+        )
 
 
 def _storage(cfg: Config) -> dict[str, Any]:
@@ -440,6 +511,8 @@ def _video_row(probed: dict[str, Any], results: list[dict[str, Any]]) -> dict[st
     results.sort(key=lambda r: r["segment"])
     n_windows = sum(r["n_windows"] for r in results)
     errors = [r["error"] for r in results if r["error"]]
+    if probed.get("problems"):  # annotation rows left out (layout ava)
+        errors.append(probed["problems"])
     error = "; ".join(dict.fromkeys(errors)) or None
     fields = dict(
         duration=probed["duration"],

@@ -47,6 +47,15 @@ WINDOW_SCHEMA = pa.schema(
         ("flow_codec", pa.string()),
         ("flow", pa.list_(pa.binary())),  # null when ingested with flow.backend=none
         ("flow_bound", pa.float32()),
+        # Detection rows (layout ava) only, null otherwise: the window is centred on a
+        # keyframe; boxes are normalised (x1, y1, x2, y2), flattened, one per person.
+        ("keyframe_sec", pa.int32()),  # the annotation second (AVA timestamp)
+        ("keyframe_offset", pa.int32()),  # the keyframe's frame within the window
+        ("boxes", pa.list_(pa.float32())),
+        ("box_actions", pa.list_(pa.list_(pa.int32()))),  # action ids of each box
+        ("person_ids", pa.list_(pa.int32())),
+        ("proposals", pa.list_(pa.float32())),  # person detector boxes, flattened likewise
+        ("proposal_scores", pa.list_(pa.float32())),
     ]
 )
 

@@ -18,6 +18,8 @@ Layouts (``LAYOUTS``):
 - ``kinetics``: a Kinetics annotation CSV; videos found anywhere under its folder,
   either trimmed clips ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` or full videos
   ``<youtube_id>.<ext>`` (trimmed at decode time from ``start_sec``/``end_sec``).
+- ``ava``: AVA v2.2's videos and annotation files, one entry per movie carrying its
+  keyframes' boxes and actions (`vidray.data.ava`); classes are the label map's.
 
 Where a layout names no split, videos are split by a deterministic rule: within a
 group (a class, or the whole dataset for ``flat``), videos are ordered by the SHA-1
@@ -40,7 +42,7 @@ from pathlib import PurePath
 
 from vidray.errors import VidrayError
 
-LAYOUTS = ("folders", "flat", "csv", "ucf101", "kinetics")
+LAYOUTS = ("folders", "flat", "csv", "ucf101", "kinetics", "ava")
 SPLITS = ("train", "val", "test")
 UCF101_SPLITS = (1, 2, 3)
 # What a Kinetics download may hold; only these are looked up by YouTube id.
@@ -75,6 +77,8 @@ class SourceEntry:
     start_sec: float = 0.0  # trim start (Kinetics full videos)
     end_sec: float | None = None  # trim end
     error: str | None = None  # set: quarantined before decoding, with this reason
+    keyframes: str | None = None  # ava: JSON list of annotated keyframes (`vidray.data.ava`)
+    problems: str | None = None  # annotation rows left out, noted on the manifest row
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,8 @@ def list_sources(
         rows, classes = _csv(path, name=input_path)
     elif layout == "ucf101":
         rows, classes = _ucf101(path, split=split)
+    elif layout == "ava":
+        return _ava(path)
     else:
         rows, classes = _kinetics(path, name=input_path)
     entries = _finish(
@@ -161,6 +167,26 @@ def list_sources(
 
 
 # ---------------------------------------------------------------- layouts
+
+
+def _ava(root: str) -> SourceListing:
+    from vidray.data.ava import list_ava
+
+    rows, classes = list_ava(root)
+    entries = [
+        SourceEntry(
+            path=row["path"],
+            video_id=row["video_id"],
+            label=-1,  # detection: the labels are per box, in keyframes
+            label_name=None,
+            split=row["split"],
+            error=row["error"],
+            keyframes=row["keyframes"],
+            problems=row["problems"],
+        )
+        for row in rows
+    ]
+    return SourceListing(entries=entries, classes=classes)
 
 
 def _folders(root: str) -> tuple[list[_Row], list[str]]:

@@ -57,7 +57,11 @@ class Lateral(nn.Module):
 
 
 class SlowFast(nn.Module):
-    """Slow and fast pathways stage by stage, laterals after the stem and res2..res4, head."""
+    """Slow and fast pathways stage by stage, laterals after the stem and res2..res4, head.
+
+    `features` gives both pathways' last maps (what a detection head pools boxes from);
+    `forward` pools them into logits.
+    """
 
     def __init__(
         self,
@@ -83,13 +87,21 @@ class SlowFast(nn.Module):
         self.head = Head(slow.out_channels()[-1] + fast.out_channels()[-1], num_classes, dropout)
         init_weights(self)
 
-    def forward(self, clip: Tensor) -> Tensor:
+    def features(self, clip: Tensor) -> tuple[Tensor, Tensor]:
+        """The slow and fast maps after res5, (B, C, T', H', W') each, before the head's pool.
+
+        Their frame counts differ (T/α and T), so they are returned apart; a detection
+        head pools each over time before joining them, as the paper does for AVA.
+        """
         slow, fast = clip[:, :, :: self.alpha], clip
         for i, (slow_stage, fast_stage) in enumerate(zip(self.slow, self.fast, strict=True)):
             slow, fast = slow_stage(slow), fast_stage(fast)
             if i < len(self.lateral):
                 slow = self.lateral[i](slow, fast)
-        return self.head(slow, fast)
+        return slow, fast
+
+    def forward(self, clip: Tensor) -> Tensor:
+        return self.head(*self.features(clip))
 
 
 def slowfast(
