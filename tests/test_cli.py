@@ -50,8 +50,19 @@ def test_synth_writes_a_folders_dataset(tmp_path):
     assert folders == ["translate_left"] * 2 + ["translate_right"] * 2
 
 
+def test_synth_writes_an_ava_layout_that_lists(tmp_path):
+    from vidray.data.sources import list_sources
+
+    root = tmp_path / "ava"
+    out = vidray("synth", "--task", "ava", "--output", str(root), "--videos", "4", "--seconds", "3")
+    assert out.returncode == 0, out.stderr
+    listing = list_sources(str(root), layout="ava")
+    assert sorted(e.split for e in listing.entries) == ["train"] * 3 + ["val"]
+    assert len(listing.classes) >= 4 and all(e.keyframes for e in listing.entries)
+
+
 def test_synth_bad_arguments_are_one_line(tmp_path):
-    for args in (["--size", "big"], ["--classes", "99"]):
+    for args in (["--size", "big"], ["--classes", "99"], ["--task", "ava", "--videos", "1"]):
         out = vidray("synth", "--output", str(tmp_path), *args)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
 

@@ -157,30 +157,54 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
 def _synth(argv: Sequence[str]) -> int:
     from vidray.data.synthetic import MOTIONS, write_motion_dataset
 
-    parser = argparse.ArgumentParser(prog="vidray synth", description="write a motion-only dataset")
-    parser.add_argument("--output", required=True, help="dataset root (folders layout)")
-    parser.add_argument("--classes", type=int, default=4, help=f"1..{len(MOTIONS)} motions")
-    parser.add_argument("--videos-per-class", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=48)
+    parser = argparse.ArgumentParser(
+        prog="vidray synth",
+        description="write a synthetic dataset: motion classes (folders layout) or AVA-like "
+        "detection data (ava layout)",
+    )
+    parser.add_argument("--output", required=True, help="dataset root")
+    parser.add_argument("--task", choices=("classify", "ava"), default="classify")
+    parser.add_argument("--classes", type=int, default=4, help=f"classify: 1..{len(MOTIONS)}")
+    parser.add_argument("--videos-per-class", type=int, default=8, help="classify")
+    parser.add_argument("--videos", type=int, default=8, help="ava: videos (a quarter are val)")
+    parser.add_argument("--seconds", type=int, default=10, help="ava: length of each video")
+    parser.add_argument("--frames", type=int, default=48, help="classify: frames per video")
     parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--size", default="96x72", help="WIDTHxHEIGHT")
+    parser.add_argument("--size", default="96x72", help="WIDTHxHEIGHT (ava default 160x120)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
-        paths = write_motion_dataset(
-            args.output,
-            classes=args.classes,
-            videos_per_class=args.videos_per_class,
-            num_frames=args.frames,
-            fps=args.fps,
-            size=(width, height),
-            seed=args.seed,
-        )
+        if args.task == "ava":
+            from vidray.data.synthetic_ava import write_ava_dataset
+
+            size = (width, height) if "--size" in argv else (160, 120)
+            dataset = write_ava_dataset(
+                args.output,
+                num_videos=args.videos,
+                val_videos=max(1, args.videos // 4),
+                duration_sec=args.seconds,
+                fps=int(args.fps),
+                size=size,
+                seed=args.seed,
+            )
+            count = len(dataset.videos)
+        else:
+            count = len(
+                write_motion_dataset(
+                    args.output,
+                    classes=args.classes,
+                    videos_per_class=args.videos_per_class,
+                    num_frames=args.frames,
+                    fps=args.fps,
+                    size=(width, height),
+                    seed=args.seed,
+                )
+            )
     except (ValueError, VidrayError) as exc:
         print(f"vidray synth: error: {exc}", file=sys.stderr)
         return 2
-    print(f"vidray synth: wrote {len(paths)} videos under {args.output}")
+    print(f"vidray synth: wrote {count} videos under {args.output}")
     return 0
 
 
@@ -203,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: vidray {" + ",".join(names) + "} [--config FILE] [section.key=value ...]")
         for command in COMMANDS.values():
             print(f"  {command.name:<9} {command.help}")
-        print("  synth     write a synthetic motion-only dataset (folders layout)")
+        print("  synth     write a synthetic dataset (motion classes, or --task ava)")
         print("  models    the model zoo: params, GMACs and input of every family")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     if argv[0] == "synth":

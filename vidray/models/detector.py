@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
@@ -72,7 +71,7 @@ class DetectorBackbone:
     """
 
     feature_maps: FeatureMaps
-    dense: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({"res5_stride": 1}))
+    dense: Mapping[str, object] = field(default_factory=lambda: {"res5_stride": 1})
     head: str = "head"
 
 
@@ -115,10 +114,8 @@ class BackboneFeatures(nn.Module):
         The pass runs on the meta device with the weights swapped for empty stand-ins, so
         it costs nothing and leaves the real weights and BN statistics untouched.
         """
-        on_meta = {
-            k: torch.empty_like(v, device="meta")
-            for k, v in self.state_dict(keep_vars=True).items()
-        }
+        real = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        on_meta = {k: torch.empty_like(v, device="meta") for k, v in real.items()}
         clip = torch.empty(1, 3, frames, PROBE_SIZE, PROBE_SIZE, device="meta")
         _, channels, height, width = functional_call(self, on_meta, (clip,)).shape
         if height != width or PROBE_SIZE % width:
