@@ -114,6 +114,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = ""  # an ingest output directory
+    task: Literal["classify", "detect"] = "classify"  # detect: keyframe rows (layout ava)
     epochs: int = 8
     batch_size: int = 16  # per worker, per forward pass
     num_workers: int = 2
@@ -130,6 +131,19 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; on CPU it works but is slow
     resume_from: str = ""  # a checkpoint directory or URI: continue its epochs and LR schedule
     max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Spatio-temporal action detection (``train.task=detect``, ``vidray detect``)."""
+
+    proposal_threshold: float = 0.8  # person boxes at or above this score are classified
+    eval_boxes: Literal["proposals", "truth"] = "proposals"  # what evaluation classifies
+    box_jitter: float = 0.05  # training: each box edge moves by up to this share of the box
+    max_boxes: int = 32  # boxes per keyframe at most (the highest-scoring proposals)
+    eval_label_map: str = ""  # classes frame-mAP averages over ("" = all with ground truth)
+    detector: str = ""  # vidray detect: a torchvision Faster R-CNN state_dict file
+    roi_size: int = 7  # RoIAlign output (SlowFast: 7x7, then spatial max pool)
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     ray: RayConfig = field(default_factory=RayConfig)
