@@ -10,6 +10,8 @@ import yaml
 
 from vidray.config import load_config
 from vidray.errors import VidrayError
+from vidray.train.driver import check_model
+from vidray.train.inputs import resolve_inputs
 from vidray.tune.space import expand, load_sweep
 from vidray.tune.sweep import validate
 
@@ -109,6 +111,19 @@ def test_a_typo_in_the_shared_config_is_an_error(tmp_path):
         load_sweep(path)
 
 
+def test_a_clip_too_short_for_a_family_fails_before_any_trial(motion_data, tmp_path):
+    """slow_fusion's temporal kernels need 10 frames: found by a meta-device forward."""
+    path = sweep_file(
+        tmp_path,
+        {"model.name": {"grid": ["simple3d", "slow_fusion"]}},
+        train={"data": str(motion_data)},
+        clip={"T": 8, "crop": 48},
+    )
+    sweep = load_sweep(path)
+    with pytest.raises(VidrayError, match=r"trial 1 \(model.name=slow_fusion\): .*at least 10"):
+        validate(sweep, expand(sweep))
+
+
 def test_a_clip_longer_than_the_stored_window_fails_before_any_trial(motion_data, tmp_path):
     """Trial 1 asks for 12 frames at stride 2 (23 > 16 stored): named, before Tune starts."""
     path = sweep_file(
@@ -140,3 +155,6 @@ def test_the_shipped_sweep_files_expand_and_fit_their_data(motion_data):
         assert len(families) >= 2, path
         if path.stem.endswith("_demo"):
             validate(load_sweep(path, [f"train.data={motion_data}"]), trials)
+        else:  # no UCF101 here: every trial's model still takes its clip (shapes only)
+            for trial in trials:
+                check_model(resolve_inputs(sweep.config(trial)), num_classes=101)

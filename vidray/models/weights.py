@@ -44,6 +44,13 @@ def read_state_dict(source: str, *, enum: type[WeightsEnum] | None = None) -> di
         ) from None
 
 
+def check_weights_source(source: str) -> None:
+    """A one-line error unless ``source`` is a file or a torchvision weights name
+    (nothing is read or downloaded: for checks before a job starts)."""
+    if not Path(source).expanduser().is_file():
+        _registry_weights(source, None)
+
+
 def _registry_weights(source: str, enum: type[WeightsEnum] | None) -> WeightsEnum:
     example = (
         f"{enum.__name__}.{next(iter(enum.__members__))}"

@@ -15,15 +15,21 @@ import math
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 from vidray import storage, tracking
 from vidray.config import Config
 from vidray.data.clips import read_clips
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import VidrayError
+from vidray.models import InputSpec
+from vidray.models.summary import example_input
+from vidray.models.weights import check_weights_source
 from vidray.train.checkpoints import check_resumable
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
@@ -85,10 +91,36 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
         raise VidrayError(f"{cfg.train.data} has {len(info['classes'])} classes; training needs 2+")
     if cfg.train.grad_accum < 1:
         raise VidrayError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
-    # An unknown model or argument fails here, before any worker starts.
-    model = build_model(cfg, num_classes=len(info["classes"]))
+    model = check_model(cfg, num_classes=len(info["classes"]))
     if cfg.train.resume_from:
         check_resumable(cfg.train.resume_from, model=model, classes=info["classes"])
+
+
+def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
+    """Build the model and run one clip through it, on the meta device (shapes only, so
+    even the largest families cost nothing): an unknown model or argument, or a clip
+    the model cannot take (too few frames for its temporal kernels), fails here, before
+    any worker starts, instead of in the first training step."""
+    if cfg.model.pretrained:
+        check_weights_source(cfg.model.pretrained)
+    shapes_only = replace(cfg, model=replace(cfg.model, pretrained=""))
+    with torch.device("meta"):
+        model = build_model(shapes_only, num_classes=num_classes)
+        clip = InputSpec(frames=cfg.clip.T, crop=cfg.clip.crop, flow=cfg.flow.L)
+        try:
+            logits = model(example_input(clip, device="meta"))
+        except (RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VidrayError(
+                f"model {cfg.model.name!r} cannot take clips of T={cfg.clip.T}, "
+                f"crop={cfg.clip.crop}, flow.L={cfg.flow.L}: {reason}"
+            ) from None
+    if tuple(logits.shape) != (1, num_classes):
+        raise VidrayError(
+            f"model {cfg.model.name!r} gives outputs of shape {tuple(logits.shape)} for one "
+            f"clip, not (1, {num_classes})"
+        )
+    return model
 
 
 def steps_per_epoch(cfg: Config, train_windows: int) -> int:
