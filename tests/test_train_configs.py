@@ -20,11 +20,12 @@ from torchvision.models import get_weight
 from vidray.config import Config, load_config
 from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import STORAGE_KEYS, read_dataset_info
-from vidray.models import InputSpec, available
-from vidray.models.summary import example_input
+from vidray.models import available
+from vidray.train.device import to_device
 from vidray.train.driver import check_data
 from vidray.train.inputs import resolve_inputs
-from vidray.train.loop import build_model, to_device
+from vidray.train.loop import build_model
+from vidray.train.tasks import task_of
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TRAIN = CONFIGS / "train"
@@ -33,7 +34,7 @@ TRAIN_FILES = sorted(p for p in TRAIN.rglob("*.yaml") if not p.name.startswith("
 DEMO_FILES = [p for p in TRAIN_FILES if p.parent.name == "demo" or p.name == "demo.yaml"]
 DATASET_DIRS = ("ucf101", "kinetics400", "demo")
 # Classes of each ingest layout's dataset: what the classifier heads are built for.
-CLASSES = {"ucf101": 101, "kinetics": 400, "folders": 4}
+CLASSES = {"ucf101": 101, "kinetics": 400, "folders": 4, "ava": 80}
 # Families with a config in every dataset directory; slowfast_r101 (8x8) is Kinetics' and
 # the demo's only, simple3d is configs/train/demo.yaml.
 OPTIONAL = {"simple3d", "slowfast_r101"}
@@ -52,7 +53,11 @@ def _dataset_info(ingest: Config) -> dict:
     """The dataset.yaml an ingest with this config writes (storage, classes)."""
     flat = ingest.flat()
     n = CLASSES[ingest.ingest.layout]
-    return {"storage": {k: flat[k] for k in STORAGE_KEYS}, "classes": [f"c{i}" for i in range(n)]}
+    return {
+        "storage": {k: flat[k] for k in STORAGE_KEYS},
+        "classes": [f"c{i}" for i in range(n)],
+        "layout": ingest.ingest.layout,
+    }
 
 
 @pytest.mark.parametrize("directory", DATASET_DIRS)
@@ -83,8 +88,7 @@ def test_config_fits_its_datasets_windows_and_builds(path):
     with torch.device("meta"):
         check_data(cfg, info)  # the driver's checks: clip span and crop, flow, model arguments
         model = build_model(cfg, num_classes=len(info["classes"]))
-        clip = InputSpec(frames=cfg.clip.T, crop=cfg.clip.crop, flow=cfg.flow.L)
-        logits = model(example_input(clip, device="meta"))
+        logits = model(*task_of(cfg).example(cfg, device="meta"))
     assert logits.shape == (1, len(info["classes"]))
 
 

@@ -10,6 +10,7 @@ explicit run id, so the driver and a Ray Train worker can log to one run.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,21 @@ VAL_LOSS = "val/loss"
 VAL_CLIP_TOP1 = "val/clip_top1"
 VAL_VIDEO_TOP1 = "val/video_top1"
 VAL_VIDEO_TOP5 = "val/video_top5"
+VAL_FRAME_MAP = "val/frame_map"  # detection: frame-mAP at IoU 0.5 (the AVA protocol)
+TRAIN_BOX_TOP1 = "train/box_top1"  # detection: boxes whose top-scoring action is theirs
 TRAIN_LR = "train/lr"  # the rate of the epoch's first optimiser step
 TRAIN_STEP = "train/global_step"  # optimiser steps so far, at the end of the epoch
 EPOCH_SECONDS = "time/epoch_s"
 CLIPS_PER_SECOND = "time/clips_per_s"
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a piece of an MLflow param or metric name: MLflow allows letters,
+    digits, ``_ - . / :`` and spaces, so a class name like "bend/bow (at the waist)"
+    becomes "bend/bow _at the waist_"."""
+    return re.sub(r"[^\w\-. /:]", "_", text)
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:

@@ -41,12 +41,10 @@ AVA_SPLITS = ("train", "val")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
 
-def list_ava(root: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows (path, video_id, split, keyframes JSON, problems) and the class names.
-
-    Class ``i`` is the label map's ``i``-th action id in ascending order; the
-    keyframes carry action ids as in the files.
-    """
+def list_ava(root: str) -> tuple[list[dict[str, Any]], list[str], list[int]]:
+    """Rows (path, video_id, split, keyframes JSON, problems), the class names and
+    their action ids: class ``i`` is the label map's ``i``-th id in ascending order;
+    the keyframes carry action ids as in the files."""
     notes = Path(root) / "annotations"
     label_map = read_label_map(_required(notes / LABEL_MAP))
     videos = _videos(Path(root) / "videos")
@@ -100,7 +98,7 @@ def list_ava(root: str) -> tuple[list[dict[str, Any]], list[str]]:
                 }
             )
     classes = [label_map.name(action_id) for action_id in label_map.ids]
-    return rows, classes
+    return rows, classes, list(label_map.ids)
 
 
 def _summary(problems: list[str]) -> str | None:

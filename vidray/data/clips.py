@@ -236,8 +236,8 @@ def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]
     return files
 
 
-def _clips_from_shards(
-    paths: Iterable[str], sampler: ClipSampler, *, batch_rows: int
+def clips_from_shards(
+    paths: Iterable[str], sampler: Any, *, batch_rows: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read shards (only the columns the clip needs) and derive their clips, batch by batch."""
     columns = sampler.columns
@@ -256,11 +256,11 @@ class ShardReader:
     video segment that overhead, paid every epoch, exceeded the reading itself.
     """
 
-    sampler: ClipSampler
+    sampler: Any  # ClipSampler, or any callable Table -> batch with a `columns` list
     batch_rows: int = 32
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        yield from _clips_from_shards(batch["path"], self.sampler, batch_rows=self.batch_rows)
+        yield from clips_from_shards(batch["path"], self.sampler, batch_rows=self.batch_rows)
 
 
 def read_clips(
@@ -282,6 +282,19 @@ def read_clips(
     come in a new order. Evaluation may ask for several views per window and
     for the ``video_id`` of every clip, as `iter_clip_batches` does.
     """
+    sampler = ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids)
+    views = temporal_views * spatial_views
+    reader = ShardReader(sampler, batch_rows=max(1, ShardReader.batch_rows // views))
+    return read_samples(
+        data_dir, split=split, reader=reader, train=train, shards_per_task=shards_per_task
+    )
+
+
+def read_samples(
+    data_dir: str | Path, *, split: str, reader: ShardReader, train: bool, shards_per_task: int = 16
+) -> Any:
+    """A Ray Dataset of what ``reader``'s sampler derives from one split's shards: groups
+    of ``shards_per_task`` shards per read task, in a new order every training epoch."""
     import ray
 
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
@@ -291,9 +304,6 @@ def read_clips(
     )
     if train:
         ds = ds.randomize_block_order()
-    sampler = ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids)
-    views = temporal_views * spatial_views
-    reader = ShardReader(sampler, batch_rows=max(1, ShardReader.batch_rows // views))
     return ds.map_batches(reader, batch_size=shards_per_task)
 
 
@@ -315,7 +325,7 @@ def iter_clip_batches(
     then give ``batch_rows * temporal_views * spatial_views`` clips) and for the
     ``video_id`` strings of the clips, which the Ray training path never reads.
     """
-    yield from _clips_from_shards(
+    yield from clips_from_shards(
         window_files(data_dir, split=split),
         ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids),
         batch_rows=batch_rows,

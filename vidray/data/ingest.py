@@ -495,6 +495,7 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
         output,
         {
             "classes": listing.classes,
+            **({"class_ids": listing.class_ids} if listing.class_ids is not None else {}),
             "layout": ingest.layout,
             "input": str(ingest.input),
             "storage": _storage(cfg),

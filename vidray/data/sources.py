@@ -87,6 +87,7 @@ class SourceListing:
 
     entries: list[SourceEntry]
     classes: list[str]
+    class_ids: list[int] | None = None  # ava: the label map's action id of each class
 
 
 @dataclass
@@ -172,7 +173,7 @@ def list_sources(
 def _ava(root: str) -> SourceListing:
     from vidray.data.ava import list_ava
 
-    rows, classes = list_ava(root)
+    rows, classes, ids = list_ava(root)
     entries = [
         SourceEntry(
             path=row["path"],
@@ -186,7 +187,7 @@ def _ava(root: str) -> SourceListing:
         )
         for row in rows
     ]
-    return SourceListing(entries=entries, classes=classes)
+    return SourceListing(entries=entries, classes=classes, class_ids=ids)
 
 
 def _folders(root: str) -> tuple[list[_Row], list[str]]:

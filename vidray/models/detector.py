@@ -81,6 +81,9 @@ BACKBONES: dict[str, DetectorBackbone] = {
     "slowfast_r101": DetectorBackbone(pathway_maps),
     "i3d": DetectorBackbone(single_map),
     "i3d_nl": DetectorBackbone(single_map),
+    # The CPU demo's 3D CNN (total stride 16, no stride knob): the detector tests and
+    # configs/train/ava_demo.yaml train in minutes on it.
+    "simple3d": DetectorBackbone(single_map, dense={}, head="fc"),
 }
 
 

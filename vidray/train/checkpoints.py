@@ -30,7 +30,10 @@ def save_checkpoint(
     classes: list[str],
     run_id: str,
     metrics: dict[str, float],
+    dataset: dict[str, Any] | None = None,
 ) -> Path:
+    """``dataset`` is the training data's dataset.yaml (storage parameters, class ids):
+    what inference on a new video must reproduce (`vidray detect`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -51,6 +54,7 @@ def save_checkpoint(
         "classes": classes,
         "metrics": metrics,
         "config": cfg.to_dict(),
+        "dataset": dataset or {},
     }
     (directory / META_FILE).write_text(yaml.safe_dump(meta, sort_keys=False, allow_unicode=True))
     return directory

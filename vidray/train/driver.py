@@ -1,6 +1,6 @@
 """The training driver: ingest output -> Ray Train -> an MLflow run.
 
-clips = read_clips(data, split=...)                          # Ray Data
+clips = task_of(cfg).dataset(cfg, split, ...)               # Ray Data
 run_id = tracking.start_run(cfg)                             # params
 TorchTrainer(train_loop_per_worker, datasets=clips).fit()    # metrics per epoch
 log config + best checkpoint as artifacts
@@ -24,26 +24,25 @@ from torch import nn
 
 from vidray import storage, tracking
 from vidray.config import Config
-from vidray.data.clips import read_clips
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import VidrayError
-from vidray.models import InputSpec
-from vidray.models.summary import example_input
 from vidray.models.weights import check_weights_source
 from vidray.train.checkpoints import check_resumable
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
+from vidray.train.tasks import task_of
 
 
 @dataclass
 class TrainResult:
     run_id: str
     tracking_uri: str
-    checkpoint: str  # the best by val video accuracy
+    checkpoint: str  # the best by the task's metric (val video accuracy, val frame-mAP)
     last_checkpoint: str  # the last epoch's: what train.resume_from takes
     metrics: dict[str, Any]
     num_classes: int
     seconds: float
+    metric: str = tracking.VAL_VIDEO_TOP1
 
     def report(self) -> str:
         video = self.metrics.get(tracking.VAL_VIDEO_TOP1)
@@ -51,6 +50,8 @@ class TrainResult:
             f"train: {self.seconds:.0f} s; best checkpoint (epoch {self.metrics.get('epoch')}) "
             f"{self.checkpoint}",
         ]
+        if self.metric != tracking.VAL_VIDEO_TOP1 and self.metric in self.metrics:
+            lines.append(f"train: {self.metric} {self.metrics[self.metric]:.3f}")
         if video is not None:
             lines.append(
                 f"train: val video accuracy {video:.3f} "
@@ -79,7 +80,13 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
             f"but {cfg.train.data} stores windows of {windows}: lower clip.T or clip.stride"
         )
     short_side = storage["ingest.short_side"]
-    if short_side and cfg.clip.crop > short_side:
+    if cfg.train.task == "detect":
+        if info.get("layout") != "ava":
+            raise VidrayError(
+                f"train.task=detect needs keyframe rows, but {cfg.train.data} was ingested "
+                f"with layout {info.get('layout')!r}: ingest with layout ava"
+            )
+    elif short_side and cfg.clip.crop > short_side:
         raise VidrayError(
             f"clip.crop={cfg.clip.crop} exceeds the stored short side {short_side}: lower clip.crop"
         )
@@ -106,9 +113,8 @@ def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
     shapes_only = replace(cfg, model=replace(cfg.model, pretrained=""))
     with torch.device("meta"):
         model = build_model(shapes_only, num_classes=num_classes)
-        clip = InputSpec(frames=cfg.clip.T, crop=cfg.clip.crop, flow=cfg.flow.L)
         try:
-            logits = model(example_input(clip, device="meta"))
+            logits = model(*task_of(cfg).example(cfg, device="meta"))
         except (RuntimeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VidrayError(
@@ -180,11 +186,17 @@ def run_training(
 
     if not cfg.train.data:
         raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
-    cfg = resolve_inputs(cfg)
+    # Absolute, as Ray workers run in other directories.
+    cfg = resolve_inputs(
+        replace(cfg, train=replace(cfg.train, data=storage.resolve(cfg.train.data)))
+    )
     info = read_dataset_info(cfg.train.data)
     check_data(cfg, info)
     storage_path = storage.resolve(cfg.train.storage_path)
-    counts = split_counts(cfg.train.data, info["classes"], ("train", cfg.train.val_split))
+    task = task_of(cfg)
+    # Detection rows carry their labels per box; only classification labels videos.
+    labeled = ("train", cfg.train.val_split) if task.name == "classify" else ()
+    counts = split_counts(cfg.train.data, info["classes"], labeled)
     if not counts.get("train"):
         raise VidrayError(f"{cfg.train.data} has no windows in split 'train' (splits: {counts})")
     if not counts.get(cfg.train.val_split):
@@ -220,22 +232,15 @@ def run_training(
     status = "FAILED"
     try:
         datasets = {
-            "train": read_clips(
-                cfg.train.data, split="train", clip=cfg.clip, flow_L=cfg.flow.L, train=True
-            ),
-            "val": read_clips(
-                cfg.train.data,
-                split=cfg.train.val_split,
-                clip=cfg.clip,
-                flow_L=cfg.flow.L,
-                train=False,
-            ),
+            "train": task.dataset(cfg, "train", train=True),
+            "val": task.dataset(cfg, cfg.train.val_split, train=False),
         }
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
                 "config": cfg.to_dict(),
                 "classes": classes,
+                "dataset": info,
                 "tracking_uri": uri,
                 "run_id": run_id,
                 "steps_per_epoch": per_epoch,
@@ -256,25 +261,28 @@ def run_training(
                 callbacks=list(callbacks),
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=2,
-                    checkpoint_score_attribute=tracking.VAL_VIDEO_TOP1,
+                    checkpoint_score_attribute=task.metric,
                     checkpoint_score_order="max",
                 ),
             ),
             datasets=datasets,
-            # Only the training set is split; rank 0 reads all of val for video accuracy.
+            # Only the training set is split; rank 0 reads all of val (video accuracy and
+            # frame-mAP need every clip of the split).
             dataset_config=DataConfig(datasets_to_split=["train"]),
         )
         result = trainer.fit()
         if not result.best_checkpoints:
             raise VidrayError("training reported no checkpoint")
-        # Ray keeps the top checkpoints by val video accuracy; report the best one.
+        # Ray keeps the top checkpoints by the task's metric; report the best one.
         best, best_metrics = max(
-            result.best_checkpoints, key=lambda kept: kept[1].get(tracking.VAL_VIDEO_TOP1, -1.0)
+            result.best_checkpoints, key=lambda kept: kept[1].get(task.metric, -1.0)
         )
         with tempfile.TemporaryDirectory() as tmp:
             config_file = Path(tmp) / "config.yaml"
             config_file.write_text(cfg.to_yaml())
             tracking.log_artifact(uri, run_id, config_file)
+            for table in task.tables(best_metrics, Path(tmp)):
+                tracking.log_artifact(uri, run_id, table)
         with best.as_directory() as directory:
             tracking.log_artifact(uri, run_id, directory, "checkpoint")
         status = "FINISHED"
@@ -286,6 +294,7 @@ def run_training(
             metrics=best_metrics,
             num_classes=len(classes),
             seconds=time.monotonic() - t0,
+            metric=task.metric,
         )
     finally:
         tracking.end_run(uri, run_id, status=status)

@@ -25,19 +25,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vidray import tracking
 from vidray.config import Config, OptimConfig
-from vidray.models import build
-from vidray.models.registry import arguments
 from vidray.train.checkpoints import load_checkpoint, save_checkpoint
-from vidray.train.inputs import model_input, model_kwargs
-from vidray.train.metrics import classification_metrics
+from vidray.train.device import channels_last_3d
 from vidray.train.schedule import Scheduler
+from vidray.train.tasks import task_of
 
 
 def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
@@ -49,68 +45,8 @@ def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The configured family, built for the clip the loader will give it."""
-    kwargs = model_kwargs(cfg.model)
-    # Families whose layers depend on the clip (early fusion's 3T-channel conv, the
-    # temporal stream's 2L channels) take its length under the InputSpec's names.
-    takes = arguments(cfg.model.name)
-    if "frames" in takes:
-        kwargs["frames"] = cfg.clip.T
-    if "flow" in takes:
-        kwargs["flow"] = cfg.flow.L
-    return build(cfg.model.name, num_classes=num_classes, **kwargs)
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, batches: Any, device: torch.device, *, precision: str = "fp32"
-) -> dict[str, np.ndarray]:
-    """Logits, labels and video keys of every clip in ``batches`` (torch batches)."""
-    model.eval()
-    logits, labels, keys = [], [], []
-    for batch in batches:
-        with autocast(device, precision):
-            out = model(to_device(batch, device))
-        logits.append(out.float().cpu().numpy())
-        labels.append(np.asarray(batch["label"]))
-        keys.append(np.asarray(batch["video_key"]))
-    if not logits:
-        return {"logits": np.zeros((0, 0)), "labels": np.zeros(0, np.int64), "keys": np.zeros(0)}
-    return {
-        "logits": np.concatenate(logits),
-        "labels": np.concatenate(labels),
-        "keys": np.concatenate(keys),
-    }
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    """bf16 autocast where asked for (fast on CUDA; allowed on CPU, where it is slow)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> Any:
-    """The model's input on ``device``; 5-D clips channels-last on CUDA, where cuDNN's
-    3D convolutions are fastest in that layout (a no-op on CPU)."""
-    x = model_input(batch, device)
-    if device.type != "cuda":
-        return x
-
-    def layout(t: torch.Tensor) -> torch.Tensor:
-        return t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t
-
-    return {k: layout(v) for k, v in x.items()} if isinstance(x, dict) else layout(x)
-
-
-def channels_last_3d(model: nn.Module) -> nn.Module:
-    """5-D (3D conv) weights in channels-last layout, to match `to_device`'s inputs.
-
-    ``model.to(memory_format=...)`` would also try to convert the 4-D weights
-    of 2D convs (two-stream, single-frame models) and fail, hence per tensor.
-    """
-    for param in model.parameters():
-        if param.dim() == 5:
-            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
-    return model
+    """The configured model for ``train.task``: a classifier or an action detector."""
+    return task_of(cfg).build(cfg, num_classes)
 
 
 def with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
@@ -135,12 +71,13 @@ def train_epoch(
     cfg: Config,
     device: torch.device,
 ) -> tuple[torch.Tensor, float]:
-    """One pass over this rank's shard: (loss sum, correct, count) and the first step's LR.
+    """One pass over this rank's shard: (loss sum, hits, count) and the first step's LR.
 
     With ``train.grad_accum`` > 1, gradients of the accumulating batches stay
     local (DDP ``no_sync``) and are all-reduced once, on the batch that steps.
     """
     model.train()
+    task = task_of(cfg)
     accum = cfg.train.grad_accum
     totals = torch.zeros(3, dtype=torch.float64)
     first_lr = float("nan")
@@ -149,13 +86,8 @@ def train_epoch(
         stepping = last or (i + 1) % accum == 0
         local = not stepping and isinstance(model, nn.parallel.DistributedDataParallel)
         sync = model.no_sync() if local else contextlib.nullcontext()
-        labels = batch["label"].to(device, non_blocking=True)
         with sync:
-            with autocast(device, cfg.train.precision):
-                logits = model(to_device(batch, device))
-                loss = F.cross_entropy(
-                    logits.float(), labels, label_smoothing=cfg.train.label_smoothing
-                )
+            loss, hits, n = task.loss(model, batch, cfg, device)
             (loss / accum).backward()
         if stepping:
             lr = scheduler.step(epoch, steps)
@@ -165,10 +97,7 @@ def train_epoch(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-        n = len(labels)
-        totals += torch.tensor(
-            [loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64
-        )
+        totals += torch.tensor([loss.item() * n, hits, n], dtype=torch.float64)
     return totals, first_lr
 
 
@@ -229,14 +158,14 @@ class DebugHooks:
             (self.dir / f"rank{self.rank}.node").write_text(node)
 
 
-def epoch_line(metrics: dict[str, float], epochs: int) -> str:
-    """The progress line rank 0 prints after each epoch."""
-    val = metrics.get(tracking.VAL_VIDEO_TOP1, float("nan"))
+def epoch_line(metrics: dict[str, float], epochs: int, *, hits: str, metric: str) -> str:
+    """The progress line rank 0 prints after each epoch (``hits`` and ``metric``: the
+    task's training accuracy and validation metric names)."""
+    val = metrics.get(metric, float("nan"))
     speed = metrics[tracking.CLIPS_PER_SECOND]
     return (
         f"train: epoch {metrics['epoch'] + 1}/{epochs}: loss {metrics[tracking.TRAIN_LOSS]:.3f}, "
-        f"train clip top-1 {metrics[tracking.TRAIN_CLIP_TOP1]:.3f}, val video top-1 {val:.3f}, "
-        f"lr {metrics[tracking.TRAIN_LR]:.2e} "
+        f"{hits} {metrics[hits]:.3f}, {metric} {val:.3f}, lr {metrics[tracking.TRAIN_LR]:.2e} "
         f"({metrics[tracking.EPOCH_SECONDS]:.1f} s, {speed:.0f} clips/s)"
     )
 
@@ -276,15 +205,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous; CUDA only
+    task = task_of(cfg)
     for epoch in range(start_epoch, cfg.train.epochs):
         hooks.epoch_start(epoch)
         t0 = time.monotonic()
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
-            device="cpu",
-            pin_memory=pin,
-        )
+        batches = task.batches(train_shard, cfg, train=True, pin=pin)
         totals, first_lr = train_epoch(model, batches, optimizer, scheduler, epoch, cfg, device)
         if world > 1:
             torch.distributed.all_reduce(totals)
@@ -293,30 +218,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {
             "epoch": epoch,
             tracking.TRAIN_LOSS: totals[0].item() / count,
-            tracking.TRAIN_CLIP_TOP1: totals[1].item() / count,
+            task.hits: totals[1].item() / count,
             tracking.TRAIN_LR: first_lr,
             tracking.TRAIN_STEP: scheduler.global_step,
             tracking.EPOCH_SECONDS: seconds,
             tracking.CLIPS_PER_SECOND: totals[2].item() / seconds,
         }
         if rank == 0:
-            out = predict(
-                bare_model,
-                val_data.iter_torch_batches(
-                    batch_size=cfg.train.batch_size, device="cpu", pin_memory=pin
-                ),
-                device,
-                precision=cfg.train.precision,
-            )
-            metrics.update(
-                classification_metrics(out["logits"], out["labels"], out["keys"], prefix="val")
-            )
+            metrics.update(task.validate(bare_model, val_data, cfg, device, classes))
             tracking.log_metrics(
                 uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
             )
             # Ray Train sends print() both to its logger and to stdout; writing to the
             # process's own stdout shows the line once, forwarded to the driver.
-            print(epoch_line(metrics, cfg.train.epochs), file=sys.__stdout__, flush=True)
+            line = epoch_line(metrics, cfg.train.epochs, hits=task.hits, metric=task.metric)
+            print(line, file=sys.__stdout__, flush=True)
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(
                     directory,
@@ -326,6 +242,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     epoch=epoch,
                     cfg=cfg,
                     classes=classes,
+                    dataset=loop_config.get("dataset"),
                     run_id=run_id,
                     metrics=metrics,
                 )

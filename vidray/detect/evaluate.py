@@ -1,0 +1,113 @@
+"""Detection scores of a model on keyframe clips: frame-mAP and per-class AP.
+
+Every box a clip carries (person proposals above ``detect.proposal_threshold``,
+or the ground-truth boxes with ``detect.eval_boxes=truth``) gets one
+detection per action class, scored by the sigmoid of its logit, and
+`vidray.detect.frame_map` ranks them against the keyframe's ground truth
+(IoU 0.5). ``detect.eval_label_map`` (AVA: the 60-class list) picks the
+classes averaged; by default every class with ground truth counts.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vidray import tracking
+from vidray.config import Config
+from vidray.data.manifest import read_dataset_info
+from vidray.detect.ava_files import Box, Detection, LabeledBox, read_label_map
+from vidray.detect.clips import action_ids
+from vidray.detect.frame_map import FrameMAP, frame_map
+from vidray.train.device import autocast
+from vidray.train.inputs import frames_to_input
+
+KeyframeKey = tuple[int, int]  # (video_key, keyframe second)
+
+
+@torch.no_grad()
+def collect(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    ids: tuple[int, ...],
+    device: torch.device,
+    *,
+    precision: str = "fp32",
+) -> tuple[dict[KeyframeKey, list[LabeledBox]], dict[KeyframeKey, list[Detection]]]:
+    """(ground truth, detections) by keyframe, from collated batches (`collate`)."""
+    model.eval()
+    truth: dict[KeyframeKey, list[LabeledBox]] = defaultdict(list)
+    found: dict[KeyframeKey, list[Detection]] = defaultdict(list)
+    for batch in batches:
+        keys = list(zip(batch["video_key"].tolist(), batch["keyframe_sec"].tolist(), strict=True))
+        for key in keys:  # a keyframe without boxes still counts: it can only hold misses
+            truth.setdefault(key, [])
+        for box, target, owner in zip(
+            batch["truth_boxes"].tolist(),
+            batch["truth_targets"].tolist(),
+            batch["truth_owner"].tolist(),
+            strict=True,
+        ):
+            actions = tuple(ids[c] for c, on in enumerate(target) if on)
+            if actions:
+                truth[keys[owner]].append(LabeledBox(Box(*box), actions))
+        if not len(batch["boxes"]):
+            continue
+        clips = frames_to_input(batch["frames"].to(device))
+        with autocast(device, precision):
+            logits = model(clips, batch["boxes"].to(device))
+        scores = torch.sigmoid(logits.float()).cpu().tolist()
+        for box, row, owner in zip(
+            batch["normalised"].tolist(), scores, batch["owner"].tolist(), strict=True
+        ):
+            found[keys[owner]].extend(
+                Detection(Box(*box), action, score) for action, score in zip(ids, row, strict=True)
+            )
+    return dict(truth), dict(found)
+
+
+def detection_metrics(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    cfg: Config,
+    device: torch.device,
+    *,
+    prefix: str,
+) -> dict[str, float]:
+    """``{prefix}/frame_map`` and ``{prefix}/ap/<class>`` of every evaluated class."""
+    ids = action_ids(cfg.train.data)
+    names = dict(zip(ids, read_dataset_info(cfg.train.data)["classes"], strict=True))
+    truth, found = collect(model, batches, ids, device, precision=cfg.train.precision)
+    result = score(truth, found, cfg)
+    return {
+        f"{prefix}/frame_map": result.mean_ap,
+        **{f"{prefix}/ap/{tracking.safe_name(names[a])}": ap for a, ap in result.per_class.items()},
+    }
+
+
+def score(
+    truth: dict[KeyframeKey, list[LabeledBox]], found: dict[KeyframeKey, list[Detection]], cfg
+) -> FrameMAP:
+    evaluated = read_label_map(cfg.detect.eval_label_map) if cfg.detect.eval_label_map else None
+    return frame_map(truth, found, label_map=evaluated)
+
+
+def write_ap_table(path: Path, metrics: dict[str, Any], *, prefix: str) -> Path:
+    """The per-class APs in ``metrics`` as a CSV (class, AP), best first, mAP last."""
+    marker = f"{prefix}/ap/"
+    rows = sorted(
+        ((k[len(marker) :], v) for k, v in metrics.items() if k.startswith(marker)),
+        key=lambda item: -item[1],
+    )
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "ap"])
+        writer.writerows(rows)
+        writer.writerow(["mean (frame-mAP)", metrics.get(f"{prefix}/frame_map")])
+    return path
