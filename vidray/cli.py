@@ -62,6 +62,14 @@ def _evaluate(cfg: Config) -> int:
     return 0
 
 
+def _detect(cfg: Config) -> int:
+    from vidray.detect.infer import run_detect
+
+    report = run_detect(cfg)
+    print(report.report())
+    return 0
+
+
 def _tune(sweep: Sweep) -> int:
     from vidray.tune.sweep import run_sweep
 
@@ -112,6 +120,20 @@ COMMANDS = {
                 "--output": "eval.output",
             },
             needs_ray=False,
+        ),
+        Command(
+            "detect",
+            "person boxes and action scores on a video (a folder: Ray Data) -> AVA CSV",
+            _detect,
+            {
+                "--video": "detect.video",
+                "--checkpoint": "detect.checkpoint",
+                "--detector": "detect.detector",
+                "--proposals": "detect.proposals",
+                "--render": "detect.render",
+                "--output": "detect.output",
+            },
+            needs_ray=False,  # a folder starts Ray itself; one video runs in-process
         ),
         Command(
             "tune",

@@ -142,8 +142,23 @@ class DetectConfig:
     box_jitter: float = 0.05  # training: each box edge moves by up to this share of the box
     max_boxes: int = 32  # boxes per keyframe at most (the highest-scoring proposals)
     eval_label_map: str = ""  # classes frame-mAP averages over ("" = all with ground truth)
-    detector: str = ""  # vidray detect: a torchvision Faster R-CNN state_dict file
+    detector: str = ""  # vidray detect: a torchvision Faster R-CNN state_dict file (or COCO_V1)
     roi_size: int = 7  # RoIAlign output (SlowFast: 7x7, then spatial max pool)
+    # vidray detect: what to run on, and where the results go
+    video: str = ""  # a video file, or a folder of videos (a Ray Data job, one CSV each)
+    checkpoint: str = ""  # a detection checkpoint directory (or URI) written by training
+    # the torchvision Faster R-CNN builder that detect.detector's weights fit
+    detector_arch: Literal[
+        "fasterrcnn_resnet50_fpn",
+        "fasterrcnn_resnet50_fpn_v2",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+    ] = "fasterrcnn_resnet50_fpn"
+    proposals: str = ""  # person boxes from this CSV (video_id = file stem) instead of a detector
+    time_offset: int = 0  # the annotation second of a video's first frame (AVA cuts: 900)
+    output: str = ""  # the CSV ("" = <video stem>_detections.csv), or a folder for a folder
+    render: str = ""  # an .mp4 to draw the boxes and top actions on (single video only)
+    workers: int = 2  # model replicas of the folder job (Ray Data actors)
 
 
 @dataclass(frozen=True)
