@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from mlflow_server import mlflow_server
 from PIL import Image
 
 from vidray.config import Config, load_config
@@ -60,7 +61,9 @@ def sweep_data(ray_local, tmp_path_factory) -> Path:
     return output
 
 
-def write_sweep(tmp_path: Path, data: Path, space: dict, sweep: dict, **train) -> Path:
+def write_sweep(
+    tmp_path: Path, data: Path, space: dict, sweep: dict, *, tracking: str = "", **train
+) -> Path:
     shared = {
         **TINY,
         "train": {
@@ -69,7 +72,10 @@ def write_sweep(tmp_path: Path, data: Path, space: dict, sweep: dict, **train) -
             "storage_path": str(tmp_path / "runs"),
             **train,
         },
-        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "sweeps"},
+        "mlflow": {
+            "tracking_uri": tracking or f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "experiment": "sweeps",
+        },
     }
     path = tmp_path / "sweep.yaml"
     sweep = {"output": str(tmp_path / "out"), **sweep}
@@ -86,17 +92,20 @@ def child_runs(client: MlflowClient, parent) -> list:
 
 @pytest.fixture(scope="module")
 def demo_sweep(sweep_data, tmp_path_factory):
-    """2 families x 2 clip lengths, 2 epochs each: the sweep and its result."""
+    """2 families x 2 clip lengths, 2 epochs each, logged to an `mlflow server` over
+    HTTP (the other sweeps here use the SQLite default): the sweep and its result."""
     tmp_path = tmp_path_factory.mktemp("demo_sweep")
-    path = write_sweep(
-        tmp_path,
-        sweep_data,
-        {"model.name": {"grid": ["simple3d", "early_fusion"]}, "clip.T": {"grid": [4, 8]}},
-        {"name": "demo", "scheduler": "fifo"},
-        epochs=2,
-    )
-    sweep = load_sweep(path)
-    return sweep, run_sweep(sweep)
+    with mlflow_server(tmp_path) as (uri, _):
+        path = write_sweep(
+            tmp_path,
+            sweep_data,
+            {"model.name": {"grid": ["simple3d", "early_fusion"]}, "clip.T": {"grid": [4, 8]}},
+            {"name": "demo", "scheduler": "fifo"},
+            tracking=uri,
+            epochs=2,
+        )
+        sweep = load_sweep(path)
+        yield sweep, run_sweep(sweep)
 
 
 @pytest.mark.slow
@@ -127,6 +136,7 @@ def test_one_parent_run_and_a_nested_run_per_trial_with_training_names(demo_swee
     sweep, result = demo_sweep
     client = MlflowClient(tracking_uri=result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
+    assert result.tracking_uri.startswith("http://127.0.0.1:")
     assert parent.info.status == "FINISHED" and parent.info.run_name == "demo"
     params = parent.data.params
     assert params["space.model.name"] == "grid(simple3d, early_fusion)"
