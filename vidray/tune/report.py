@@ -123,8 +123,21 @@ def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     metric = sweep.sweep.metric
-    dims = list(sweep.space)
-    fig, axes = plt.subplots(1, len(dims) + 1, figsize=(4.2 * (len(dims) + 1), 3.8), squeeze=False)
+    # A key that took one value in every trial it applies to says nothing here.
+    dims = [
+        d
+        for d in sweep.space
+        if len({str(r.overrides[d.key]) for r in rows if d.key in r.overrides}) > 1
+    ]
+    # The last panel is wider: its legend sits to the right of the curves.
+    widths = [1.0] * len(dims) + [1.4]
+    fig, axes = plt.subplots(
+        1,
+        len(dims) + 1,
+        figsize=(4.2 * sum(widths), 3.8),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     scored = [r for r in rows if r.best is not None]
     for ax, dim in zip(axes[0], dims, strict=False):
         points = [(r.overrides[dim.key], r) for r in scored if dim.key in r.overrides]
@@ -159,7 +172,7 @@ def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
     ax.set_title("best trial per family")
     ax.grid(alpha=0.3)
     if families:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(f"sweep {sweep.sweep.name}: {len(rows)} trials (hollow: stopped early)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -237,8 +237,14 @@ def run_sweep(sweep: Sweep) -> SweepResult:
             tracking.log_artifact(uri, parent, path)
         tracking.log_metrics(uri, parent, {"time/sweep_s": time.monotonic() - t0}, step=0)
         print(format_table(rows, sweep))
-        if not any(r.status in ("finished", "stopped early") for r in rows):
-            raise VidrayError(f"every trial failed: see {output / 'trials.csv'} and the Ray logs")
+        failed = [r for r in rows if r.status == "failed"]
+        if failed:
+            # Everything above is written and logged; the exit status still says that
+            # part of the sweep is missing, so a Ray job of it shows FAILED.
+            raise VidrayError(
+                f"{len(failed)} of {len(rows)} trials failed (trial {failed[0].index}: "
+                f"{failed[0].error or 'see the Ray logs'}): see {output / 'trials.csv'}"
+            )
         status = "FINISHED"
         return SweepResult(
             rows=rows, metric=settings.metric, output=output, parent_run_id=parent, tracking_uri=uri
