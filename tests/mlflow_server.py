@@ -20,8 +20,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(directory: Path) -> Iterator[tuple[str, Path]]:
-    """(tracking URI, artifact root) of a server that runs until the block ends."""
+def mlflow_server(
+    directory: Path, *, artifacts: str = "", env: dict[str, str] | None = None
+) -> Iterator[tuple[str, str]]:
+    """(tracking URI, artifact root) of a server that runs until the block ends;
+    ``artifacts`` defaults to a folder in ``directory`` (an s3:// root needs ``env``)."""
+    artifacts = artifacts or str(directory / "artifacts")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     log_path = directory / "server.log"
@@ -41,10 +45,11 @@ def mlflow_server(directory: Path) -> Iterator[tuple[str, Path]]:
                 "--backend-store-uri",
                 f"sqlite:///{directory / 'server.db'}",
                 "--artifacts-destination",
-                str(directory / "artifacts"),
+                artifacts,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         try:
             deadline = time.monotonic() + 120
@@ -57,7 +62,7 @@ def mlflow_server(directory: Path) -> Iterator[tuple[str, Path]]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"mlflow server did not start: {log_path}")
                 time.sleep(0.5)
-            yield uri, directory / "artifacts"
+            yield uri, artifacts
         finally:
             server.terminate()
             try:

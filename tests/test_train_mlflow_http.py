@@ -50,4 +50,4 @@ def test_training_logs_to_an_mlflow_server_over_http(
         run_id=result.run_id, artifact_path="config.yaml", tracking_uri=uri, dst_path=str(tmp_path)
     )
     assert "simple3d" in Path(local).read_text()
-    assert any(p.name == "state.pt" for p in artifact_root.rglob("state.pt"))
+    assert any(p.name == "state.pt" for p in Path(artifact_root).rglob("state.pt"))

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vidray import storage
 from vidray.config import ClipConfig
 from vidray.data.manifest import WINDOWS_DIR, read_dataset_info, read_manifest
 from vidray.data.shards import decode_images
@@ -225,11 +226,10 @@ def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]
     A shard holds windows of one video, and a video is in one split, so the
     manifest tells which files to read: training never opens the val shards.
     """
-    data_dir = Path(data_dir)
     rows = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
     if split is not None:
         rows = [r for r in rows if r["split"] == split]
-    files = sorted(str(data_dir / WINDOWS_DIR / shard) for r in rows for shard in r["shards"])
+    files = sorted(storage.join(data_dir, WINDOWS_DIR, s) for r in rows for s in r["shards"])
     if not files:
         where = f" in split {split!r}" if split is not None else ""
         raise VidrayError(f"{data_dir} has no window shards{where}: run `vidray ingest` first")
@@ -242,7 +242,7 @@ def clips_from_shards(
     """Read shards (only the columns the clip needs) and derive their clips, batch by batch."""
     columns = sampler.columns
     for path in paths:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(storage.open_input(path))
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             yield sampler(pa.Table.from_batches([batch]))
 

@@ -18,9 +18,11 @@ testable without Ray; `run_ingest` only wires them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vidray import storage
 from vidray.config import Config, FlowConfig, IngestConfig
 from vidray.data import decode
 from vidray.data.manifest import (
@@ -80,11 +83,16 @@ class IngestSummary:
 
 
 def _stat(path: str) -> tuple[int, float] | None:
-    try:
-        st = Path(path).stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime
+    return storage.stat(path)
+
+
+def scratch_dir(output: str) -> Path:
+    """Where a task writes a shard before it is published: inside a local output (the
+    rename is then atomic), or in the local temp dir for an object store."""
+    if not storage.is_uri(output):
+        return Path(output) / TMP_DIR
+    digest = hashlib.sha1(output.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"vidray-ingest-{digest}"
 
 
 def _manifest_row(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -115,7 +123,8 @@ def probe_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """Stage 1: probe one file. Adds its VideoInfo fields, or ``error`` when unreadable."""
     out = dict(entry, duration=None, fps=None, width=None, height=None, num_frames=None)
     try:
-        info = decode.probe(entry["path"])
+        with storage.local_file(entry["path"]) as local:
+            info = decode.probe(local)
     except VideoError as exc:
         out["error"] = str(exc)
         return out
@@ -282,8 +291,8 @@ def ingest_segment(
     # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
     cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
     estimator = _flow_estimator(flow)
-    output_dir = Path(output)
-    writer = ShardWriter(output_dir / WINDOWS_DIR / segment["shard"], tmp_dir=output_dir / TMP_DIR)
+    shard = storage.join(output, WINDOWS_DIR, segment["shard"])
+    writer = ShardWriter(shard, tmp_dir=scratch_dir(output))
     errors: list[str] = []
     padded = 0
     result = {
@@ -296,10 +305,12 @@ def ingest_segment(
         "error": None,
     }
     try:
-        for window, extra in _segment_windows(segment, ingest=ingest, errors=errors):
-            row = encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
-            writer.add({**row, **extra})
-            padded = max(padded, window.padded)
+        with storage.local_file(segment["path"]) as local:
+            windows = _segment_windows(dict(segment, path=str(local)), ingest=ingest, errors=errors)
+            for window, extra in windows:
+                row = encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
+                writer.add({**row, **extra})
+                padded = max(padded, window.padded)
     except VideoError as exc:
         errors.append(str(exc))
     except Exception as exc:  # a decoder/codec bug on one file must not stop the job
@@ -387,10 +398,10 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
 
     ingest, flow = cfg.ingest, cfg.flow
     _validate(cfg)
-    output = Path(ingest.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    output = storage.resolve(ingest.output)
+    storage.makedirs(output)
     check_storage_compatible(output, _storage(cfg))
-    shutil.rmtree(output / TMP_DIR, ignore_errors=True)  # leftovers of a killed run
+    shutil.rmtree(scratch_dir(output), ignore_errors=True)  # leftovers of a killed run
 
     t0 = time.monotonic()
     listing = list_sources(
@@ -416,7 +427,7 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
             and old["status"] == "ok"
             and stat == (old["size"], old["mtime"])
             and old["path"] == entry["path"]
-            and all((output / WINDOWS_DIR / s).exists() for s in old["shards"])
+            and all(storage.is_file(storage.join(output, WINDOWS_DIR, s)) for s in old["shards"])
         ):
             rows[vid] = old
             summary.skipped += 1
@@ -459,7 +470,7 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
             [{"segments": task} for task in tasks], override_num_blocks=len(tasks)
         ).flat_map(
             ingest_task,
-            fn_kwargs={"ingest": ingest, "flow": flow, "output": str(output)},
+            fn_kwargs={"ingest": ingest, "flow": flow, "output": output},
             num_cpus=ingest.cpus_per_task,
             num_gpus=ingest.gpus_per_task,
         )
@@ -490,7 +501,7 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
             summary.ingested += 1
     write_manifest(output, list(rows.values()))
     _remove_orphan_shards(output, rows.values())
-    shutil.rmtree(output / TMP_DIR, ignore_errors=True)
+    shutil.rmtree(scratch_dir(output), ignore_errors=True)
     write_dataset_info(
         output,
         {
@@ -536,11 +547,12 @@ def _reason(error: str | None) -> str:
     return text.split(": ", 1)[-1] if ": " in text else text
 
 
-def _remove_orphan_shards(output: Path, rows: Any) -> None:
+def _remove_orphan_shards(output: str, rows: Any) -> None:
     keep = {shard for row in rows for shard in row["shards"]}
-    for shard in (output / WINDOWS_DIR).glob("*.parquet"):
-        if shard.name not in keep:
-            shard.unlink()
+    windows = storage.join(output, WINDOWS_DIR)
+    for name in storage.list_files(windows):
+        if name.endswith(".parquet") and "/" not in name and name not in keep:
+            storage.remove(storage.join(windows, name))
 
 
 def _validate(cfg: Config) -> None:

@@ -11,7 +11,7 @@ the same output.
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from vidray import storage
 from vidray.errors import VidrayError
 
 MANIFEST_SCHEMA = pa.schema(
@@ -62,51 +63,49 @@ STORAGE_KEYS = (
 
 def read_manifest(output: str | Path) -> list[dict[str, Any]]:
     """The manifest rows of a previous run, or [] for a new output directory."""
-    path = Path(output) / MANIFEST_FILE
-    if not path.exists():
+    path = storage.join(output, MANIFEST_FILE)
+    if not storage.is_file(path):
         return []
     try:
-        return pq.read_table(path).to_pylist()
+        return pq.read_table(storage.open_input(path)).to_pylist()
     except (pa.ArrowInvalid, OSError) as exc:
         raise VidrayError(f"{path}: unreadable manifest ({exc}); delete it to re-ingest") from exc
 
 
-def write_manifest(output: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Write the manifest atomically (temp file, then rename)."""
-    path = Path(output) / MANIFEST_FILE
-    tmp = path.with_suffix(".parquet.tmp")
+def write_manifest(output: str | Path, rows: list[dict[str, Any]]) -> str:
+    """Write the manifest atomically (a temp file and a rename, or one object upload)."""
     rows = sorted(rows, key=lambda r: (r["path"], r["video_id"]))
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), buffer)
+    path = storage.join(output, MANIFEST_FILE)
+    storage.write_bytes(path, buffer.getvalue())
     return path
 
 
 def read_dataset_info(data_dir: str | Path) -> dict[str, Any]:
     """dataset.yaml of an ingest output: classes, storage parameters, counts."""
-    path = Path(data_dir) / DATASET_FILE
-    if not path.is_file():
+    path = storage.join(data_dir, DATASET_FILE)
+    if not storage.is_file(path):
         raise VidrayError(
             f"{data_dir} is not an ingest output (no {DATASET_FILE}); run `vidray ingest` first"
         )
-    return yaml.safe_load(path.read_text())
+    return yaml.safe_load(storage.read_bytes(path))
 
 
 def write_dataset_info(output: str | Path, info: dict[str, Any]) -> None:
-    path = Path(output) / DATASET_FILE
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(info, sort_keys=False, allow_unicode=True))
-    os.replace(tmp, path)
+    text = yaml.safe_dump(info, sort_keys=False, allow_unicode=True)
+    storage.write_bytes(storage.join(output, DATASET_FILE), text.encode())
 
 
-def check_storage_compatible(output: str | Path, storage: dict[str, Any]) -> None:
+def check_storage_compatible(output: str | Path, parameters: dict[str, Any]) -> None:
     """Refuse to mix shards written with different storage parameters in one output."""
-    path = Path(output) / DATASET_FILE
-    if not path.is_file():
+    path = storage.join(output, DATASET_FILE)
+    if not storage.is_file(path):
         return
-    previous = (yaml.safe_load(path.read_text()) or {}).get("storage", {})
+    previous = (yaml.safe_load(storage.read_bytes(path)) or {}).get("storage", {})
     for key in STORAGE_KEYS:
-        if key in previous and previous[key] != storage[key]:
+        if key in previous and previous[key] != parameters[key]:
             raise VidrayError(
-                f"{output} was ingested with {key}={previous[key]}, not {storage[key]}: "
+                f"{output} was ingested with {key}={previous[key]}, not {parameters[key]}: "
                 "use a new --output, or the same value"
             )

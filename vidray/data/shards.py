@@ -16,7 +16,6 @@ aspect ratios live in one dataset without an extension type that pins a shape.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vidray import storage
 from vidray.errors import VidrayError
 
 WINDOW_SCHEMA = pa.schema(
@@ -117,10 +117,11 @@ class ShardWriter:
     """
 
     def __init__(self, path: str | Path, *, tmp_dir: str | Path, rows_per_group: int = 4):
-        self.path = Path(path)
+        self.path = str(path)  # a local path or a URI (`vidray.storage`)
         tmp_dir = Path(tmp_dir)
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp = tmp_dir / f"{self.path.stem}.{uuid.uuid4().hex}.tmp"
+        stem = Path(self.path.rsplit("/", 1)[-1]).stem
+        self._tmp = tmp_dir / f"{stem}.{uuid.uuid4().hex}.tmp"
         self._rows: list[dict[str, Any]] = []
         self._rows_per_group = rows_per_group
         self._writer: pq.ParquetWriter | None = None
@@ -149,11 +150,11 @@ class ShardWriter:
         """Publish the shard; returns its size in bytes."""
         self._flush()
         if self._writer is None:
-            raise VidrayError(f"no windows to write for shard {self.path.name}")
+            raise VidrayError(f"no windows to write for shard {self.path}")
         self._writer.close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, self.path)
-        return self.path.stat().st_size
+        size = self._tmp.stat().st_size
+        storage.upload(self._tmp, self.path)
+        return size
 
     def abort(self) -> None:
         if self._writer is not None:

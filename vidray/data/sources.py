@@ -36,10 +36,11 @@ import hashlib
 import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from vidray import storage
 from vidray.errors import VidrayError
 
 LAYOUTS = ("folders", "flat", "csv", "ucf101", "kinetics", "ava")
@@ -140,6 +141,15 @@ def list_sources(
             f"test_fraction must be in [0, 1) and leave videos to train, got {test_fraction} "
             f"with val_fraction {val_fraction}"
         )
+    if storage.is_uri(input_path):
+        rows, classes = _remote(input_path, layout=layout)
+        entries = _finish(
+            rows,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            stratified=layout != "flat",
+        )
+        return SourceListing(entries=entries, classes=classes)
     path = os.path.abspath(os.path.expanduser(input_path))
     if not os.path.exists(path):
         raise VidrayError(f"input path {input_path} does not exist: check the ingest input")
@@ -190,20 +200,46 @@ def _ava(root: str) -> SourceListing:
     return SourceListing(entries=entries, classes=classes, class_ids=ids)
 
 
+def _remote(uri: str, *, layout: str) -> tuple[list[_Row], list[str]]:
+    """The folders or flat layout under an object-store prefix (s3://, gs://): the
+    same rules, with class folders found from the files' keys (a store has no empty
+    folders). Ingest tasks copy each video to local disk to decode it."""
+    if layout not in ("folders", "flat"):
+        raise VidrayError(
+            f"layout '{layout}' reads local files; for {uri} use layout folders or flat "
+            "(or copy the dataset to a local disk)"
+        )
+    files = [rel for rel in storage.list_files(uri) if all(_visible(p) for p in rel.split("/"))]
+    if not files:
+        raise VidrayError(f"input path {uri} holds no files: check the ingest input")
+    if layout == "flat":
+        return [
+            _Row(path=storage.join(uri, rel), video_id=_strip_extension(rel)) for rel in files
+        ], []
+    classes = sorted({rel.split("/", 1)[0] for rel in files if "/" in rel})
+    return _class_rows(files, classes, lambda rel: storage.join(uri, rel)), classes
+
+
 def _folders(root: str) -> tuple[list[_Row], list[str]]:
     with os.scandir(root) as items:
         classes = sorted(item.name for item in items if _visible(item.name) and item.is_dir())
+    rows = _class_rows(_walk_files(root), classes, lambda rel: os.path.join(root, rel))
+    return rows, classes
+
+
+def _class_rows(files: list[str], classes: list[str], path_of: Callable[[str], str]) -> list[_Row]:
+    """Rows of files named relative to the root: the first folder is the class."""
     index = {name: label for label, name in enumerate(classes)}
     rows = []
-    for rel in _walk_files(root):
+    for rel in files:
         class_name, inside, _ = rel.partition("/")
-        row = _Row(path=os.path.join(root, rel), video_id=_strip_extension(rel))
+        row = _Row(path=path_of(rel), video_id=_strip_extension(rel))
         if inside:
             row.label, row.label_name = index[class_name], class_name
         else:
             row.error = "not inside a class folder: move it to <root>/<class>/ or use layout 'flat'"
         rows.append(row)
-    return rows, classes
+    return rows
 
 
 def _flat(root: str) -> list[_Row]:

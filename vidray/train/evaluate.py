@@ -115,7 +115,7 @@ def _predict_with_ray(
 
     init_ray(cfg.ray)
     clips = read_clips(
-        Path(data).resolve(),  # Ray workers run in other directories
+        storage.resolve(data),  # Ray workers run in other directories
         split=cfg.eval.split,
         clip=trained.clip,
         flow_L=trained.flow.L,
@@ -182,7 +182,7 @@ def run_evaluation(cfg: Config) -> EvalReport:
     model, trained, meta = load_model(cfg.eval.checkpoint)
     classes: list[str] = list(meta["classes"])
     data = cfg.eval.data or trained.train.data
-    if not Path(data).is_dir():
+    if not storage.exists(data):
         raise VidrayError(f"evaluation data {data!r} not found: pass --data DIR")
 
     views = cfg.eval.temporal_views * cfg.eval.spatial_views
