@@ -51,7 +51,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from vidray.errors import VidrayError
 
@@ -60,6 +60,7 @@ __all__ = [
     "AVA_TIME_OFFSET",
     "Annotations",
     "Box",
+    "ByKeyframe",
     "Detection",
     "Detections",
     "KeyframeKey",
@@ -156,28 +157,20 @@ class Problem:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
-@dataclass(frozen=True)
-class Annotations:
-    """Ground truth grouped by keyframe, in key order, and the rows left out."""
-
-    keyframes: dict[KeyframeKey, list[LabeledBox]]
-    problems: list[Problem] = field(default_factory=list)
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
-class Proposals:
-    """Person proposals by keyframe, in key order, and the rows left out."""
+class ByKeyframe(Generic[Item]):
+    """What a file holds by keyframe, in key order, and the rows it left out."""
 
-    keyframes: dict[KeyframeKey, list[ScoredBox]]
+    keyframes: dict[KeyframeKey, list[Item]]
     problems: list[Problem] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Detections:
-    """Action detections by keyframe, in key order, and the rows left out."""
-
-    keyframes: dict[KeyframeKey, list[Detection]]
-    problems: list[Problem] = field(default_factory=list)
+Annotations = ByKeyframe[LabeledBox]  # ground truth: people with their actions
+Proposals = ByKeyframe[ScoredBox]  # person boxes with the detector's score
+Detections = ByKeyframe[Detection]  # scored actions of boxes
 
 
 @dataclass(frozen=True)
