@@ -5,9 +5,11 @@
         train shard (Ray Data, new random clips each epoch) -> DDP forward/backward,
             gradient accumulation, clipping, bf16 autocast, LR set every step
         all-reduce train loss / accuracy
-        rank 0: val clips -> clip and video accuracy; checkpoint; MLflow metrics
+        rank 0: validation (video accuracy, or frame-mAP); checkpoint; MLflow metrics
         ray.train.report(metrics, checkpoint from rank 0)
 
+What differs between classification and detection (the model, the batches,
+the loss, validation) is the task's (`vidray.train.tasks`); the loop is one.
 Validation runs on rank 0 with the unwrapped module: a DDP forward on one
 rank alone would wait forever for the others' buffer broadcast.
 """
