@@ -96,6 +96,8 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
         raise VidrayError(f"flow.L={cfg.flow.L} exceeds the {windows - 1} flow fields per window")
     if len(info["classes"]) < 2:
         raise VidrayError(f"{cfg.train.data} has {len(info['classes'])} classes; training needs 2+")
+    if cfg.optim.lr < 0:
+        raise VidrayError(f"optim.lr must be >= 0, got {cfg.optim.lr}")
     if cfg.train.grad_accum < 1:
         raise VidrayError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
     model = check_model(cfg, num_classes=len(info["classes"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,17 @@ def trial_rows(grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict
                 curve=curve,
                 best=(max(curve, key=lambda v: sign * v) if curve else None),
                 run_id=run.info.run_id if run is not None else "",
-                error=str(result.error).splitlines()[0] if result and result.error else "",
+                error=_reason(result.error) if result and result.error else "",
             )
         )
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best or 0.0), r.index))
     return rows
+
+
+def _reason(error: BaseException) -> str:
+    """The exception at the bottom of Ray's wrapped trial error, as one plain line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return re.sub(r"\x1b\[[0-9;]*m", "", lines[-1] if lines else type(error).__name__)
 
 
 def _columns(sweep: Sweep) -> list[str]:
