@@ -357,3 +357,8 @@ def test_the_train_command_exits_2_with_one_line_on_a_label_mismatch(motion_data
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "dataset.yaml lists 3 classes" in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_a_negative_learning_rate_fails_before_training(ray_local, motion_data, tmp_path):
+    with pytest.raises(VidrayError, match=r"optim.lr must be >= 0, got -0.1"):
+        run_training(tiny_config(motion_data, tmp_path, "optim.lr=-0.1"))
