@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+from commands import REPO, run_module
 
 
 def vidray(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vidray.cli", *args],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("vidray.cli", *args, cwd=cwd, timeout=120)
 
 
 def test_help_lists_the_commands():
@@ -77,14 +67,7 @@ def test_config_typo_is_one_line_without_traceback(tmp_path):
 
 
 def test_pipeline_module_reports_a_missing_config_file(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", "--config", str(tmp_path / "none.yaml")],
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_module("pipelines.train", "--config", str(tmp_path / "none.yaml"), timeout=120)
     assert out.returncode == 2
     assert "config file not found" in out.stderr and "Traceback" not in out.stderr
 

@@ -216,28 +216,16 @@ def test_ray_batch_inference_predicts_what_the_in_process_path_does(
 
 
 def test_the_evaluate_command_takes_views_and_output_as_flags(checkpoint, single_view, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from commands import run_module
 
     directory, uri, *_ = checkpoint
-    repo = Path(__file__).resolve().parents[1]
-    command = [
-        sys.executable,
-        "-m",
+    out = run_module(
         "vidray.cli",
         "evaluate",
-        "--checkpoint",
-        f"file://{directory}",
-    ]
-    flags = ["--temporal-views", "2", "--spatial-views", "3", "--output", str(tmp_path / "out")]
-    out = subprocess.run(
-        [*command, *flags, f"mlflow.tracking_uri={uri}"],
+        f"--checkpoint=file://{directory}",
+        *("--temporal-views", "2", "--spatial-views", "3", "--output", str(tmp_path / "out")),
+        f"mlflow.tracking_uri={uri}",
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     rows = _read_csv(tmp_path / "out" / "predictions.csv")

@@ -329,29 +329,18 @@ def test_an_unlabeled_training_video_fails_before_training(ray_local, motion_dat
 
 def test_the_train_command_exits_2_with_one_line_on_a_label_mismatch(motion_data, tmp_path):
     """The same check through ``python -m pipelines.train``, as a Ray job would run it."""
-    import os
-    import subprocess
-    import sys
+    from commands import run_module
 
     three = yaml.safe_load((motion_data / "dataset.yaml").read_text())["classes"][:3]
     data = doctored(motion_data, tmp_path, classes=three)
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.train",
-            "--data",
-            str(data),
-            *TINY,
-            "ray.num_cpus=1",
-            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        ],
+    out = run_module(
+        "pipelines.train",
+        "--data",
+        str(data),
+        *TINY,
+        "ray.num_cpus=1",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(repo)},
-        capture_output=True,
-        text=True,
-        timeout=180,
     )
     assert out.returncode == 2, out.stderr[-2000:]
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
