@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision.models import get_model
+from untrained import save_untrained
 
 from vidray.cli import main
 from vidray.config import load_config
@@ -34,7 +35,6 @@ from vidray.detect.ava_files import (
     write_proposals,
 )
 from vidray.detect.persons import COCO_CLASSES, COCO_PERSON
-from vidray.train.checkpoints import save_checkpoint
 from vidray.train.tasks import task_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,18 +55,7 @@ def _save(directory: Path, overrides: list[str], classes: list[str], dataset: di
     cfg = load_config(None, overrides)
     torch.manual_seed(0)
     model = task_of(cfg).build(cfg, len(classes))
-    return save_checkpoint(
-        directory,
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        scheduler={"global_step": 0},
-        epoch=0,
-        cfg=cfg,
-        classes=classes,
-        run_id="",
-        metrics={},
-        dataset=dataset,
-    )
+    return save_untrained(directory, model, cfg, classes, dataset=dataset)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from untrained import save_untrained
 
 from vidray import tracking
 from vidray.config import load_config
 from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import read_dataset_info
 from vidray.errors import VidrayError
-from vidray.train.checkpoints import save_checkpoint
 from vidray.train.evaluate import run_evaluation
 from vidray.train.inputs import model_input
 from vidray.train.loop import build_model
@@ -40,17 +40,7 @@ def checkpoint(motion_data, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg, len(classes))
     run_id = tracking.start_run(cfg, uri=uri, run_name="tiny-eval")
-    directory = save_checkpoint(
-        tmp_path / "checkpoint",
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        scheduler={"global_step": 0},
-        epoch=0,
-        cfg=cfg,
-        classes=classes,
-        run_id=run_id,
-        metrics={},
-    )
+    directory = save_untrained(tmp_path / "checkpoint", model, cfg, classes, run_id=run_id)
     return directory, uri, run_id, cfg, classes, model.eval()
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from untrained import save_untrained
 
 from vidray.config import Config
 from vidray.errors import VidrayError
 from vidray.models import build
 from vidray.models.detector import ActionDetector, BackboneFeatures, build_detector
 from vidray.models.flops import count_params
-from vidray.train.checkpoints import save_checkpoint
 
 SMALL_SLOWFAST = {"width": 8, "alpha": 4}  # fast pathway width 1, slow pathway 2 of 8 frames
 CLIPS = (3, 3, 8, 64, 64)  # B, C, T, H, W: a 4×4 map at stride 16
@@ -155,17 +155,8 @@ def test_a_saved_state_dict_loads_into_the_backbone_without_its_head(tmp_path):
 
 def test_a_vidray_training_checkpoint_loads_into_the_backbone(tmp_path):
     classifier = _kinetics_classifier()
-    directory = save_checkpoint(
-        tmp_path / "checkpoint",
-        model=classifier,
-        optimizer=torch.optim.SGD(classifier.parameters(), lr=0.1),
-        scheduler={"global_step": 0},
-        epoch=0,
-        cfg=Config(),
-        classes=[f"action{i}" for i in range(7)],
-        run_id="run",
-        metrics={},
-    )
+    classes = [f"action{i}" for i in range(7)]
+    directory = save_untrained(tmp_path / "checkpoint", classifier, Config(), classes)
     detector = small_detector(pretrained_backbone=str(directory))
     _assert_backbone_holds(detector, classifier)
 
