@@ -132,6 +132,13 @@ def test_checkpoint_holds_the_model_and_its_run(trained):
         ["translate_left", "translate_right", "translate_up", "translate_down"]
     )
     assert meta["epoch"] in (0, 1)
+    # The best epoch by the selection rule, recomputed from what MLflow logged.
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    top1, loss = (
+        {m.step: m.value for m in client.get_metric_history(result.run_id, name)}
+        for name in ("val/video_top1", "val/loss")
+    )
+    assert meta["epoch"] == max((0, 1), key=lambda e: (top1[e], -loss[e], e))
     assert any(isinstance(v, torch.Tensor) for v in state["model"].values())
     assert state["scheduler"]["global_step"] == state["global_step"] > 0
     last, _ = load_checkpoint(result.last_checkpoint)

@@ -33,6 +33,29 @@ from vidray.train.loop import build_model, train_loop_per_worker
 from vidray.train.tasks import task_of
 
 
+def select_best(kept: Sequence[tuple[Any, dict[str, Any]]], metric: str) -> tuple[Any, dict]:
+    """The best of the (checkpoint, metrics) pairs Ray kept: highest ``metric``, then
+    lowest val loss, then the latest epoch.
+
+    A small val set ties often (8 videos give accuracy in steps of 1/8); taking the
+    first epoch to reach the top score picked a less trained model than a later
+    epoch with the same accuracy and a lower loss.
+    """
+    if not kept:
+        raise VidrayError("training reported no checkpoint")
+
+    def rank(pair: tuple[Any, dict[str, Any]]) -> tuple[float, float, float]:
+        metrics = pair[1]
+        loss = metrics.get(tracking.VAL_LOSS, math.inf)
+        return (
+            metrics.get(metric, -math.inf),
+            -loss if math.isfinite(loss) else -math.inf,
+            metrics.get("epoch", -1),
+        )
+
+    return max(kept, key=rank)
+
+
 @dataclass
 class TrainResult:
     run_id: str
@@ -273,12 +296,7 @@ def run_training(
             dataset_config=DataConfig(datasets_to_split=["train"]),
         )
         result = trainer.fit()
-        if not result.best_checkpoints:
-            raise VidrayError("training reported no checkpoint")
-        # Ray keeps the top checkpoints by the task's metric; report the best one.
-        best, best_metrics = max(
-            result.best_checkpoints, key=lambda kept: kept[1].get(task.metric, -1.0)
-        )
+        best, best_metrics = select_best(result.best_checkpoints, task.metric)
         with tempfile.TemporaryDirectory() as tmp:
             config_file = Path(tmp) / "config.yaml"
             config_file.write_text(cfg.to_yaml())

@@ -1,0 +1,45 @@
+"""Which of the checkpoints Ray kept becomes the run's best (what `vidray evaluate`
+and the MLflow `checkpoint` artifact get)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vidray.errors import VidrayError
+from vidray.train.driver import select_best
+
+METRIC = "val/video_top1"
+
+
+def kept(*epochs: tuple[int, float, float]) -> list[tuple[str, dict]]:
+    """(epoch, accuracy, val loss) -> the (checkpoint, metrics) pairs Ray returns."""
+    return [
+        (f"checkpoint_{epoch}", {"epoch": epoch, METRIC: accuracy, "val/loss": loss})
+        for epoch, accuracy, loss in epochs
+    ]
+
+
+def test_higher_val_accuracy_wins_over_lower_loss():
+    best, metrics = select_best(kept((4, 1.0, 0.9), (7, 0.875, 0.2)), METRIC)
+    assert best == "checkpoint_4" and metrics["epoch"] == 4
+
+
+def test_a_tie_in_accuracy_goes_to_the_lower_val_loss():
+    # The failure this rule fixes: epoch 5 reached 1.0 first, epoch 8 matched it
+    # with a lower loss and generalised better; the first of the tie was taken.
+    assert select_best(kept((5, 1.0, 0.61), (8, 1.0, 0.35)), METRIC)[0] == "checkpoint_8"
+    assert select_best(kept((5, 1.0, 0.35), (8, 1.0, 0.61)), METRIC)[0] == "checkpoint_5"
+
+
+def test_a_full_tie_goes_to_the_later_epoch():
+    assert select_best(kept((2, 0.5, 0.7), (6, 0.5, 0.7)), METRIC)[0] == "checkpoint_6"
+
+
+def test_a_missing_loss_ranks_below_any_loss_among_equals():
+    pairs = [("a", {"epoch": 3, METRIC: 0.75}), ("b", {"epoch": 1, METRIC: 0.75, "val/loss": 2.0})]
+    assert select_best(pairs, METRIC)[0] == "b"
+
+
+def test_no_checkpoint_is_a_one_line_error():
+    with pytest.raises(VidrayError, match="no checkpoint"):
+        select_best([], METRIC)
