@@ -7,6 +7,7 @@ would fail, so the sweeps passing proves that clips come from the shards alone.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -258,3 +259,42 @@ def test_a_sweep_that_exists_needs_resume_and_resume_needs_a_sweep(sweep_data, t
     (tmp_path / "runs" / "once").mkdir(parents=True)
     with pytest.raises(VidrayError, match=r"sweep 'once' exists .*pass --resume"):
         run_sweep(load_sweep(path, ["sweep.resume=false"]))
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_reported_and_the_sweep_exits_2_after_writing_everything(
+    sweep_data, tmp_path, capsys
+):
+    """Trial 1 reads a copy of the data with a damaged val shard: it fails at its
+    first validation, trial 0 finishes, and the sweep still writes its table."""
+    from vidray.cli import run_command
+    from vidray.data.clips import window_files
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sweep_data, damaged)
+    shard = Path(window_files(damaged, split="val")[0])
+    shard.write_bytes(b"not parquet")
+    path = write_sweep(
+        tmp_path,
+        sweep_data,
+        {"train.data": {"grid": [str(sweep_data), str(damaged)]}},
+        {"name": "broken", "scheduler": "fifo"},
+        epochs=1,
+        max_failures=0,
+    )
+    code = run_command("tune", ["--config", str(path)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert code == 2
+    assert len(errors) == 1 and "1 of 2 trials failed (trial 1: damaged window shard" in errors[0]
+    with (tmp_path / "out" / "trials.csv").open() as f:
+        rows = {row["trial"]: row for row in csv.DictReader(f)}
+    assert sorted(row["status"] for row in rows.values()) == ["failed", "finished"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.search_runs(
+        experiment_ids=[client.get_experiment_by_name("sweeps").experiment_id],
+        filter_string="attributes.run_name = 'broken'",
+    )[0]
+    assert parent.info.status == "FAILED"
+    assert {"trials.csv", "sweep.png", "best_config.yaml"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }

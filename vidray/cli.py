@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vidray.config import Config, load_config
-from vidray.errors import VidrayError
+from vidray.errors import VidrayError, user_error
 
 if TYPE_CHECKING:
     from vidray.tune.space import Sweep
@@ -168,8 +168,13 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
 
             init_ray(loaded.ray)
         return command.run(loaded)
-    except VidrayError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # A user's mistake met on a Ray worker (a damaged shard) comes back wrapped
+        # in Ray's exception types; `user_error` finds it.
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        print(f"{parser.prog}: error: {cause}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)

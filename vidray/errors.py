@@ -13,3 +13,32 @@ class VidrayError(Exception):
 
 class VideoError(VidrayError):
     """A video file that cannot be probed or decoded; ingest quarantines it."""
+
+
+def user_error(error: BaseException) -> VidrayError | None:
+    """The `VidrayError` at the root of ``error``, or None when there is none (a bug).
+
+    Ray re-raises what fails elsewhere wrapped in its own types: a train worker's
+    failure in a ``WorkerGroupError`` (``worker_failures``), a task's exception
+    in a ``RayTaskError`` (``cause``), a controller's in ``controller_failure``.
+    The user's mistake is then several links down, and its message is the line
+    to show.
+    """
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        # Ray's wrappers subclass the wrapped type too (``RayTaskError(VidrayError)``),
+        # with a traceback for a message: only our own classes carry the one line.
+        if isinstance(current, VidrayError) and type(current).__module__ == __name__:
+            return current
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict):
+            pending.extend(failures.values())
+        for link in ("cause", "controller_failure", "__cause__", "__context__"):
+            linked = getattr(current, link, None)
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return None

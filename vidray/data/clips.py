@@ -240,11 +240,26 @@ def clips_from_shards(
     paths: Iterable[str], sampler: Any, *, batch_rows: int
 ) -> Iterator[dict[str, np.ndarray]]:
     """Read shards (only the columns the clip needs) and derive their clips, batch by batch."""
-    columns = sampler.columns
     for path in paths:
-        parquet = pq.ParquetFile(storage.open_input(path))
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in shard_batches(path, columns=sampler.columns, batch_rows=batch_rows):
             yield sampler(pa.Table.from_batches([batch]))
+
+
+def shard_batches(
+    path: str, *, columns: list[str] | None, batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """The record batches of one shard. A shard the manifest names but that is gone
+    or damaged (a partial copy, a bad disk) is a `VidrayError` naming the file."""
+    try:
+        parquet = pq.ParquetFile(storage.open_input(path))
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        kind = "missing" if isinstance(exc, FileNotFoundError) else "damaged"
+        raise VidrayError(
+            f"{kind} window shard {path} ({str(exc).splitlines()[0]}): delete it and run "
+            "`vidray ingest` again with the same config, which re-ingests the videos whose "
+            "shards are gone"
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vidray.errors import user_error
 from vidray.tune.space import Sweep, trial_name
 
 
@@ -63,7 +64,11 @@ def trial_rows(grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict
 
 
 def _reason(error: BaseException) -> str:
-    """The exception at the bottom of Ray's wrapped trial error, as one plain line."""
+    """Why a trial failed, as one plain line: the user's mistake when Ray's wrappers
+    hold one (`user_error`), else the last line of the wrapped error."""
+    cause = user_error(error)
+    if cause is not None:
+        return str(cause)
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return re.sub(r"\x1b\[[0-9;]*m", "", lines[-1] if lines else type(error).__name__)
 
