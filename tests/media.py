@@ -112,6 +112,7 @@ def make_video(
     faststart: bool = False,
     grain: int = 0,
     options: dict[str, str] | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Write `num_frames` index frames (see `index_frame`) of `size` (width, height).
 
@@ -121,7 +122,8 @@ def make_video(
     `faststart` puts the MP4/MOV index before the data, as streaming sites do, so
     a file cut short still has its index. `grain`: see `index_frame`.
     `options` go to the encoder on top of high-quality defaults, e.g. ``{"g": "10"}``
-    for a keyframe every 10 frames.
+    for a keyframe every 10 frames. `rotation`: a display rotation in degrees
+    counterclockwise (the frames are stored as drawn, as a phone stores them).
     """
     path = Path(path)
     codec = codec or DEFAULT_CODECS[path.suffix.lower()]
@@ -140,6 +142,7 @@ def make_video(
         options={**_QUALITY.get(codec, {}), **(options or {})},
         timestamps=timestamps,
         container_options=container_options,
+        rotation=rotation,
     )
 
 

@@ -96,6 +96,7 @@ def hostile_tree(tmp_path_factory):
     add(make_video(a / "short.mp4", num_frames=4), "ok")
     add(make_video(b / "tiny.mp4", num_frames=12, size=(18, 10)), "ok")
     add(make_video(b / "odd.avi", num_frames=12, size=(97, 61)), "ok")
+    add(make_video(b / "portrait.mp4", num_frames=12, size=(64, 48), rotation=-90), "ok")
     add(make_video(b / "fast.mp4", num_frames=120, fps=120), "ok")
     add(make_video(b / "slow.mp4", num_frames=6, fps=2), "ok")
     add(make_audio_only(b / "audio.m4a"), "quarantined")
@@ -156,6 +157,14 @@ def test_sizes_are_resized_to_the_short_side_with_even_dimensions(hostile_output
         table = pq.read_table(output / "windows" / row["shards"][0], columns=["height", "width"])
         h, w = table["height"][0].as_py(), table["width"][0].as_py()
         assert min(h, w) == 32 and h % 2 == 0 and w % 2 == 0
+
+
+def test_a_rotated_phone_video_is_stored_upright(hostile_output):
+    output, _ = hostile_output
+    row = next(m for m in read_manifest(output) if m["video_id"] == "beta/portrait")
+    assert (row["width"], row["height"]) == (48, 64)
+    table = pq.read_table(output / "windows" / row["shards"][0], columns=["height", "width"])
+    assert (table["width"][0].as_py(), table["height"][0].as_py()) == (32, 42)
 
 
 def test_high_and_low_fps_share_the_base_rate(hostile_output):

@@ -60,7 +60,7 @@ class VideoInfo:
 
     duration: float  # seconds from the first frame until the last frame ends
     fps: float  # average frame rate: num_frames / duration
-    width: int
+    width: int  # as shown: after the stream's display rotation (portrait phone video)
     height: int
     num_frames: int  # frames in the stream (as stored, not resampled)
     codec: str
@@ -151,11 +151,12 @@ def probe(path: str | Path) -> VideoInfo:
         with _open(path) as container:
             timing = _packet_timing(path, container)
     duration, num_frames = timing
+    width, height = _upright_size(first)
     return VideoInfo(
         duration=duration,
         fps=num_frames / duration,
-        width=first.width,
-        height=first.height,
+        width=width,
+        height=height,
         num_frames=num_frames,
         codec=codec,
     )
@@ -182,6 +183,23 @@ def _open(path: Path) -> av.container.InputContainer:
         container.close()
         raise VideoError(f"{path}: no video stream (streams: {', '.join(kinds)})")
     return container
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counterclockwise quarter turns that show `frame` upright.
+
+    Phones store portrait video as landscape frames plus a display matrix that
+    players apply; ignoring it would train on sideways people. Rotations that
+    are not a multiple of 90 degrees (never seen from a camera) round to one.
+    """
+    return round(frame.rotation / 90) % 4
+
+
+def _upright_size(frame: av.VideoFrame) -> tuple[int, int]:
+    """(width, height) of `frame` as shown, after its display rotation."""
+    if _quarter_turns(frame) % 2:
+        return frame.height, frame.width
+    return frame.width, frame.height
 
 
 def _reason(error: Exception) -> str:
@@ -535,18 +553,19 @@ def _grid_frames(
         reformatter = av.video.reformatter.VideoReformatter()
         timed = _timed(_decode_from(container, stream, start_sec + k / fps, failure), stream)
 
-        size = (0, 0)
+        size, turns = (0, 0), 0
         cur: av.VideoFrame | None = None  # the frame shown at grid time k
         cur_t = cur_duration = 0.0
         prev_t: float | None = None
         rgb: np.ndarray | None = None  # cur converted, once it is picked
         for t, duration, frame in timed:
             if cur is None:
-                size = output_size(frame.width, frame.height, short_side)
+                size = output_size(*_upright_size(frame), short_side)
+                turns = _quarter_turns(frame)
             else:
                 # `frame` replaces `cur` at time t: grid times before t show `cur`.
                 while k < stop and start_sec + k / fps < t - _TIME_EPS:
-                    rgb = rgb if rgb is not None else _to_rgb(cur, size, path, reformatter)
+                    rgb = rgb if rgb is not None else _to_rgb(cur, size, turns, path, reformatter)
                     yield rgb
                     k += 1
                 if k >= stop:
@@ -564,7 +583,7 @@ def _grid_frames(
         end = cur_t + (cur_duration or _last_frame_seconds(None, cur_t, prev_t, stream))
         stop = min(stop, grid_frame_count(end, fps, start_sec=start_sec))
         while k < stop:
-            rgb = rgb if rgb is not None else _to_rgb(cur, size, path, reformatter)
+            rgb = rgb if rgb is not None else _to_rgb(cur, size, turns, path, reformatter)
             yield rgb
             k += 1
         if failure:
@@ -675,15 +694,18 @@ def _timed(
 def _to_rgb(
     frame: av.VideoFrame,
     size: tuple[int, int],
+    turns: int,
     path: Path,
     reformatter: av.video.reformatter.VideoReformatter,
 ) -> np.ndarray:
-    """Convert and resize in swscale; the result is read-only as it may be repeated.
+    """Convert and resize in swscale, then turn upright (``turns`` counterclockwise
+    quarter turns) to ``size`` (width, height as shown); the result is read-only
+    as it may be repeated.
 
     One `reformatter` serves a whole video: ``frame.to_ndarray(width=...)`` would
     build a new swscale context for every frame, which cost more than decoding.
     """
-    width, height = size
+    width, height = size if turns % 2 == 0 else size[::-1]
     shrinking = width * height < frame.width * frame.height
     try:
         rgb = reformatter.reformat(
@@ -697,5 +719,7 @@ def _to_rgb(
         raise VideoError(
             f"{path}: cannot convert {frame.format.name} frames to RGB ({_reason(e)})"
         ) from e
+    if turns:
+        rgb = np.ascontiguousarray(np.rot90(rgb, turns))
     rgb.flags.writeable = False
     return rgb

@@ -63,6 +63,7 @@ def write_video(
     options: dict[str, str] | None = None,
     timestamps: Sequence[float] | None = None,
     container_options: dict[str, str] | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Encode uint8 RGB frames (H, W, 3), or one (N, H, W, 3) array, to `path`.
 
@@ -71,7 +72,9 @@ def write_video(
     the muxer (e.g. ``{"movflags": "+faststart"}``). Frames are ``1/fps`` apart
     unless `timestamps` gives each frame's presentation time in seconds (strictly
     increasing), which writes a variable-frame-rate stream; `fps` is then only
-    the nominal rate.
+    the nominal rate. `rotation` (degrees counterclockwise) is written as the
+    stream's display matrix, as phones store portrait video: players, and
+    vidray's decoder, turn the frames by it to show them.
 
     An odd frame size with a subsampled `pix_fmt` on an encoder that needs even
     sizes (libx264) switches to the full-chroma format (yuv420p -> yuv444p);
@@ -102,6 +105,8 @@ def write_video(
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
             if options:
                 stream.options = dict(options)
+            if rotation:
+                stream.set_display_rotation(rotation)
             if timestamps is not None:
                 stream.codec_context.time_base = _VFR_TIME_BASE
                 stream.time_base = _VFR_TIME_BASE
