@@ -32,6 +32,7 @@ __all__ = [
     "make_audio_only",
     "make_mpegts",
     "make_text_file",
+    "make_thumbnail_first",
     "make_truncated",
     "make_vfr_video",
     "make_video",
@@ -208,13 +209,29 @@ def make_with_garbage(
     return path
 
 
-def make_audio_only(path: str | Path, *, seconds: float = 1.0, sample_rate: int = 44100) -> Path:
-    """A file with one AAC audio stream (a 440 Hz tone) and no video (.m4a, .mp4, .mkv)."""
+def _add_still(container: av.container.OutputContainer, *, cover: bool) -> list[av.Packet]:
+    """Add a video stream of one grey 80x60 JPEG picture, marked as cover art if
+    `cover`; its packets, to mux once every stream is added."""
+    still = container.add_stream("mjpeg", rate=1)
+    still.width, still.height, still.pix_fmt = 80, 60, "yuvj420p"
+    if cover:
+        still.disposition = av.stream.Disposition.attached_pic
+    picture = av.VideoFrame.from_ndarray(np.full((60, 80, 3), 200, np.uint8), format="rgb24")
+    return [*still.encode(picture), *still.encode(None)]
+
+
+def make_audio_only(
+    path: str | Path, *, seconds: float = 1.0, sample_rate: int = 44100, cover: bool = False
+) -> Path:
+    """A file with one AAC audio stream (a 440 Hz tone) and no video (.m4a, .mp4, .mkv).
+    ``cover`` (.mp4, .mkv) adds album art: a one-picture video stream marked as attached picture."""
     path = Path(path)
     samples = int(seconds * sample_rate)
     tone = np.sin(2 * np.pi * 440 * np.arange(samples) / sample_rate).astype(np.float32)
     with av.open(str(path), "w") as container:
+        still = _add_still(container, cover=True) if cover else []
         stream = container.add_stream("aac", rate=sample_rate)
+        container.mux(still)
         chunk = 1024
         for start in range(0, samples, chunk):
             frame = av.AudioFrame.from_ndarray(
@@ -223,6 +240,22 @@ def make_audio_only(path: str | Path, *, seconds: float = 1.0, sample_rate: int 
             frame.sample_rate, frame.pts = sample_rate, start
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+    return path
+
+
+def make_thumbnail_first(path: str | Path, *, num_frames: int = 20, fps: float = 10.0) -> Path:
+    """A Matroska file whose first video stream is a one-picture thumbnail and whose
+    second is `num_frames` index frames (64x48, libx264), the video to read."""
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        still = _add_still(container, cover=False)
+        video = container.add_stream("libx264", rate=round(fps), options=_QUALITY["libx264"])
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        container.mux(still)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(index_frame(i, 64, 48), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
     return path
 
 

@@ -13,6 +13,7 @@ from media import (
     make_audio_only,
     make_mpegts,
     make_text_file,
+    make_thumbnail_first,
     make_truncated,
     make_vfr_video,
     make_video,
@@ -319,6 +320,13 @@ def test_video_shorter_than_window_is_padded_with_last_frame(tmp_path):
     assert [frame_index(f) for f in window.frames] == [0, 1, 2, 3, 4, 4, 4, 4]
 
 
+def test_a_thumbnail_stream_before_the_video_is_not_what_is_read(tmp_path):
+    path = make_thumbnail_first(tmp_path / "thumb.mkv", num_frames=20)
+    info = probe(path)
+    assert (info.codec, info.num_frames, info.width) == ("h264", 20, 64)
+    assert indices(path) == list(range(20))
+
+
 def test_single_frame_video_is_too_short_for_a_window(tmp_path):
     path = make_video(tmp_path / "one.mp4", num_frames=1)
     assert probe(path).num_frames == 1
@@ -337,13 +345,23 @@ def test_single_frame_video_is_too_short_for_a_window(tmp_path):
         (lambda d: make_text_file(d / "notes.txt"), "not a video"),
         (lambda d: make_text_file(d / "notes.mp4"), "not a recognised video"),
         (lambda d: make_audio_only(d / "song.m4a"), "no video stream"),
+        (lambda d: make_audio_only(d / "song.mp4", cover=True), "only a cover picture"),
         (
             lambda d: make_truncated(d / "cut.mp4", num_frames=20, faststart=False),
             "not a recognised",
         ),
         (lambda d: d, "not a regular file"),
     ],
-    ids=["missing", "zero-byte", "text-txt", "text-mp4", "audio-only", "cut-no-index", "directory"],
+    ids=[
+        "missing",
+        "zero-byte",
+        "text-txt",
+        "text-mp4",
+        "audio-only",
+        "audio-with-cover-art",
+        "cut-no-index",
+        "directory",
+    ],
 )
 def test_unreadable_input_is_a_video_error_naming_the_file(tmp_path, make, reason):
     path = make(tmp_path)

@@ -17,6 +17,7 @@ from media import (
     make_audio_only,
     make_mpegts,
     make_text_file,
+    make_thumbnail_first,
     make_truncated,
     make_vfr_video,
     make_video,
@@ -100,6 +101,8 @@ def hostile_tree(tmp_path_factory):
     add(make_video(b / "fast.mp4", num_frames=120, fps=120), "ok")
     add(make_video(b / "slow.mp4", num_frames=6, fps=2), "ok")
     add(make_audio_only(b / "audio.m4a"), "quarantined")
+    add(make_audio_only(b / "album.mp4", cover=True), "quarantined")
+    add(make_thumbnail_first(b / "thumb.mkv", num_frames=24), "ok")
     add(make_vfr_video(b / "vfr.mp4", [0, 0.05, 0.3, 0.35, 0.9, 1.0, 1.1, 1.6]), "ok")
     add(make_mpegts(b / "cut.ts", num_frames=20), "ok")
     add(make_video(unicode_name(a), num_frames=16), "ok")
@@ -132,6 +135,7 @@ def test_quarantine_reasons_say_what_is_wrong(hostile_output):
     errors = {m["video_id"].split("/")[-1]: m["error"] for m in read_manifest(output)}
     assert "empty" in errors["zero"].lower() or "0 bytes" in errors["zero"]
     assert "no video stream" in errors["audio"]
+    assert "only a cover picture" in errors["album"]
     assert "fewer than 2 decodable frames" in errors["one_frame"]
 
 

@@ -142,7 +142,7 @@ def probe(path: str | Path) -> VideoInfo:
     """
     path = Path(path)
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = _main_stream(container)
         first = _first_frame(path, container, stream)
         timing = _metadata_timing(container, stream)
         codec = stream.codec_context.name
@@ -163,7 +163,7 @@ def probe(path: str | Path) -> VideoInfo:
 
 
 def _open(path: Path) -> av.container.InputContainer:
-    """Open `path` for reading; its main video stream is ``streams.video[0]``."""
+    """Open `path` for reading; it has a `_main_stream`."""
     if not path.exists():
         raise VideoError(f"{path}: file not found")
     if not path.is_file():
@@ -182,7 +182,27 @@ def _open(path: Path) -> av.container.InputContainer:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
         raise VideoError(f"{path}: no video stream (streams: {', '.join(kinds)})")
+    if not _moving_streams(container):
+        container.close()
+        raise VideoError(f"{path}: no video stream (only a cover picture)")
     return container
+
+
+def _moving_streams(container: av.container.InputContainer) -> list[av.video.VideoStream]:
+    """The video streams that are not a still attached picture (cover art)."""
+    still = av.stream.Disposition.attached_pic
+    return [s for s in container.streams.video if not s.disposition & still]
+
+
+def _main_stream(container: av.container.InputContainer) -> av.video.VideoStream:
+    """The video stream to read: FFmpeg's pick (default disposition, then several
+    frames, then bitrate), never cover art. A thumbnail muxed in as the first
+    stream (Matroska files can carry one) would otherwise be read as a
+    one-frame video and the real one ignored.
+    """
+    moving = _moving_streams(container)
+    best = container.streams.best("video")
+    return best if best in moving else moving[0]
 
 
 def _quarter_turns(frame: av.VideoFrame) -> int:
@@ -263,7 +283,7 @@ def _packet_timing(path: Path, container: av.container.InputContainer) -> tuple[
     Stops at the first unreadable or cut packet: nothing after it decodes. The
     stream ends where its last frame stops being shown, timed as in `_timed`.
     """
-    stream = container.streams.video[0]
+    stream = _main_stream(container)
     count = 0
     top: int | None = None  # the largest pts, its duration, and the next largest pts
     top_duration = 0
@@ -546,7 +566,7 @@ def _grid_frames(
         return
 
     with _open(path) as container:
-        stream = container.streams.video[0]
+        stream = _main_stream(container)
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         failure: list[str] = []
