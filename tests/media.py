@@ -17,6 +17,7 @@ container follows the extension (.mp4, .mkv, .avi, .ts, .webm, .mov).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -114,6 +115,7 @@ def make_video(
     grain: int = 0,
     options: dict[str, str] | None = None,
     rotation: int = 0,
+    sample_aspect_ratio: Fraction | None = None,
 ) -> Path:
     """Write `num_frames` index frames (see `index_frame`) of `size` (width, height).
 
@@ -124,7 +126,8 @@ def make_video(
     a file cut short still has its index. `grain`: see `index_frame`.
     `options` go to the encoder on top of high-quality defaults, e.g. ``{"g": "10"}``
     for a keyframe every 10 frames. `rotation`: a display rotation in degrees
-    counterclockwise (the frames are stored as drawn, as a phone stores them).
+    counterclockwise (the frames are stored as drawn, as a phone stores them);
+    `sample_aspect_ratio`: the width of a pixel over its height (anamorphic video).
     """
     path = Path(path)
     codec = codec or DEFAULT_CODECS[path.suffix.lower()]
@@ -144,6 +147,7 @@ def make_video(
         timestamps=timestamps,
         container_options=container_options,
         rotation=rotation,
+        sample_aspect_ratio=sample_aspect_ratio,
     )
 
 

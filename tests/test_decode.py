@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -223,6 +224,16 @@ def test_a_rotated_phone_video_is_decoded_upright(tmp_path, rotation):
     # way round would read the index's digits reversed.
     stored = [np.rot90(f, -rotation // 90) for f in frames]
     assert [frame_index(f) for f in stored] == list(range(6))
+
+
+def test_anamorphic_pixels_are_stretched_to_square_ones(tmp_path):
+    """HDV-style video: 64x48 stored pixels that are 4/3 as wide as tall show as 85x48."""
+    path = make_video(tmp_path / "hdv.mp4", num_frames=6, sample_aspect_ratio=Fraction(4, 3))
+    info = probe(path)
+    assert (info.width, info.height) == (85, 48)
+    frames = list(iter_frames(path, fps=10, short_side=32))
+    assert frames[0].shape == (32, 56, 3)
+    assert [frame_index(f) for f in frames] == list(range(6))
 
 
 def test_decoder_threads_do_not_change_the_frames(tmp_path):

@@ -60,7 +60,7 @@ class VideoInfo:
 
     duration: float  # seconds from the first frame until the last frame ends
     fps: float  # average frame rate: num_frames / duration
-    width: int  # as shown: after the stream's display rotation (portrait phone video)
+    width: int  # as shown: square pixels, display rotation applied (`_shown_size`)
     height: int
     num_frames: int  # frames in the stream (as stored, not resampled)
     codec: str
@@ -146,12 +146,12 @@ def probe(path: str | Path) -> VideoInfo:
         first = _first_frame(path, container, stream)
         timing = _metadata_timing(container, stream)
         codec = stream.codec_context.name
+        width, height = _shown_size(first, stream)
     if timing is None:
         # A fresh demuxer: seeking back to the start is unreliable without timestamps.
         with _open(path) as container:
             timing = _packet_timing(path, container)
     duration, num_frames = timing
-    width, height = _upright_size(first)
     return VideoInfo(
         duration=duration,
         fps=num_frames / duration,
@@ -215,11 +215,17 @@ def _quarter_turns(frame: av.VideoFrame) -> int:
     return round(frame.rotation / 90) % 4
 
 
-def _upright_size(frame: av.VideoFrame) -> tuple[int, int]:
-    """(width, height) of `frame` as shown, after its display rotation."""
+def _shown_size(frame: av.VideoFrame, stream: av.video.VideoStream) -> tuple[int, int]:
+    """(width, height) of `frame` as a player shows it: stretched to square pixels
+    by the stream's sample aspect ratio (anamorphic DVD, HDV's 1440x1080 shown as
+    1920x1080), then turned by its display rotation."""
+    width = frame.width
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if sar and 0.1 < sar < 10 and sar != 1:  # 0/1 means unknown; anything wild is ignored
+        width = max(1, round(frame.width * sar))
     if _quarter_turns(frame) % 2:
-        return frame.height, frame.width
-    return frame.width, frame.height
+        return frame.height, width
+    return width, frame.height
 
 
 def _reason(error: Exception) -> str:
@@ -580,7 +586,7 @@ def _grid_frames(
         rgb: np.ndarray | None = None  # cur converted, once it is picked
         for t, duration, frame in timed:
             if cur is None:
-                size = output_size(*_upright_size(frame), short_side)
+                size = output_size(*_shown_size(frame, stream), short_side)
                 turns = _quarter_turns(frame)
             else:
                 # `frame` replaces `cur` at time t: grid times before t show `cur`.

@@ -64,6 +64,7 @@ def write_video(
     timestamps: Sequence[float] | None = None,
     container_options: dict[str, str] | None = None,
     rotation: int = 0,
+    sample_aspect_ratio: Fraction | None = None,
 ) -> Path:
     """Encode uint8 RGB frames (H, W, 3), or one (N, H, W, 3) array, to `path`.
 
@@ -74,7 +75,9 @@ def write_video(
     increasing), which writes a variable-frame-rate stream; `fps` is then only
     the nominal rate. `rotation` (degrees counterclockwise) is written as the
     stream's display matrix, as phones store portrait video: players, and
-    vidray's decoder, turn the frames by it to show them.
+    vidray's decoder, turn the frames by it to show them. `sample_aspect_ratio`
+    marks the pixels as non-square (anamorphic video): players, and vidray's
+    decoder, stretch each frame's width by it.
 
     An odd frame size with a subsampled `pix_fmt` on an encoder that needs even
     sizes (libx264) switches to the full-chroma format (yuv420p -> yuv444p);
@@ -107,6 +110,8 @@ def write_video(
                 stream.options = dict(options)
             if rotation:
                 stream.set_display_rotation(rotation)
+            if sample_aspect_ratio is not None:
+                stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
             if timestamps is not None:
                 stream.codec_context.time_base = _VFR_TIME_BASE
                 stream.time_base = _VFR_TIME_BASE
