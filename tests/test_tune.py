@@ -298,3 +298,31 @@ def test_a_failed_trial_is_reported_and_the_sweep_exits_2_after_writing_everythi
     assert {"trials.csv", "sweep.png", "best_config.yaml"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)
     }
+
+
+@pytest.mark.slow
+def test_the_time_budget_ends_a_sweep_and_says_what_it_cut(sweep_data, tmp_path):
+    """Trial 0 asks for far more epochs than 8 s allow; the budget ends it and
+    trial 1 never starts. Neither is reported as failed."""
+    from vidray.tune.sweep import BUDGET_TAG, STOPPED_TAG
+
+    path = write_sweep(
+        tmp_path,
+        sweep_data,
+        {"model.name": {"grid": ["simple3d", "early_fusion"]}},
+        {"name": "budget", "scheduler": "fifo", "time_budget_s": 8},
+        epochs=500,
+    )
+    t0 = time.monotonic()
+    result = run_sweep(load_sweep(path))
+    assert time.monotonic() - t0 < 8 + 90
+    by_index = {row.index: row for row in result.rows}
+    assert by_index[1].status == "not run" and not by_index[1].run_id
+    assert by_index[0].status in ("stopped early", "not run")  # not run: a very slow start
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    assert client.get_run(result.parent_run_id).data.tags[BUDGET_TAG] == "true"
+    if by_index[0].run_id:
+        run = client.get_run(by_index[0].run_id)
+        assert by_index[0].status == "stopped early" and len(by_index[0].curve) < 500
+        assert run.info.status == "KILLED" and run.data.tags[STOPPED_TAG] == "time_budget"
+    assert (result.output / "trials.csv").exists()

@@ -39,15 +39,15 @@ def trial_rows(grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict
         curve = []
         if frame is not None and metric in frame:
             curve = [float(v) for v in frame[metric] if not math.isnan(float(v))]
+        run = runs.get(index)
         if result is not None and result.error is not None:
             status = "failed"
-        elif not curve:
+        elif not curve and run is None:
             status = "not run"
         elif len(curve) >= sweep.config(overrides).train.epochs:
             status = "finished"
-        else:
+        else:  # by the scheduler or the time budget, possibly before its first epoch
             status = "stopped early"
-        run = runs.get(index)
         rows.append(
             TrialRow(
                 index=index,

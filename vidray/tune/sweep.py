@@ -47,7 +47,8 @@ STATE_FILE = "sweep.json"
 # so a trial gets exactly the resources `vidray train` would.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
 TRIAL_TAG = "vidray.trial"
-STOPPED_TAG = "vidray.stopped_early"
+STOPPED_TAG = "vidray.stopped_early"  # what stopped a trial: asha, or time_budget
+BUDGET_TAG = "vidray.time_budget_reached"  # on the parent run of a sweep the budget ended
 
 
 @dataclass
@@ -224,7 +225,18 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         # The latest run of each trial (a resumed trial has one per attempt).
         runs = {int(r.data.tags[TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
         rows = trial_rows(grid, trials, sweep, runs)
-        _mark_children(uri, rows, settings.scheduler)
+        unfinished = sum(r.status in ("stopped early", "not run") for r in rows)
+        out_of_time = unfinished and 0 < settings.time_budget_s <= time.monotonic() - t0
+        if out_of_time:
+            print(
+                f"tune: time budget of {settings.time_budget_s:g} s reached: "
+                f"{unfinished} of {len(rows)} trials stopped early or not run"
+            )
+            tracking.client(uri).set_tag(parent, BUDGET_TAG, "true")
+        # FIFO never stops a trial: one cut short met the budget. ASHA's are ASHA's,
+        # or the budget's when it was reached (the parent run's tag says so).
+        stopped_by = "time_budget" if out_of_time and settings.scheduler == "fifo" else None
+        _mark_children(uri, rows, stopped_by or settings.scheduler)
         written = [
             write_table(output / "trials.csv", rows, sweep),
             plot_sweep(output / "sweep.png", rows, sweep),
@@ -272,15 +284,15 @@ def _close_interrupted(uri: str, parent: str) -> None:
             tracking.end_run(uri, run.info.run_id, status="KILLED")
 
 
-def _mark_children(uri: str, rows: list[TrialRow], scheduler: str) -> None:
-    """Trials the scheduler stopped get a tag and end as KILLED, not left RUNNING."""
+def _mark_children(uri: str, rows: list[TrialRow], stopped_by: str) -> None:
+    """Trials stopped early get a tag saying by what and end as KILLED, not left RUNNING."""
     client = tracking.client(uri)
     for row in rows:
         if not row.run_id:
             continue
         client.set_tag(row.run_id, "vidray.trial_status", row.status)
         if row.status == "stopped early":
-            client.set_tag(row.run_id, STOPPED_TAG, scheduler)
+            client.set_tag(row.run_id, STOPPED_TAG, stopped_by)
             tracking.end_run(uri, row.run_id, status="KILLED")
         elif row.status != "finished" and client.get_run(row.run_id).info.status == "RUNNING":
             tracking.end_run(uri, row.run_id, status="FAILED")
