@@ -93,17 +93,19 @@ def child_runs(client: MlflowClient, parent) -> list:
 
 @pytest.fixture(scope="module")
 def demo_sweep(sweep_data, tmp_path_factory):
-    """2 families x 2 clip lengths, 2 epochs each, logged to an `mlflow server` over
-    HTTP (the other sweeps here use the SQLite default): the sweep and its result."""
+    """2 families x 2 clip lengths, 2 epochs each, two trials at a time (half a CPU
+    a worker, the other core for both trials' readers), logged to an `mlflow server`
+    over HTTP (the other sweeps here use the SQLite default): the sweep and its result."""
     tmp_path = tmp_path_factory.mktemp("demo_sweep")
     with mlflow_server(tmp_path) as (uri, _):
         path = write_sweep(
             tmp_path,
             sweep_data,
             {"model.name": {"grid": ["simple3d", "early_fusion"]}, "clip.T": {"grid": [4, 8]}},
-            {"name": "demo", "scheduler": "fifo"},
+            {"name": "demo", "scheduler": "fifo", "max_concurrent_trials": 2},
             tracking=uri,
             epochs=2,
+            cpus_per_worker=0.5,
         )
         sweep = load_sweep(path)
         yield sweep, run_sweep(sweep)
