@@ -43,3 +43,8 @@ def test_a_missing_loss_ranks_below_any_loss_among_equals():
 def test_no_checkpoint_is_a_one_line_error():
     with pytest.raises(VidrayError, match="no checkpoint"):
         select_best([], METRIC)
+
+
+def test_a_nan_metric_or_loss_never_wins():
+    pairs = kept((1, float("nan"), 0.1), (2, 0.5, float("nan")), (3, 0.5, 0.9))
+    assert select_best(pairs, METRIC)[0] == "checkpoint_3"

@@ -44,6 +44,20 @@ def test_a_missing_shard_is_an_error_naming_it(motion_data, tmp_path):
         list(iter_clip_batches(data, split="train", clip=CLIP, flow_L=0))
 
 
+def test_an_unreadable_shard_says_to_check_access_before_deleting_it(motion_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(motion_data, data)
+    shard = Path(window_files(data, split="val")[0])
+    shard.unlink()
+    shard.mkdir()  # opening it fails in the storage layer, not in Parquet
+    with pytest.raises(VidrayError, match=rf"cannot read window shard {shard}.*check access"):
+        list(iter_clip_batches(data, split="val", clip=CLIP, flow_L=0))
+
+
+class ShardGone(VidrayError):
+    """A user error of a type defined outside vidray.errors."""
+
+
 def test_the_users_mistake_is_found_inside_rays_wrapped_errors(ray_local):
     @ray.remote
     def fails() -> None:
@@ -55,6 +69,10 @@ def test_the_users_mistake_is_found_inside_rays_wrapped_errors(ray_local):
     found = user_error(caught.value)
     assert type(found) is VidrayError and str(found) == "the one line"
     assert user_error(RuntimeError("a bug")) is None
+    try:
+        raise RuntimeError("a wrapper") from ShardGone("gone")
+    except RuntimeError as wrapped:
+        assert isinstance(user_error(wrapped), ShardGone)
 
 
 @pytest.mark.slow

@@ -23,9 +23,11 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server
 from PIL import Image
 
+from vidray.cli import run_command
 from vidray.config import Config, load_config
+from vidray.data.clips import window_files
 from vidray.tune.space import expand, load_sweep
-from vidray.tune.sweep import STATE_FILE, run_sweep
+from vidray.tune.sweep import BUDGET_TAG, STATE_FILE, STOPPED_TAG, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -269,8 +271,6 @@ def test_a_failed_trial_is_reported_and_the_sweep_exits_2_after_writing_everythi
 ):
     """Trial 1 reads a copy of the data with a damaged val shard: it fails at its
     first validation, trial 0 finishes, and the sweep still writes its table."""
-    from vidray.cli import run_command
-    from vidray.data.clips import window_files
 
     damaged = tmp_path / "damaged"
     shutil.copytree(sweep_data, damaged)
@@ -306,7 +306,6 @@ def test_a_failed_trial_is_reported_and_the_sweep_exits_2_after_writing_everythi
 def test_the_time_budget_ends_a_sweep_and_says_what_it_cut(sweep_data, tmp_path):
     """Trial 0 asks for far more epochs than 8 s allow; the budget ends it and
     trial 1 never starts. Neither is reported as failed."""
-    from vidray.tune.sweep import BUDGET_TAG, STOPPED_TAG
 
     path = write_sweep(
         tmp_path,

@@ -30,9 +30,9 @@ def user_error(error: BaseException) -> VidrayError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        # Ray's wrappers subclass the wrapped type too (``RayTaskError(VidrayError)``),
-        # with a traceback for a message: only our own classes carry the one line.
-        if isinstance(current, VidrayError) and type(current).__module__ == __name__:
+        # Ray's wrappers subclass the wrapped type too (``RayTaskError(VidrayError)``,
+        # made in ray.exceptions) with a traceback for a message: look past them.
+        if isinstance(current, VidrayError) and not type(current).__module__.startswith("ray."):
             return current
         failures = getattr(current, "worker_failures", None)
         if isinstance(failures, dict):

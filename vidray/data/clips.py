@@ -248,18 +248,30 @@ def clips_from_shards(
 def shard_batches(
     path: str, *, columns: list[str] | None, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """The record batches of one shard. A shard the manifest names but that is gone
-    or damaged (a partial copy, a bad disk) is a `VidrayError` naming the file."""
+    """The record batches of one shard. A shard the manifest names but that is gone,
+    damaged (a partial copy, a bad disk) or unreadable (permissions, credentials)
+    is a `VidrayError` naming the file and what to do."""
     try:
         parquet = pq.ParquetFile(storage.open_input(path))
         yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
     except (pa.ArrowException, OSError) as exc:
-        kind = "missing" if isinstance(exc, FileNotFoundError) else "damaged"
-        raise VidrayError(
-            f"{kind} window shard {path} ({str(exc).splitlines()[0]}): delete it and run "
-            "`vidray ingest` again with the same config, which re-ingests the videos whose "
-            "shards are gone"
-        ) from exc
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        repair = (
+            "delete it and run `vidray ingest` again with the same config, which "
+            "re-ingests the videos whose shards are gone"
+        )
+        if isinstance(exc, FileNotFoundError):
+            message = (
+                f"missing window shard {path} ({reason}): "
+                "run `vidray ingest` again with the same config"
+            )
+        elif isinstance(exc, pa.ArrowInvalid):  # not Parquet, or cut short
+            message = f"damaged window shard {path} ({reason}): {repair}"
+        else:  # the storage refused or failed: the file may well be intact
+            message = (
+                f"cannot read window shard {path} ({reason}): check access; if damaged, {repair}"
+            )
+        raise VidrayError(message) from exc
 
 
 @dataclass(frozen=True)

@@ -44,12 +44,14 @@ def select_best(kept: Sequence[tuple[Any, dict[str, Any]]], metric: str) -> tupl
     if not kept:
         raise VidrayError("training reported no checkpoint")
 
+    def worst_if_nan(value: float) -> float:
+        return -math.inf if math.isnan(value) else value
+
     def rank(pair: tuple[Any, dict[str, Any]]) -> tuple[float, float, float]:
         metrics = pair[1]
-        loss = metrics.get(tracking.VAL_LOSS, math.inf)
         return (
-            metrics.get(metric, -math.inf),
-            -loss if math.isfinite(loss) else -math.inf,
+            worst_if_nan(metrics.get(metric, -math.inf)),
+            worst_if_nan(-metrics.get(tracking.VAL_LOSS, math.inf)),
             metrics.get("epoch", -1),
         )
 

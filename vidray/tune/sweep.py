@@ -226,7 +226,7 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         runs = {int(r.data.tags[TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
         rows = trial_rows(grid, trials, sweep, runs)
         unfinished = sum(r.status in ("stopped early", "not run") for r in rows)
-        out_of_time = unfinished and 0 < settings.time_budget_s <= time.monotonic() - t0
+        out_of_time = unfinished > 0 and 0 < settings.time_budget_s <= time.monotonic() - t0
         if out_of_time:
             print(
                 f"tune: time budget of {settings.time_budget_s:g} s reached: "
