@@ -42,3 +42,13 @@ def user_error(error: BaseException) -> VidrayError | None:
             if isinstance(linked, BaseException):
                 pending.append(linked)
     return None
+
+
+class Interrupted(Exception):
+    """The user stopped a long command (Ctrl-C or SIGTERM) and what was done is kept.
+
+    The message is one line that says what was kept and how to continue (e.g.
+    "interrupted at epoch 3; last checkpoint runs/x/epoch_003; resume with
+    train.resume_from=runs/x/epoch_003"). The CLI prints it and exits 130, the
+    status a shell gives a command ended by SIGINT.
+    """
