@@ -4,6 +4,8 @@ run), readable without Ray."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +71,26 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, An
                 f"{directory} is not a vidray checkpoint (needs {STATE_FILE} and {META_FILE})"
             )
         meta = yaml.safe_load((local / META_FILE).read_text())
-        state = torch.load(local / STATE_FILE, map_location="cpu", weights_only=False)
+        state = _load_state(local / STATE_FILE, shown=f"{directory}/{STATE_FILE}")
     return state, meta
+
+
+def _load_state(path: Path, *, shown: str) -> dict[str, Any]:
+    """``state.pt`` as plain tensors and containers. ``weights_only`` unpickles nothing
+    else, so a checkpoint from a shared bucket cannot run code on this machine; one
+    that needs more was not written by vidray (or was tampered with) and is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise VidrayError(
+            f"{shown} holds more than weights{what}: refused, as loading it could run code; "
+            "use a checkpoint written by vidray training"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VidrayError(f"{shown} is damaged or incomplete ({reason})") from None
 
 
 def check_resumable(directory: str | Path, *, model: nn.Module, classes: list[str]) -> dict:

@@ -1,0 +1,66 @@
+"""Checkpoints from untrusted places: loading one never runs code, and a damaged one is
+a one-line error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from untrained import save_untrained
+
+from vidray.config import load_config
+from vidray.errors import VidrayError
+from vidray.models import build
+from vidray.train.checkpoints import STATE_FILE, load_checkpoint
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(path, "w")``: what a tampered checkpoint would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    cfg = load_config(None, ["model.name=simple3d", "model.width=4"])
+    model = build("simple3d", num_classes=3, width=4)
+    return save_untrained(tmp_path / "ckpt", model, cfg, ["a", "b", "c"])
+
+
+def test_a_checkpoint_loads_as_saved(checkpoint):
+    state, meta = load_checkpoint(checkpoint)
+    model = build("simple3d", num_classes=3, width=4)
+    model.load_state_dict(state["model"])
+    assert meta["classes"] == ["a", "b", "c"]
+    assert state["torch_rng"].dtype == torch.uint8
+
+
+def test_a_tampered_checkpoint_is_refused_without_running_its_code(checkpoint, tmp_path):
+    marker = tmp_path / "code_ran"
+    state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+    torch.save({**state, "payload": _RunsCode(marker)}, checkpoint / STATE_FILE)
+    refused = r"holds more than weights \(it asks for io\.open\): refused"
+    with pytest.raises(VidrayError, match=refused):
+        load_checkpoint(checkpoint)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("keep", [0, 100])
+def test_a_truncated_checkpoint_is_a_one_line_error(checkpoint, keep):
+    data = (checkpoint / STATE_FILE).read_bytes()
+    (checkpoint / STATE_FILE).write_bytes(data[:keep])
+    with pytest.raises(VidrayError, match=rf"{STATE_FILE} is damaged or incomplete") as info:
+        load_checkpoint(checkpoint)
+    assert "\n" not in str(info.value)
+
+
+def test_a_folder_without_state_is_not_a_checkpoint(tmp_path):
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(VidrayError, match="is not a vidray checkpoint"):
+        load_checkpoint(tmp_path / "empty")
