@@ -61,11 +61,11 @@ class FlowConfig:
 
     backend: FlowBackend = "dis"  # "none" stores no flow (RGB-only datasets ingest faster)
     bound: float = 20.0  # pixels; flow is clipped to [-bound, bound] and quantized to uint8
-    codec: FramesCodec = "raw"
+    codec: FramesCodec = "raw"  # raw keeps the quantized values exactly; jpeg is ~3x smaller
     L: int | None = None  # flow fields per clip for flow-reading models (None = the model's)
-    raft_model: Literal["raft_small", "raft_large"] = "raft_small"
+    raft_model: Literal["raft_small", "raft_large"] = "raft_small"  # flow.backend=raft
     raft_weights: str = ""  # a local state_dict path or a torchvision weights name
-    dis_preset: Literal["ultrafast", "fast", "medium"] = "fast"
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "fast"  # flow.backend=dis: speed/quality
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,10 @@ class ModelConfig:
     the family's arguments (`vidray.models.build`).
     """
 
-    name: str = "simple3d"
+    name: str = "simple3d"  # a family of the zoo (`vidray models` lists them)
     width: int | None = None  # channels of the first stage; later stages scale with it
     depth: int | None = None  # ResNet depth (18, 50, ...) where the family has one
-    dropout: float | None = None
+    dropout: float | None = None  # before the classifier
     pretrained: str = ""  # 2D weights: a local state_dict file or a torchvision weights name
     fusion: str | None = None  # two_stream: avg | concat | conv
     streams: str | None = None  # two_stream: both | rgb | flow (train one stream alone)
@@ -100,34 +100,34 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "adamw"
+    name: Literal["sgd", "adamw"] = "adamw"  # the optimiser
     lr: float = 3e-3  # peak rate, reached at the end of warm-up
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4  # decoupled for adamw, L2 for sgd
     # Set every optimiser step. The default keeps the rate flat, as before schedules existed.
     schedule: Literal["cosine", "step", "constant"] = "constant"
     warmup_epochs: float = 0.0  # linear ramp from 0 to lr over these (fractional) epochs
     step_epochs: int = 30  # step: multiply the rate by gamma every step_epochs after warm-up
-    gamma: float = 0.1
+    gamma: float = 0.1  # step: the factor
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = ""  # an ingest output directory
     task: Literal["classify", "detect"] = "classify"  # detect: keyframe rows (layout ava)
-    epochs: int = 8
+    epochs: int = 8  # passes over the training split
     batch_size: int = 16  # per worker, per forward pass
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    seed: int = 0
+    num_workers: int = 2  # Ray Train workers (DDP replicas)
+    use_gpu: bool = False  # one GPU per worker (NCCL, bf16, channels_last_3d)
+    cpus_per_worker: float = 1.0  # CPUs each worker reserves (fractions share a core)
+    seed: int = 0  # model init, clip sampling and shard order
     val_split: str = "val"  # split evaluated after every epoch
     storage_path: str = "runs"  # checkpoints and Ray Train state: a path or s3://, gs://, ...
     run_name: str = ""  # MLflow run name and Ray Train run name ("" = generated)
     shuffle_buffer: int = 64  # clips in each worker's local shuffle buffer
     grad_accum: int = 1  # batches per optimiser step (effective batch = this x batch x workers)
     clip_grad_norm: float = 0.0  # max global gradient norm (0 = no clipping)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # of the cross-entropy targets
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; on CPU it works but is slow
     resume_from: str = ""  # a checkpoint directory or URI: continue its epochs and LR schedule
     max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
@@ -158,6 +158,7 @@ class DetectConfig:
     time_offset: int = 0  # the annotation second of a video's first frame (AVA cuts: 900)
     output: str = ""  # the CSV ("" = <video stem>_detections.csv), or a folder for a folder
     render: str = ""  # an .mp4 to draw the boxes and top actions on (single video only)
+    render_short_side: int = 0  # the drawn video's short side (0 = the source's size)
     workers: int = 2  # model replicas of the folder job (Ray Data actors)
 
 
@@ -165,7 +166,7 @@ class DetectConfig:
 class EvalConfig:
     checkpoint: str = ""  # a checkpoint directory (or URI) written by training
     data: str = ""  # ingest output to evaluate ("" = the training data)
-    split: str = "val"
+    split: str = "val"  # the split to evaluate (train, val or test)
     temporal_views: int = 1  # clips per window, evenly spaced over its valid offsets
     spatial_views: int = 1  # crops per clip: 1 = centre, 3 = both ends and centre of the long side
     output: str = ""  # where reports go ("" = <checkpoint>/eval_<split>, or eval/... for a URI)
@@ -176,7 +177,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
-    experiment: str = "vidray"
+    experiment: str = "vidray"  # the MLflow experiment runs go to
 
 
 @dataclass(frozen=True)
@@ -332,3 +333,88 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise VidrayError(f"config: {key} must be {kind.__name__}, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented key: what `vidray config` prints and `--help` shows."""
+
+    key: str  # dotted, e.g. "clip.T"
+    kind: str  # the type as a user writes it: "int", "jpeg|raw", "int or null"
+    default: Any
+    comment: str  # the comment beside (and above) the field in its class
+    choices: tuple[Any, ...] | None = None  # the allowed values of a Literal key
+
+
+def settings(section: str, cls: type) -> list[Setting]:
+    """The keys of one config section with their types, defaults and comments.
+
+    The comments are read from the class's source, so the one place that
+    documents a key (the line that declares it) is also what the CLI prints.
+    """
+    comments = _field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = hints[f.name]
+        choices = get_args(kind) if get_origin(kind) is Literal else None
+        out.append(
+            Setting(
+                key=f"{section}.{f.name}",
+                kind=_kind_name(kind),
+                default=default,
+                comment=comments.get(f.name, ""),
+                choices=choices,
+            )
+        )
+    return out
+
+
+def all_settings() -> list[Setting]:
+    """Every key of `Config`, section by section."""
+    hints = typing.get_type_hints(Config)
+    return [s for f in dataclasses.fields(Config) for s in settings(f.name, hints[f.name])]
+
+
+def _kind_name(kind: Any) -> str:
+    origin = get_origin(kind)
+    if origin is Literal:
+        return "|".join(map(str, get_args(kind)))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(kind) if a is not type(None)]
+        return " or ".join(_kind_name(a) for a in inner) + " or null"
+    if origin is list:
+        return f"list of {_kind_name(get_args(kind)[0])}"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Field name -> its comment: comment lines right above it, then the one beside it."""
+    import ast
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source shipped: keys still list, without comments
+        return {}
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    }
+    lines = source.splitlines()
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        above = []
+        line = node.lineno - 1
+        while line >= 1 and lines[line - 1].strip().startswith("#"):
+            above.insert(0, comments[line])
+            line -= 1
+        beside = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        out[node.target.id] = " ".join([*above, *beside])
+    return out

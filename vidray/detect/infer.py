@@ -249,7 +249,11 @@ class DetectReport:
         ]
         if self.rendered:
             lines.append(f"detect: boxes and top actions drawn on {self.rendered}")
-        lines += [f"detect: skipped {path}: {reason}" for path, reason in self.failed.items()]
+        # A reason from the decoder names the file already: say it once.
+        lines += [
+            f"detect: skipped {path}: {reason.removeprefix(f'{path}: ')}"
+            for path, reason in self.failed.items()
+        ]
         return "\n".join(lines)
 
 
@@ -279,9 +283,8 @@ def run_detect(cfg: Config) -> DetectReport:
             video,
             Path(detect.render),
             found.by_second(detect.time_offset),
-            fps=detector.fps,
-            short_side=detector.short_side,
             names=detector.names,
+            short_side=detect.render_short_side,
         )
     return DetectReport(videos=[found], outputs=[output], rendered=rendered)
 
