@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from commands import REPO, run_module
+
+from vidray.cli import main
+from vidray.config import all_settings, load_config
 
 
 def vidray(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -19,8 +23,67 @@ def test_help_lists_the_commands():
         assert command in out.stdout
 
 
-def test_unknown_command_exits_non_zero():
-    assert vidray("trian").returncode == 2
+def test_an_unknown_command_is_named_with_the_closest_one():
+    out = vidray("trian")
+    assert out.returncode == 2
+    assert (
+        out.stderr.splitlines()[0]
+        == "vidray: error: unknown command 'trian' (did you mean 'train'?)"
+    )
+    assert out.stdout == ""
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"vidray {version('vidray')}\n"
+
+
+def test_a_command_help_shows_each_flag_with_its_choices_and_default(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["ingest", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at any width
+    assert "--layout {folders,flat,csv,ucf101,kinetics,ava}" in text
+    assert "(sets ingest.layout; default folders)" in text
+    assert "(sets ingest.input)" in text and "vidray config [SECTION]" in text
+
+
+def test_a_flag_value_outside_its_choices_is_refused_before_anything_runs(capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        main(["ingest", "--input", str(tmp_path), "--layout", "folder"])
+    assert done.value.code == 2
+    assert "invalid choice: 'folder'" in capsys.readouterr().err
+
+
+def test_config_lists_every_key_with_its_default_and_meaning(capsys):
+    assert main(["config"]) == 0
+    listed = capsys.readouterr().out
+    keys, section = [], ""
+    for line in listed.splitlines():
+        if line.startswith("  "):
+            keys.append(f"{section}.{line.split(':')[0].strip()}")
+        else:
+            section = line.rstrip(":")
+    assert keys[: len(all_settings())] == [s.key for s in all_settings()]
+    assert "  T: null  # int or null; frames per clip (None = the model's declared T)" in listed
+    assert "  scheduler: asha  # asha|fifo" in listed  # the sweep section too
+
+
+def test_config_shows_a_files_values_for_the_sections_asked(capsys):
+    assert main(["config", "train", "--config", str(REPO / "configs/demo.yaml")]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith("train:\n") and "\nclip:" not in listed
+    demo = load_config(REPO / "configs/demo.yaml")
+    assert f"  epochs: {demo.train.epochs}  # int" in listed
+
+
+def test_config_names_an_unknown_section(capsys):
+    assert main(["config", "clp"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "vidray config: error: no section 'clp' (did you mean 'clip'?); sections: ingest, flow"
+    )
 
 
 def test_synth_writes_a_folders_dataset(tmp_path):

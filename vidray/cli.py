@@ -1,22 +1,28 @@
 """``vidray <command>``: the command line, and the shared body of ``python -m pipelines.X``.
 
 Every command reads a YAML config (``--config``), applies ``section.key=value``
-overrides, and calls one library function. A `VidrayError` (a user mistake:
-bad input, config typo, missing file) is printed as one line without a
-traceback and the exit status is 2; any other exception is a bug and keeps
-its traceback.
+overrides, checks what it can without a cluster, then starts or joins Ray and
+calls one library function. A `VidrayError` (a user mistake: bad input, config
+typo, missing file) is printed as one line without a traceback and the exit
+status is 2; a command the user stops (Ctrl-C, SIGTERM) says what it kept and
+exits 130; any other exception is a bug and keeps its traceback.
+
+A flag's help (choices, default, meaning) is read from the config key it sets,
+so ``--help`` and ``vidray config`` never disagree with the code.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vidray.config import Config, load_config
-from vidray.errors import VidrayError, user_error
+from vidray.config import Config, Setting, all_settings, load_config
+from vidray.errors import Interrupted, VidrayError, user_error
 
 if TYPE_CHECKING:
     from vidray.tune.space import Sweep
@@ -151,14 +157,11 @@ COMMANDS = {
 def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Parse ``argv`` for command ``name``, run it, map errors to exit codes."""
     command = COMMANDS[name]
-    parser = argparse.ArgumentParser(prog=prog or f"vidray {name}", description=command.help)
-    parser.add_argument("--config", help="YAML config file (configs/...)")
-    for flag, key in command.flags.items():
-        parser.add_argument(flag, dest=key, metavar=key.split(".")[-1].upper(), help=f"sets {key}")
-    for flag, key in command.switches.items():
-        parser.add_argument(flag, dest=key, action="store_true", help=f"sets {key}=true")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    parser = _command_parser(command, prog or f"vidray {name}")
     args = parser.parse_args(argv)
+    # A job manager (Ray job stop, Kubernetes, systemd) ends a job with SIGTERM: stop as
+    # for Ctrl-C, so the command keeps what it finished and says so.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         keys = [*command.flags.values(), *command.switches.values()]
         overrides = [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key)]
@@ -168,6 +171,12 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
 
             init_ray(loaded.ray)
         return command.run(loaded)
+    except Interrupted as stopped:
+        print(f"{parser.prog}: {stopped}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         # A user's mistake met on a Ray worker (a damaged shard) comes back wrapped
         # in Ray's exception types; `user_error` finds it.
@@ -176,9 +185,90 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
             raise
         print(f"{parser.prog}: error: {cause}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+
+
+def _command_parser(command: Command, prog: str) -> argparse.ArgumentParser:
+    """The command's flags, each documented by the config key it sets."""
+    documented = {s.key: s for s in [*all_settings(), *_sweep_settings()]}
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=command.help,
+        epilog="Every other setting is a section.key=value argument (e.g. optim.lr=0.01); "
+        "`vidray config [SECTION]` lists them with their defaults.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (configs/...)")
+    for flag, key in command.flags.items():
+        setting = documented[key]
+        parser.add_argument(
+            flag,
+            dest=key,
+            # With choices, argparse shows them ({folders,flat,...}) in place of a name.
+            metavar=None if setting.choices else key.split(".")[-1].upper(),
+            choices=setting.choices,
+            help=_flag_help(setting),
+        )
+    for flag, key in command.switches.items():
+        parser.add_argument(
+            flag, dest=key, action="store_true", help=f"{documented[key].comment} (sets {key}=true)"
+        )
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    return parser
+
+
+def _flag_help(setting: Setting) -> str:
+    default = "" if setting.default in ("", None) else f"; default {_yaml(setting.default)}"
+    meaning = f"{setting.comment} " if setting.comment else ""
+    return f"{meaning}(sets {setting.key}{default})"
+
+
+def _yaml(value: Any) -> str:
+    """A value as it is written in a config file or a key=value override."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def _sweep_settings() -> list[Setting]:
+    from vidray.config import settings
+    from vidray.tune.space import SweepConfig
+
+    return settings("sweep", SweepConfig)
+
+
+def _config(argv: Sequence[str]) -> int:
+    """``vidray config``: every key with its value (the default, or a config file's)."""
+    every = [*all_settings(), *_sweep_settings()]
+    sections = list(dict.fromkeys(s.key.split(".")[0] for s in every))
+    parser = argparse.ArgumentParser(
+        prog="vidray config",
+        description="every setting with its value and meaning; set one with section.key=value",
+    )
+    parser.add_argument("sections", nargs="*", metavar="SECTION", help=", ".join(sections))
+    parser.add_argument("--config", metavar="FILE", help="show this config file's values")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.sections if name not in sections]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sections, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(
+            f"vidray config: error: no section '{unknown[0]}'{hint}; sections: "
+            + ", ".join(sections),
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        values = load_config(args.config).flat() if args.config else {}
+    except VidrayError as exc:
+        print(f"vidray config: error: {exc}", file=sys.stderr)
+        return 2
+    shown = [s for s in every if not args.sections or s.key.split(".")[0] in args.sections]
+    for section in dict.fromkeys(s.key.split(".")[0] for s in shown):
+        print(f"{section}:")
+        for s in (s for s in shown if s.key.startswith(f"{section}.")):
+            meaning = f"; {s.comment}" if s.comment else ""
+            name = s.key.split(".", 1)[1]
+            print(f"  {name}: {_yaml(values.get(s.key, s.default))}  # {s.kind}{meaning}")
+    return 0
 
 
 def _synth(argv: Sequence[str]) -> int:
@@ -247,20 +337,43 @@ def _models(argv: Sequence[str]) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidray")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+TOOLS = {
+    "synth": ("write a synthetic dataset (motion classes, or --task ava)", _synth),
+    "models": ("the model zoo: params, GMACs and input of every family", _models),
+    "config": ("every setting with its default and meaning (vidray config [SECTION])", _config),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    names = [*COMMANDS, "synth", "models"]
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
-        print("usage: vidray {" + ",".join(names) + "} [--config FILE] [section.key=value ...]")
-        for command in COMMANDS.values():
-            print(f"  {command.name:<9} {command.help}")
-        print("  synth     write a synthetic dataset (motion classes, or --task ava)")
-        print("  models    the model zoo: params, GMACs and input of every family")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    if argv[0] == "synth":
-        return _synth(argv[1:])
-    if argv[0] == "models":
-        return _models(argv[1:])
+    names = [*COMMANDS, *TOOLS]
+    usage = [f"usage: vidray {{{','.join(names)}}} [--config FILE] [section.key=value ...]"]
+    usage += [f"  {c.name:<9} {c.help}" for c in COMMANDS.values()]
+    usage += [f"  {name:<9} {text}" for name, (text, _) in TOOLS.items()]
+    usage += ["`vidray COMMAND --help` shows a command's flags; `vidray --version` the version."]
+    if not argv or argv[0] in ("-h", "--help"):
+        print("\n".join(usage))
+        return 0
+    if argv[0] == "--version":
+        print(f"vidray {_version()}")
+        return 0
+    if argv[0] in TOOLS:
+        return TOOLS[argv[0]][1](argv[1:])
+    if argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(f"vidray: error: unknown command '{argv[0]}'{hint}", file=sys.stderr)
+        print("\n".join(usage), file=sys.stderr)
+        return 2
     return run_command(argv[0], argv[1:])
 
 
