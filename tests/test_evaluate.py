@@ -8,7 +8,7 @@ are recomputed by hand from the model's own logits on the same clips.
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from untrained import save_untrained
 from vidray import tracking
 from vidray.config import load_config
 from vidray.data.clips import iter_clip_batches
-from vidray.data.manifest import read_dataset_info
+from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import VidrayError
 from vidray.train.evaluate import run_evaluation
 from vidray.train.inputs import model_input
@@ -170,9 +170,15 @@ def test_undefined_view_counts_are_one_line_errors(checkpoint, override, message
     assert "\n" not in str(info.value)
 
 
-def test_a_split_without_windows_is_a_clear_error(checkpoint):
-    with pytest.raises(VidrayError, match=r"no window shards in split 'holdout'"):
-        evaluate(checkpoint, "eval.split=holdout")
+def test_a_split_the_data_lacks_is_named_with_the_splits_it_has(checkpoint, motion_data):
+    videos = Counter(r["split"] for r in read_manifest(motion_data) if r["status"] == "ok")
+    assert sorted(videos) == ["train", "val"]
+    with pytest.raises(VidrayError) as info:
+        evaluate(checkpoint, "eval.split=test")
+    assert str(info.value) == (
+        f"{motion_data} has no split 'test'; its splits: "
+        f"train ({videos['train']} videos), val ({videos['val']} videos)"
+    )
 
 
 def test_ray_batch_inference_predicts_what_the_in_process_path_does(

@@ -23,6 +23,7 @@ device (`vidray.train.inputs`).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,14 +227,16 @@ def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]
     A shard holds windows of one video, and a video is in one split, so the
     manifest tells which files to read: training never opens the val shards.
     """
-    rows = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
-    if split is not None:
-        rows = [r for r in rows if r["split"] == split]
+    ingested = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
+    rows = [r for r in ingested if split is None or r["split"] == split]
     files = sorted(storage.join(data_dir, WINDOWS_DIR, s) for r in rows for s in r["shards"])
-    if not files:
-        where = f" in split {split!r}" if split is not None else ""
-        raise VidrayError(f"{data_dir} has no window shards{where}: run `vidray ingest` first")
-    return files
+    if files:
+        return files
+    if not ingested:
+        raise VidrayError(f"{data_dir} has no ingested videos: run `vidray ingest` first")
+    videos = Counter(r["split"] for r in ingested)
+    splits = ", ".join(f"{name} ({n} videos)" for name, n in sorted(videos.items()))
+    raise VidrayError(f"{data_dir} has no split {split!r}; its splits: {splits}")
 
 
 def clips_from_shards(
