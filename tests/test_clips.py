@@ -13,8 +13,6 @@ W, H, WIDTH = 16, 20, 30
 def _window(codec="raw", with_flow=True):
     """Frame i is filled with 10*i; flow field j has x = 100 + j, y = 50 + j (quantized)."""
     frames = np.stack([np.full((H, WIDTH, 3), 10 * i, np.uint8) for i in range(W)])
-    # a bright column near the left edge tells whether the frame was flipped
-    frames[:, :, 0, :] = 255
     flow = np.zeros((W - 1, H, WIDTH, 2), np.uint8)
     for j in range(W - 1):
         flow[j, ..., 0] = 100 + j
@@ -75,22 +73,31 @@ def test_flow_stack_is_centred_on_the_clip():
 
 
 def test_flip_negates_flow_x():
-    sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=WIDTH - 10), flow_L=2, train=True)
-    rng = np.random.default_rng(3)
-    flipped = plain = 0
-    for _ in range(40):
-        frames, flow = sampler.sample(_window(), rng)
-        x, y = flow[..., 0].astype(int), flow[..., 1].astype(int)
-        # the flow x of field j is 100 + j, or 255 - (100 + j) after a flip; y never changes
-        if frames[0, :, -1, 0].min() == 255 or frames[0, :, 0, 0].min() == 255:
-            assert frames[0, :, -1, 0].min() != frames[0, :, 0, 0].min()
-        if (x >= 128).all():
-            flipped += 1
-            assert (y < 128).all()
+    """Each training clip is either as stored, or mirrored with its own flow mirrored and
+    its x negated (255 - q: quantization is symmetric about 127.5), y kept."""
+    T, stride, crop, L = 3, 2, 16, 2
+    sampler = ClipSampler(
+        ClipConfig(T=T, stride=stride, crop=crop, hflip=True), flow_L=L, train=True
+    )
+    row = _coded_window(20, 30)
+    stored = np.stack([np.frombuffer(f, np.uint8).reshape(20, 30, 3) for f in row["frames"]])
+    stored_flow = np.stack([np.frombuffer(f, np.uint8).reshape(20, 30, 2) for f in row["flow"]])
+    batch = sampler(pa.Table.from_pylist([row] * 64))
+    flipped = 0
+    for frames, flow in zip(batch["frames"], batch["flow"], strict=True):
+        # where the clip was cut: frame, row and column codes are the same either way
+        start, top, left = int(frames[0, 0, 0, 1]) // 10, frames[..., 2].min(), frames[..., 0].min()
+        plain = stored[start : start + T * stride : stride, top : top + crop, left : left + crop]
+        plain_flow = stored_flow[:L, top : top + crop, left : left + crop]  # all fields alike
+        if np.array_equal(frames, plain):
+            np.testing.assert_array_equal(flow, plain_flow)
         else:
-            plain += 1
-            assert ((x >= 100) & (x < 128)).all()
-    assert flipped and plain
+            np.testing.assert_array_equal(frames, plain[:, :, ::-1])
+            mirrored = plain_flow[:, :, ::-1]
+            np.testing.assert_array_equal(flow[..., 0], 255 - mirrored[..., 0])
+            np.testing.assert_array_equal(flow[..., 1], mirrored[..., 1])
+            flipped += 1
+    assert 0 < flipped < len(batch["frames"])
 
 
 def test_jpeg_frames_give_the_same_clip_indices():
@@ -119,11 +126,13 @@ def test_flow_model_on_data_without_flow_is_a_clear_error():
 
 
 def _coded_window(height, width, video_id="a/b"):
-    """Pixel (x, y) of frame i holds (x, 10*i, y): a clip tells its offset and crop."""
+    """Pixel (x, y) of frame i holds (x, 10*i, y): a clip tells its offset and crop.
+    Flow at (x, y) is (100 + x, 200 - x) in every field: it tells left from right too."""
     ys, xs = np.mgrid[0:height, 0:width]
     frames = np.stack(
         [np.stack([xs, np.full_like(xs, 10 * i), ys], axis=-1) for i in range(W)]
     ).astype(np.uint8)
+    flow = np.broadcast_to(np.stack([100 + xs, 200 - xs], axis=-1), (W - 1, height, width, 2))
     return {
         "video_key": 7,
         "video_id": video_id,
@@ -133,7 +142,7 @@ def _coded_window(height, width, video_id="a/b"):
         "frames_codec": "raw",
         "frames": encode_images(frames, codec="raw"),
         "flow_codec": "raw",
-        "flow": encode_images(np.zeros((W - 1, height, width, 2), np.uint8), codec="raw"),
+        "flow": encode_images(flow.astype(np.uint8), codec="raw"),
     }
 
 
