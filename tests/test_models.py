@@ -30,7 +30,18 @@ def test_unknown_argument_lists_the_valid_ones():
         build("simple3d", num_classes=3, depth=4)
 
 
-def test_registry_describes_inputs():
-    assert "simple3d" in available()
-    spec = entry("simple3d").input
-    assert spec.frames >= 1 and spec.crop > 0 and spec.flow == 0
+@pytest.mark.parametrize(
+    ("name", "frames", "crop", "flow"),
+    [
+        ("c3d", 16, 112, 0),  # Tran et al. 2015: 16-frame clips, 112x112 crops
+        ("r2plus1d_18", 16, 112, 0),  # torchvision's Kinetics weights: 16 x 112
+        ("two_stream", 1, 224, 10),  # Simonyan & Zisserman 2014: one frame, L = 10 flow fields
+        ("slow_fusion", 10, 170, 0),  # Karpathy et al. 2014: 10 frames, 170x170 crops
+        ("slowfast_r50", 32, 224, 0),  # 4x16: the fast pathway's 32 frames (alpha 8 over 4)
+        ("single_frame", 1, 224, 0),
+    ],
+)
+def test_each_family_declares_the_input_of_its_paper(name, frames, crop, flow):
+    assert name in available()
+    spec = entry(name).input
+    assert (spec.frames, spec.crop, spec.flow) == (frames, crop, flow)
