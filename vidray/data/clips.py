@@ -255,8 +255,14 @@ def shard_batches(
     damaged (a partial copy, a bad disk) or unreadable (permissions, credentials)
     is a `VidrayError` naming the file and what to do."""
     try:
-        parquet = pq.ParquetFile(storage.open_input(path))
-        yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+        # Read and decoded on the calling thread: a read task starts no Arrow pool
+        # threads (it has one CPU, and pool threads would outlive it in the worker).
+        # Only a remote file pre-buffers, on Arrow's I/O threads: it saves round trips.
+        # The file closes once the shard is read, not whenever a GC pass finds it.
+        with pq.ParquetFile(storage.open_input(path), pre_buffer=storage.is_uri(path)) as parquet:
+            yield from parquet.iter_batches(
+                batch_size=batch_rows, columns=columns, use_threads=False
+            )
     except (pa.ArrowException, OSError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         repair = (
