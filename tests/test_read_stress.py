@@ -3,10 +3,10 @@ splitting a shuffled dataset, and an evaluation reading it too, epoch after epoc
 by threads of one process. Every epoch gets every clip, and no process dies.
 
 Once a Ray Data read worker died with "Mutex corrupt ... Fatal Python error: Aborted"
-while the run went on (Ray retried its task). The message is abseil's: of the libraries
-a read worker loads, only Ray's core and parts of Arrow that reading Parquet does not use
-carry it, not OpenCV. A read therefore starts no threads of its own (pinned below), and
-the Ray test asks Ray whether any worker died, since a retried task hides it.
+and the training run still exited 0. The message is abseil's: of the libraries a read
+worker loads, only Ray's core and parts of Arrow that reading Parquet does not use carry
+it, not OpenCV. A read therefore starts no threads of its own (pinned below), and the
+Ray test asks Ray whether any worker died, since Ray retries a dead worker's task.
 """
 
 from __future__ import annotations
