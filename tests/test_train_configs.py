@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.models import get_weight
+from torchvision.models import get_model, get_model_weights, get_weight, list_models
 
 from vidray.config import Config, load_config
 from vidray.data.clips import iter_clip_batches
@@ -81,9 +81,8 @@ def test_config_fits_its_datasets_windows_and_builds(path):
     assert ingest is not None, f"train.data={cfg.train.data} is no ingest config's output"
     info = _dataset_info(ingest)
     if cfg.model.pretrained:
-        # The name must resolve in torchvision's registry (no download); the build below
-        # leaves it out, since loading would fetch the weights.
-        assert get_weight(cfg.model.pretrained) is not None
+        # Loading would fetch the weights: `test_pretrained_names_fit_their_family` loads
+        # weights of the same shapes instead, and the build below leaves them out.
         cfg = replace(cfg, model=replace(cfg.model, pretrained=""))
     with torch.device("meta"):
         check_data(cfg, info)  # the driver's checks: clip span and crop, flow, model arguments
@@ -112,3 +111,19 @@ def test_demo_config_trains_a_step_on_ingested_windows(motion_data, path):
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+PRETRAINED = [p for p in TRAIN_FILES if load_config(p).model.pretrained]
+
+
+@pytest.mark.parametrize("path", PRETRAINED, ids=_id)
+def test_pretrained_names_fit_their_family(path, tmp_path):
+    """The torchvision weights a config names load into its model: the architecture
+    they belong to, built here untrained and saved, gives a state_dict of their shapes
+    (nothing is downloaded)."""
+    cfg = load_config(path)
+    enum = type(get_weight(cfg.model.pretrained))
+    (architecture,) = [m for m in list_models() if get_model_weights(m) is enum]
+    weights = tmp_path / f"{architecture}.pt"
+    torch.save(get_model(architecture, weights=None).state_dict(), weights)
+    build_model(resolve_inputs(load_config(path, [f"model.pretrained={weights}"])), num_classes=4)
