@@ -31,6 +31,7 @@ __all__ = [
     "frame_index",
     "index_frame",
     "make_audio_only",
+    "make_cut_after_header",
     "make_mpegts",
     "make_text_file",
     "make_thumbnail_first",
@@ -199,6 +200,19 @@ def make_truncated(
     path = make_video(path, faststart=faststart, grain=4, **video)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def make_cut_after_header(path: str | Path, **video: object) -> Path:
+    """An MP4 with its index first (faststart), cut right after that header: the
+    file opens, but none of the frames it describes is there. `video` goes to
+    `make_video`."""
+    path = make_video(path, faststart=True, **video)
+    data = path.read_bytes()
+    offset = 0
+    while data[offset + 4 : offset + 8] != b"moov":  # top-level boxes: size, type
+        offset += int.from_bytes(data[offset : offset + 4], "big")
+    path.write_bytes(data[: offset + int.from_bytes(data[offset : offset + 4], "big")])
     return path
 
 

@@ -12,6 +12,7 @@ import pytest
 from media import (
     frame_index,
     make_audio_only,
+    make_cut_after_header,
     make_mpegts,
     make_text_file,
     make_thumbnail_first,
@@ -201,6 +202,24 @@ def test_a_repeated_source_frame_is_one_read_only_array(tmp_path):
     assert not frames[0].flags.writeable
 
 
+def test_a_small_source_is_enlarged_at_most_max_upscale_times():
+    assert output_size(480, 32, 128) == (1920, 128)  # no limit: 16x the pixels
+    assert output_size(480, 32, 128, max_upscale=2) == (960, 64)
+    assert output_size(32, 480, 128, max_upscale=1.5) == (48, 720)
+    assert output_size(480, 32, 128, max_upscale=1) == (480, 32)  # never enlarged
+    assert output_size(1920, 1080, 128, max_upscale=1) == (228, 128)  # shrinking is not capped
+    assert output_size(18, 10, 32, max_upscale=2) == (36, 20)
+    with pytest.raises(ValueError, match="max_upscale must be 0"):
+        output_size(64, 48, 32, max_upscale=0.5)
+
+
+def test_decoding_with_max_upscale_stores_a_tiny_source_at_twice_its_size(tmp_path):
+    path = make_video(tmp_path / "strip.mp4", num_frames=3, size=(240, 16))
+    frames = list(iter_frames(path, fps=10, short_side=128, max_upscale=2))
+    assert frames[0].shape == (32, 480, 3)
+    assert [frame_index(f) for f in frames] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("size", [(18, 10), (97, 61)], ids=["tiny", "odd"])
 def test_tiny_and_odd_sizes_decode_to_even_sizes(tmp_path, size):
     path = make_video(tmp_path / "v.mp4", num_frames=12, size=size)
@@ -359,7 +378,12 @@ def test_single_frame_video_is_too_short_for_a_window(tmp_path):
         (lambda d: make_audio_only(d / "song.mp4", cover=True), "only a cover picture"),
         (
             lambda d: make_truncated(d / "cut.mp4", num_frames=20, faststart=False),
-            "not a recognised",
+            r"truncated or incomplete MP4/MOV: it ends inside its 'mdat' box \(\d+ of \d+ "
+            r"bytes\) and has no 'moov' index",
+        ),
+        (
+            lambda d: make_cut_after_header(d / "header.mp4", num_frames=20),
+            r"truncated MP4/MOV: it ends after \d+ bytes, before its video data",
         ),
         (lambda d: d, "not a regular file"),
     ],
@@ -371,6 +395,7 @@ def test_single_frame_video_is_too_short_for_a_window(tmp_path):
         "audio-only",
         "audio-with-cover-art",
         "cut-no-index",
+        "cut-after-header",
         "directory",
     ],
 )

@@ -8,13 +8,20 @@ import cv2
 import numpy as np
 import pytest
 
+from vidray.config import load_config
 from vidray.data.flow import (
     FLOW_BACKENDS,
     dequantize_flow,
     load_flow_estimator,
     quantize_flow,
 )
+from vidray.data.ingest import run_ingest
+from vidray.data.manifest import read_manifest
+from vidray.data.shards import decode_images, read_windows
+from vidray.data.synthetic import write_video
 from vidray.errors import VidrayError
+
+REPO = Path(__file__).resolve().parents[1]
 
 CPU_BACKENDS = ("dis", "farneback", "tvl1")
 MARGIN = 16  # pixels near the border see content entering the frame; judge the interior
@@ -96,6 +103,29 @@ def test_tvl1_without_opencv_contrib_names_the_package(monkeypatch):
     monkeypatch.delattr(cv2, "optflow")
     with pytest.raises(VidrayError, match="opencv-contrib-python-headless"):
         load_flow_estimator("tvl1")
+
+
+def test_dis_takes_frames_smaller_or_wider_than_opencv_does():
+    """OpenCV's DIS kills the process on a short, wide frame (what a tiny source
+    enlarged at most ingest.max_upscale times can be): run it where a crash
+    cannot take pytest down, and check the flow is still right."""
+    code = (
+        "import sys, numpy as np\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_flow import moving_texture\n"
+        "from vidray.data.flow import load_flow_estimator\n"
+        "estimate = load_flow_estimator('dis')\n"
+        "for h, w in [(2, 2), (10, 10), (8, 100), (100, 8), (24, 96), (28, 400)]:\n"
+        "    frames = np.random.default_rng(0).integers(0, 256, (3, h, w, 3), dtype=np.uint8)\n"
+        "    assert estimate(frames).shape == (2, h, w, 2), (h, w)\n"
+        "flow = estimate(moving_texture(shifts=[(0, 0), (1.0, 0)], size=(24, 96)))\n"
+        "mean = flow[:, 4:-4, 16:-16].reshape(-1, 2).mean(axis=0)\n"
+        "assert abs(mean[0] - 1.0) < 0.3 and abs(mean[1]) < 0.3, mean\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
 
 
 def test_cpu_backends_do_not_import_torch():
@@ -202,3 +232,66 @@ def test_raft_without_weights_needs_an_explicit_random_init():
         load_flow_estimator("raft", device="cpu")
     estimate = load_flow_estimator("raft", raft_random_init=True, device="cpu")
     assert estimate.backend == "raft"
+
+
+# ------------------------------------------------------------- stored flow, end to end
+
+# A texture moving right, and one moving down, by SHIFT source pixels a frame; stored
+# at short side 64 from 96 rows, that is 2/3 as many stored pixels.
+SHIFT = 3.0
+STORED_SHIFT = SHIFT * 64 / 96
+
+
+@pytest.fixture(scope="module", params=["raw", "jpeg"])
+def stored_motion(request, ray_local, tmp_path_factory):
+    """The flow column of a right- and a down-moving video, ingested with flow.codec
+    raw or jpeg, dequantized as a reader does: {video_id: (windows, N-1, H, W, 2)}."""
+    root = tmp_path_factory.mktemp(f"motion_{request.param}")
+    for name, step in (("right", (SHIFT, 0.0)), ("down", (0.0, SHIFT))):
+        frames = moving_texture(
+            shifts=[(i * step[0], i * step[1]) for i in range(9)], size=(96, 144)
+        )
+        write_video(root / "videos" / name / "v.mp4", frames, fps=10, options={"crf": "10"})
+    cfg = load_config(
+        None,
+        [
+            f"ingest.input={root / 'videos'}",
+            f"ingest.output={root / 'data'}",
+            "ingest.short_side=64",
+            "ingest.window_frames=8",
+            "ingest.window_stride=8",
+            "ingest.val_fraction=0",
+            f"flow.codec={request.param}",
+        ],
+    )
+    run_ingest(cfg, log=lambda line: None)
+    shards = [
+        root / "data" / "windows" / s for row in read_manifest(root / "data") for s in row["shards"]
+    ]
+    table = read_windows(shards).to_pylist()
+    assert {row["flow_codec"] for row in table} == {request.param}
+    return {
+        row["video_id"]: dequantize_flow(
+            decode_images(
+                row["flow"],
+                codec=row["flow_codec"],
+                height=row["height"],
+                width=row["width"],
+                channels=2,
+            ),
+            row["flow_bound"],
+        )
+        for row in table
+    }
+
+
+def test_stored_flow_has_the_sign_axis_and_size_of_the_motion(stored_motion):
+    right, down = stored_motion["right/v"], stored_motion["down/v"]
+    assert right.shape == down.shape == (7, 64, 96, 2)
+    margin = 12
+    for flow, expected in ((right, (STORED_SHIFT, 0.0)), (down, (0.0, STORED_SHIFT))):
+        interior = flow[:, margin:-margin, margin:-margin].reshape(-1, 2)
+        np.testing.assert_allclose(interior.mean(axis=0), expected, atol=0.2)
+        # Nearly every pixel moves that way, not just the average.
+        along = interior[:, int(expected[1] > 0)]
+        assert np.mean(np.abs(along - STORED_SHIFT) < 0.75) > 0.9

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from media import (
@@ -29,7 +30,7 @@ from media import (
 from vidray.cli import run_command
 from vidray.config import load_config
 from vidray.data.ingest import run_ingest
-from vidray.data.manifest import read_dataset_info, read_manifest
+from vidray.data.manifest import read_dataset_info, read_journal, read_manifest
 from vidray.errors import VidrayError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +140,22 @@ def test_quarantine_reasons_say_what_is_wrong(hostile_output):
     assert "fewer than 2 decodable frames" in errors["one_frame"]
 
 
+def test_the_summary_shows_each_quarantine_reason_whole_and_without_the_path(
+    hostile_tree, hostile_output
+):
+    root, _ = hostile_tree
+    output, summary = hostile_output
+    quarantined = [m["error"] for m in read_manifest(output) if m["status"] == "quarantined"]
+    assert summary.reasons == Counter(quarantined)
+    assert not [error for error in quarantined if str(root) in error]
+    report = summary.report().splitlines()
+    assert "ingest: quarantined 1x: empty file (0 bytes)" in report
+    assert any(
+        line.startswith("ingest: quarantined 1x: not a recognised video format (")
+        for line in report
+    )
+
+
 def test_short_video_is_one_window_padded_with_its_last_frame(hostile_output):
     output, _ = hostile_output
     row = next(m for m in read_manifest(output) if m["video_id"] == "alpha/short")
@@ -154,13 +171,27 @@ def test_truncated_file_keeps_the_windows_before_the_cut(hostile_output):
     assert row["status"] == "ok" and 1 <= row["n_windows"] < 40 // 8
 
 
+def stored_size(output: Path, video_id: str) -> tuple[int, int]:
+    """(width, height) of a video's stored frames, and its manifest row."""
+    row = next(m for m in read_manifest(output) if m["video_id"] == video_id)
+    table = pq.read_table(output / "windows" / row["shards"][0], columns=["height", "width"])
+    return (table["width"][0].as_py(), table["height"][0].as_py()), row
+
+
 def test_sizes_are_resized_to_the_short_side_with_even_dimensions(hostile_output):
     output, _ = hostile_output
-    for name in ("beta/tiny", "beta/odd"):
-        row = next(m for m in read_manifest(output) if m["video_id"] == name)
-        table = pq.read_table(output / "windows" / row["shards"][0], columns=["height", "width"])
-        h, w = table["height"][0].as_py(), table["width"][0].as_py()
-        assert min(h, w) == 32 and h % 2 == 0 and w % 2 == 0
+    (w, h), row = stored_size(output, "beta/odd")  # 97x61
+    assert (w, h) == (50, 32) and row["error"] is None
+
+
+def test_a_tiny_source_is_enlarged_at_most_max_upscale_and_its_row_says_so(hostile_output):
+    output, summary = hostile_output
+    (w, h), row = stored_size(output, "beta/tiny")  # 18x10, short side 32 would be 3.2x
+    assert (w, h) == (36, 20)  # 2x, the default ingest.max_upscale
+    assert row["status"] == "ok"
+    assert row["error"].startswith("small source (18x10): stored at 36x20")
+    assert "ingest.max_upscale=2" in row["error"]
+    assert summary.small == 1 and "1 videos are smaller than the short side" in summary.report()
 
 
 def test_a_rotated_phone_video_is_stored_upright(hostile_output):
@@ -202,7 +233,7 @@ def test_rerun_skips_done_files_and_retries_quarantined_ones(ray_local, tmp_path
     check_consistent(output)
 
 
-def test_changed_and_deleted_files_are_re_ingested_and_dropped(ray_local, tmp_path):
+def test_a_changed_file_is_re_ingested_and_a_deleted_one_kept_until_pruned(ray_local, tmp_path):
     root = tmp_path / "videos"
     (root / "a").mkdir(parents=True)
     (root / "b").mkdir()
@@ -211,12 +242,40 @@ def test_changed_and_deleted_files_are_re_ingested_and_dropped(ray_local, tmp_pa
     make_video(root / "b" / "delete.mp4", num_frames=16)
     output = tmp_path / "out"
     ingest(root, output)
+    deleted = {m["video_id"]: m["shards"] for m in read_manifest(output)}["b/delete"]
+    stamps = {s: (output / "windows" / s).stat().st_mtime_ns for s in deleted}
     make_video(root / "b" / "change.mp4", num_frames=32)
     (root / "b" / "delete.mp4").unlink()
+
     summary = ingest(root, output)
-    assert (summary.skipped, summary.ingested) == (1, 1)
+    assert (summary.skipped, summary.ingested, summary.gone) == (1, 1, 1)
+    assert "1 videos in the dataset are no longer in the input; kept" in summary.report()
+    manifest = check_consistent(output)  # the changed file's earlier shards are gone too
+    windows = {m["video_id"]: m["n_windows"] for m in manifest}
+    assert windows == {"a/keep": 2, "b/change": 4, "b/delete": 2}
+    assert {s: (output / "windows" / s).stat().st_mtime_ns for s in deleted} == stamps
+    assert read_dataset_info(output)["videos"] == 3
+
+    pruned = ingest(root, output, "ingest.mode=prune")
+    assert (pruned.skipped, pruned.ingested, pruned.gone) == (2, 0, 1)
+    assert "1 videos no longer in the input were deleted" in pruned.report()
     manifest = check_consistent(output)
-    assert {m["video_id"]: m["n_windows"] for m in manifest} == {"a/keep": 2, "b/change": 4}
+    assert sorted(m["video_id"] for m in manifest) == ["a/keep", "b/change"]
+    assert not any((output / "windows" / s).exists() for s in deleted)
+
+
+def test_a_second_file_with_a_videos_id_is_quarantined_and_the_video_kept(ray_local, tmp_path):
+    root = tmp_path / "videos"
+    make_video(root / "cat" / "a.avi", num_frames=16)
+    make_video(root / "cat" / "a.mp4", num_frames=16)  # the same video_id, cat/a
+    make_video(root / "cat" / "b.mp4", num_frames=16)
+    output = tmp_path / "out"
+    for _ in range(2):  # and again into the same output
+        summary = ingest(root, output)
+        assert (summary.ingested + summary.skipped, summary.quarantined) == (2, 1)
+        rows = sorted((Path(m["path"]).name, m["status"]) for m in check_consistent(output))
+        assert rows == [("a.avi", "ok"), ("a.mp4", "quarantined"), ("b.mp4", "ok")]
+    assert summary.skipped == 2
 
 
 def test_long_video_is_split_into_segments_with_the_same_windows(ray_local, tmp_path):
@@ -368,47 +427,96 @@ def test_flat_layout_is_unlabeled(ray_local, tmp_path):
     assert set(labels["label"].to_pylist()) == {-1}
 
 
-# --------------------------------------------------------------------------- a killed run
+# ------------------------------------------------------------------ stopped and killed runs
 
 
 @pytest.mark.slow
-def test_killed_run_leaves_no_partial_shard_and_the_rerun_completes(tmp_path):
-    root = tmp_path / "videos"
-    for i in range(16):
-        make_video(root / f"c{i % 2}" / f"v{i}.mp4", num_frames=60)
-    output = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "pipelines.ingest",
-        f"ingest.input={root}",
-        f"ingest.output={output}",
+def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
+    ray_local, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C, then a kill, then a run to the end: the same command each time, typed in
+    a fresh folder (the last one in this process, to spare a Ray start). Three videos of
+    7 windows, one window a segment."""
+    for i in range(3):
+        make_video(tmp_path / "videos" / f"c{i % 2}" / f"v{i}.mp4", num_frames=60)
+    output = tmp_path / "data"
+    command = [
+        "--input=videos",
+        "--output=data",
         *SMALL,
         "ingest.segment_windows=1",
         "flow.backend=farneback",
-        "ray.num_cpus=1",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((output / "windows").glob("*.parquet"))) < 3:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert list((output / "windows").glob("*.parquet")), "the run was killed before any shard"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.ingest", *command, "ray.num_cpus=1"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def shards() -> set[str]:
+        return {p.name for p in (output / "windows").glob("*.parquet")}
+
+    def wait_for(count: int, run: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 240
+        while len(shards()) < count and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before it could be stopped"
+
+    def recorded() -> dict[str, tuple[int, int]]:
+        """Inode and mtime of each shard the manifest or the journal names."""
+        named = {s for row in read_manifest(output) for s in row["shards"]}
+        named |= {r["shard"] for r in read_journal(output) if r["n_windows"]}
+        return {
+            s: ((output / "windows" / s).stat().st_ino, (output / "windows" / s).stat().st_mtime_ns)
+            for s in named
+        }
+
+    stopped = start()
+    wait_for(3, stopped)
+    stopped.send_signal(signal.SIGINT)
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode == 130, err[-2000:]
+    (line,) = [text for text in err.splitlines() if "interrupted" in text]
+    assert re.fullmatch(
+        r"python -m pipelines\.ingest: interrupted: \d of 3 videos ingested and recorded in "
+        rf"{re.escape(str(output / 'manifest.parquet'))}( and \d+ finished segments of \d "
+        r"longer videos)?; run the same command again to continue",
+        line,
+    ), line
+    after_stop = recorded()
+    assert set(after_stop) == shards()  # every finished shard is on record
+
+    killed = start()
+    wait_for(len(after_stop) + 2, killed)
+    killed.kill()
+    killed.wait()
     for shard in (output / "windows").glob("*"):
         assert shard.suffix == ".parquet"
         pq.read_table(shard)  # every visible shard is complete
-    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    after_kill = recorded()
+    assert {s: after_kill.get(s) for s in after_stop} == after_stop  # the kill redid none
+
+    journal = read_journal(output)
+    per_video = Counter(r["video_id"] for r in journal)
+    done_before = {m["video_id"] for m in read_manifest(output) if m["status"] == "ok"}
+    done_before |= {vid for vid, n in per_video.items() if n == 7}
+    reused = sum(n for vid, n in per_video.items() if vid not in done_before)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert run_command("ingest", command) == 0
+    resumed = f" (with {reused} segments done before)" if reused else ""
+    report = capsys.readouterr().out
+    assert f"{3 - len(done_before)} ingested{resumed}, {len(done_before)} already done" in report
     manifest = check_consistent(output)
-    assert (
-        all(m["status"] == "ok" and m["n_windows"] == 7 for m in manifest) and len(manifest) == 16
-    )
-    assert not (output / "_tmp").exists()
-    assert np.sum([m["n_windows"] for m in manifest]) == len(shard_rows(output))
+    assert len(manifest) == 3 and all(m["status"] == "ok" and m["n_windows"] == 7 for m in manifest)
+    assert {s: recorded().get(s) for s in after_kill} == after_kill  # nothing on record redone
+    assert not (output / "_tmp").exists() and not (output / "_journal").exists()
 
 
 @pytest.mark.parametrize(

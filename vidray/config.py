@@ -42,6 +42,9 @@ class IngestConfig:
     test_fraction: float = 0.0  # likewise for a test split (final numbers, never selection)
     fps: float = 10.0  # base frame rate every source is resampled to
     short_side: int = 128  # stored frames: short side in pixels (0 = keep source size)
+    # a source smaller than short_side is enlarged at most this much per side (a 32x480
+    # file is stored at 64x960, not 128x1920), noted on its manifest row; 0 = no limit
+    max_upscale: float = 2.0
     window_frames: int = 32  # frames per stored window (W)
     window_stride: int = 32  # frames between window starts (W = non-overlapping)
     frames_codec: FramesCodec = "jpeg"
@@ -53,6 +56,11 @@ class IngestConfig:
     decode_threads: int = 1  # PyAV threads per task (Ray parallelises across tasks)
     cpus_per_task: float = 1.0
     gpus_per_task: float = 0.0  # for flow.backend=raft on GPU nodes, e.g. 0.25 = 4 tasks a GPU
+    # what happens to an output that already holds a dataset: add = ingest new and changed
+    # files, keep the rest (files gone from the input too); prune = add, then delete the
+    # videos gone from the input; replace = delete the earlier dataset and start afresh
+    # (also from another input or layout, which add and prune refuse)
+    mode: Literal["add", "replace", "prune"] = "add"
 
 
 @dataclass(frozen=True)

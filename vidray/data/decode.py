@@ -50,6 +50,9 @@ _TIME_EPS = 1e-3
 # as ANSI art, and the image demuxers turn a single still into a one-frame stream.
 _NOT_VIDEO_FORMATS = frozenset({"tty", "image2"})
 
+# The boxes an MP4/MOV (ISO base media) file can start with.
+_MP4_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
+
 # Relative tolerance for the container's frame count against duration x rate.
 _META_TOLERANCE = 0.01
 
@@ -104,19 +107,27 @@ def count_windows(num_frames_at_fps: int, *, window_frames: int, window_stride: 
     return 1 if num_frames_at_fps >= 2 else 0
 
 
-def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+def output_size(
+    width: int, height: int, short_side: int, max_upscale: float = 0.0
+) -> tuple[int, int]:
     """(out_w, out_h) with the short side scaled to `short_side` and the aspect kept.
 
     Both sides are even (>= 2) because downstream encoders and 2x2 pooling want
     them so; an odd `short_side` is rounded down. ``short_side=0`` keeps the source
-    size, rounded down to even.
+    size, rounded down to even. ``max_upscale > 0`` caps the enlargement of a source
+    smaller than `short_side`: its short side becomes at most ``max_upscale`` times
+    its own (a 32x480 strip at short side 128 would otherwise grow to 16x its pixels).
     """
     if width < 1 or height < 1:
         raise ValueError(f"frame size must be positive, got {width}x{height}")
     if short_side < 0:
         raise ValueError(f"short_side must be >= 0, got {short_side}")
+    if max_upscale < 0 or 0 < max_upscale < 1:
+        raise ValueError(f"max_upscale must be 0 (no limit) or >= 1, got {max_upscale}")
     if short_side == 0:
         return max(2, width - width % 2), max(2, height - height % 2)
+    if max_upscale:
+        short_side = min(short_side, math.floor(min(width, height) * max_upscale))
     short = max(2, short_side - short_side % 2)
     long = max(2, 2 * round(max(width, height) * short / min(width, height) / 2))
     return (long, short) if width >= height else (short, long)
@@ -173,6 +184,9 @@ def _open(path: Path) -> av.container.InputContainer:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError) as e:
+        cut = _mp4_cut(path)
+        if cut:
+            raise VideoError(f"{path}: {cut}") from e
         raise VideoError(f"{path}: not a recognised video format ({_reason(e)})") from e
     fmt = container.format.name
     if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
@@ -186,6 +200,56 @@ def _open(path: Path) -> av.container.InputContainer:
         container.close()
         raise VideoError(f"{path}: no video stream (only a cover picture)")
     return container
+
+
+def _mp4_cut(path: Path) -> str | None:
+    """Why an MP4/MOV file is truncated or incomplete, from its top-level boxes, or None.
+
+    FFmpeg only says "invalid data" for an MP4 whose index (the ``moov`` box) is
+    missing, which is what a download or copy cut short leaves when the index was
+    written last; and it opens one cut right after a leading index, then finds no
+    frame. Both are told apart from a file that is not a video at all here.
+    """
+    size = path.stat().st_size
+    boxes: dict[bytes, tuple[int, int]] = {}  # type -> (offset, declared size) of the first
+    ends_inside = None
+    with path.open("rb") as file:
+        offset = 0
+        while offset + 8 <= size:
+            file.seek(offset)
+            header = file.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:  # a 64-bit size follows the type
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:  # the box runs to the end of the file
+                length = size - offset
+            if not boxes and kind not in _MP4_FIRST_BOXES:
+                return None
+            if length < 8 or not kind.isascii() or not kind.decode().isprintable():
+                return None  # not a box: something else, or damage rather than a cut
+            boxes.setdefault(kind, (offset, length))
+            if offset + length > size:
+                ends_inside = kind.decode()
+                break
+            offset += length
+    if not boxes:
+        return None
+    if ends_inside is not None:
+        start, length = boxes[ends_inside.encode()]
+        where = f"it ends inside its '{ends_inside}' box ({size - start} of {length} bytes)"
+    else:
+        where = f"it ends after {size} bytes"
+    if b"moov" not in boxes:
+        return (
+            f"truncated or incomplete MP4/MOV: {where} and has no 'moov' index "
+            "(a download, copy or recording cut short); get the whole file again"
+        )
+    if ends_inside is not None or b"mdat" not in boxes:
+        return (
+            f"truncated MP4/MOV: {where}, before its video data "
+            "(a download or copy cut short); get the whole file again"
+        )
+    return None
 
 
 def _moving_streams(container: av.container.InputContainer) -> list[av.video.VideoStream]:
@@ -243,8 +307,13 @@ def _first_frame(
             for frame in packet.decode():  # the final empty packet drains the decoder
                 return frame
     except (av.FFmpegError, OSError) as e:
-        raise VideoError(f"{path}: no decodable video frame ({_reason(e)})") from e
-    raise VideoError(f"{path}: no decodable video frame (the video stream is empty)")
+        raise _no_frame(path, _reason(e)) from e
+    raise _no_frame(path, "the video stream is empty")
+
+
+def _no_frame(path: Path, reason: str) -> VideoError:
+    """The error for a video none of whose frames decodes: a cut file says so."""
+    return VideoError(f"{path}: {_mp4_cut(path) or f'no decodable video frame ({reason})'}")
 
 
 def _metadata_timing(
@@ -360,13 +429,15 @@ def iter_frames(
     end_sec: float | None = None,
     threads: int = 0,
     errors: list[str] | None = None,
+    max_upscale: float = 0.0,
 ) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames (H, W, 3) on the grid ``start_sec + k/fps``.
 
     Grid times run while ``t_k < end_sec`` and the last frame is still shown.
     Each is the frame shown at ``t_k``, resized inside the decoder so its short
-    side is `short_side` (0 keeps the size; see `output_size`). A source frame
-    picked for several grid times is yielded as the same read-only array.
+    side is `short_side` (0 keeps the size), enlarged at most `max_upscale` times
+    (0: no limit; see `output_size`). A source frame picked for several grid
+    times is yielded as the same read-only array.
     For ``start_sec > 0`` the decoder seeks to the keyframe before it.
     ``threads`` is the decoder's thread count (0: FFmpeg's choice).
 
@@ -388,6 +459,7 @@ def iter_frames(
         end_sec=end_sec,
         threads=threads,
         errors=errors,
+        max_upscale=max_upscale,
     )
 
 
@@ -404,6 +476,7 @@ def iter_windows(
     max_windows: int | None = None,
     threads: int = 0,
     errors: list[str] | None = None,
+    max_upscale: float = 0.0,
 ) -> Iterator[Window]:
     """Yield windows of `window_frames` grid frames, `window_stride` frames apart.
 
@@ -417,8 +490,8 @@ def iter_windows(
 
     When the range has 2 <= n < window_frames frames and ``first_window == 0``,
     one window is yielded with its last frame repeated, ``padded = window_frames - n``.
-    Only ``window_frames`` frames are held at a time. `threads` and `errors` are
-    as for `iter_frames`.
+    Only ``window_frames`` frames are held at a time. `threads`, `errors` and
+    `max_upscale` are as for `iter_frames`.
 
     Raises:
         VideoError: ``first_window == 0`` and fewer than 2 frames decode, or the
@@ -445,6 +518,7 @@ def iter_windows(
         end_sec=end_sec,
         threads=threads,
         errors=errors,
+        max_upscale=max_upscale,
     )
     buffer: deque[np.ndarray] = deque(maxlen=window_frames)
     count = 0
@@ -484,6 +558,7 @@ def iter_keyframe_windows(
     window_frames: int,
     threads: int = 0,
     errors: list[str] | None = None,
+    max_upscale: float = 0.0,
 ) -> Iterator[Window]:
     """Windows of ``window_frames`` grid frames centred on grid frames ``centres`` (sorted).
 
@@ -522,6 +597,7 @@ def iter_keyframe_windows(
         end_sec=None,
         threads=threads,
         errors=errors,
+        max_upscale=max_upscale,
     )
     for index, frame in enumerate(frames, start=first):
         recent.append((index, frame))
@@ -552,6 +628,7 @@ def _grid_frames(
     end_sec: float | None,
     threads: int,
     errors: list[str] | None,
+    max_upscale: float,
 ) -> Iterator[np.ndarray]:
     """Grid frames ``first_index <= k < stop_index`` of the grid ``start_sec + k/fps``.
 
@@ -586,7 +663,7 @@ def _grid_frames(
         rgb: np.ndarray | None = None  # cur converted, once it is picked
         for t, duration, frame in timed:
             if cur is None:
-                size = output_size(*_shown_size(frame, stream), short_side)
+                size = output_size(*_shown_size(frame, stream), short_side, max_upscale)
                 turns = _quarter_turns(frame)
             else:
                 # `frame` replaces `cur` at time t: grid times before t show `cur`.
@@ -601,9 +678,9 @@ def _grid_frames(
 
         if cur is None:
             if failure:
-                raise VideoError(f"{path}: no decodable video frame ({failure[0]})")
+                raise _no_frame(path, failure[0])
             if first_index == 0 and start_sec == 0:
-                raise VideoError(f"{path}: no decodable video frame (the video stream is empty)")
+                raise _no_frame(path, "the video stream is empty")
             return  # the range starts after the end of the video
         # End of stream: the last frame is shown until its end.
         end = cur_t + (cur_duration or _last_frame_seconds(None, cur_t, prev_t, stream))

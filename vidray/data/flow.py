@@ -38,6 +38,12 @@ FLOW_BACKENDS = ("dis", "farneback", "tvl1", "raft")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 RAFT_MODELS = ("raft_small", "raft_large")
 
+# OpenCV 5's DIS (ultrafast and fast presets) crashes the process (SIGSEGV) on frames
+# under 32 rows that are 3 or more times as wide (e.g. 24x96), and refuses wider ones
+# and frames under 12 px a side; 32 rows and up were checked to 5000 columns. A tiny
+# source stored at up to ingest.max_upscale times its size can be that small.
+_DIS_MIN_SIZE = 32
+
 # RAFT's encoders downsample by 8, and torchvision's correlation pyramid refuses
 # feature maps under 16 cells a side: 128 px is the smallest input it takes.
 _RAFT_MULTIPLE = 8
@@ -71,20 +77,29 @@ class OpenCVFlow:
 
     DIS, Farneback and TV-L1 all share OpenCV's ``calc(prev, next, flow)``
     interface and its flow convention, so they differ only in the object passed in.
+    Frames smaller than ``min_size`` a side are replicate-padded at the bottom and
+    right, and the flow cropped back.
     """
 
-    def __init__(self, *, backend: str, algorithm: Any) -> None:
+    def __init__(self, *, backend: str, algorithm: Any, min_size: int = 1) -> None:
         self.backend = backend
         self.algorithm = algorithm
+        self.min_size = min_size
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """Flow of a uint8 (N, H, W, 3) RGB window as float32 (N-1, H, W, 2) pixels."""
         frames = _check_frames(frames)
         n, h, w, _ = frames.shape
-        gray = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames]
+        pad_h, pad_w = max(0, self.min_size - h), max(0, self.min_size - w)
+        gray = [
+            cv2.copyMakeBorder(
+                cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE
+            )
+            for frame in frames
+        ]
         flow = np.empty((n - 1, h, w, 2), dtype=np.float32)
         for i in range(n - 1):
-            flow[i] = self.algorithm.calc(gray[i], gray[i + 1], None)
+            flow[i] = self.algorithm.calc(gray[i], gray[i + 1], None)[:h, :w]
         return flow
 
 
@@ -267,7 +282,11 @@ def load_flow_estimator(
             f"unknown flow backend '{backend}': use one of {', '.join(FLOW_BACKENDS)}"
         )
     if backend != "raft":
-        return OpenCVFlow(backend=backend, algorithm=_opencv_algorithm(backend, dis_preset))
+        return OpenCVFlow(
+            backend=backend,
+            algorithm=_opencv_algorithm(backend, dis_preset),
+            min_size=_DIS_MIN_SIZE if backend == "dis" else 1,
+        )
 
     import torch
 

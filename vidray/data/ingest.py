@@ -1,5 +1,7 @@
 """Ingest: videos -> windows of frames and optical flow in Parquet shards, on Ray Data.
 
+    check (no Ray, nothing written): config values, an input with videos, an output
+        that holds no other dataset
     list sources ─> skip what is done ─> probe (Ray Data, files in batches)
         ─> plan segments ─> pack into tasks ─> decode → flow → encode → shard (Ray Data)
         ─> manifest.parquet + dataset.yaml
@@ -7,9 +9,17 @@
 A segment is a run of at most ``ingest.segment_windows`` windows of one video,
 so a long film is spread over many tasks and no task holds more than one
 window of frames at a time; short clips are packed several to a task. Every
-segment writes its own shard atomically; the manifest, rewritten as results
-arrive, is the commit record. A bad file becomes a manifest row with the
-reason, never an exception that stops the job.
+segment writes its own shard atomically and then records itself in the
+journal (`vidray.data.manifest`): whatever stops the run (Ctrl-C, SIGTERM, a
+crash), the next one with the same command does only what no record names.
+A bad file becomes a manifest row with the reason, never an exception that
+stops the job; any other failure is a bug and stops it with its traceback.
+
+An output holds one dataset: the input and layout named in its dataset.yaml.
+``ingest.mode`` says what a run does to it: ``add`` ingests new and changed
+files and keeps every video it holds, also those no longer in the input (they
+are reported); ``prune`` deletes those; ``replace`` deletes the whole dataset
+first, and is the only mode that accepts another input or layout.
 
 The stage functions (`probe_entry`, `ingest_segment`) are plain functions,
 testable without Ray; `run_ingest` only wires them.
@@ -19,38 +29,68 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import shutil
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import av
 
 from vidray import storage
 from vidray.config import Config, FlowConfig, IngestConfig
 from vidray.data import decode
 from vidray.data.manifest import (
+    DATASET_FILE,
+    MANIFEST_FILE,
     STORAGE_KEYS,
     TMP_DIR,
     WINDOWS_DIR,
     check_storage_compatible,
+    clear_journal,
+    read_dataset_info,
+    read_journal,
     read_manifest,
+    remove_dataset,
     write_dataset_info,
+    write_journal_record,
     write_manifest,
 )
 from vidray.data.shards import ShardWriter, encode_images, video_key
-from vidray.data.sources import list_sources
-from vidray.errors import VideoError, VidrayError
+from vidray.data.sources import VIDEO_EXTENSIONS, SourceListing, has_video_files, list_sources
+from vidray.errors import Interrupted, VideoError, VidrayError
 
-# The driver rewrites the manifest at most this often, so a crash loses little.
+# The driver also rewrites the manifest this often, so a resumed run reads few
+# journal records; the journal alone already loses nothing.
 _MANIFEST_EVERY_S = 30.0
 _PROGRESS_EVERY_S = 5.0
 # Probing a file takes a few ms: many per task, or scheduling dominates.
 _PROBES_PER_TASK = 32
+# What a user's file can make the decoder raise. Anything else is a bug in vidray.
+_MEDIA_ERRORS = (VideoError, av.FFmpegError)
+# What a task's journal record carries about its video, to make its manifest row.
+_VIDEO_FIELDS = (
+    "path",
+    "video_id",
+    "label",
+    "label_name",
+    "split",
+    "size",
+    "mtime",
+    "duration",
+    "fps",
+    "width",
+    "height",
+    "problems",
+)
+_SEGMENT_FIELDS = ("segment", "segments", "first_window", "max_windows", "shard")
 
 
 @dataclass
@@ -58,11 +98,15 @@ class IngestSummary:
     output: str
     listed: int = 0
     ingested: int = 0  # ok in this run
-    skipped: int = 0  # ok from an earlier run, untouched
+    skipped: int = 0  # ok from an earlier (or an interrupted) run, untouched
     quarantined: int = 0
     windows: int = 0  # written in this run
     bytes: int = 0
     seconds: float = 0.0
+    gone: int = 0  # videos in the dataset whose file is no longer in the input
+    pruned: bool = False  # ... and were deleted (ingest.mode=prune)
+    small: int = 0  # ingested below the short side: ingest.max_upscale capped them
+    resumed: int = 0  # segments an interrupted run finished, reused, not ingested again
     reasons: Counter = field(default_factory=Counter)
 
     @property
@@ -71,19 +115,31 @@ class IngestSummary:
 
     def report(self) -> str:
         rate = self.windows / self.seconds if self.seconds > 0 else 0.0
+        resumed = f" (with {self.resumed} segments done before)" if self.resumed else ""
         lines = [
-            f"ingest: {self.ingested} ingested, {self.skipped} already done, "
+            f"ingest: {self.ingested} ingested{resumed}, {self.skipped} already done, "
             f"{self.quarantined} quarantined of {self.listed} files",
             f"ingest: {self.windows} windows, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
             f"({rate:.1f} windows/s) -> {self.output}",
         ]
+        if self.gone and self.pruned:
+            lines.append(
+                f"ingest: {self.gone} videos no longer in the input were deleted from the "
+                "dataset (ingest.mode=prune)"
+            )
+        elif self.gone:
+            lines.append(
+                f"ingest: {self.gone} videos in the dataset are no longer in the input; kept "
+                "(ingest.mode=prune deletes them)"
+            )
+        if self.small:
+            lines.append(
+                f"ingest: {self.small} videos are smaller than the short side and were enlarged "
+                "only up to ingest.max_upscale (noted in the manifest)"
+            )
         for reason, count in self.reasons.most_common(5):
             lines.append(f"ingest: quarantined {count}x: {reason}")
         return "\n".join(lines)
-
-
-def _stat(path: str) -> tuple[int, float] | None:
-    return storage.stat(path)
 
 
 def scratch_dir(output: str) -> Path:
@@ -96,7 +152,6 @@ def scratch_dir(output: str) -> Path:
 
 
 def _manifest_row(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    stat = _stat(entry["path"])
     row = {
         "path": entry["path"],
         "video_id": entry["video_id"],
@@ -111,23 +166,111 @@ def _manifest_row(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
         "fps": None,
         "width": None,
         "height": None,
-        "size": stat[0] if stat else None,
-        "mtime": stat[1] if stat else None,
+        "size": entry["size"],
+        "mtime": entry["mtime"],
         "shards": [],
     }
     row.update(fields)
     return row
 
 
+def _media_reason(error: Exception, local: Path) -> str:
+    """A media error's one line without the file's name: the manifest row has the path,
+    and for a file in an object store the name is that of a local temporary copy."""
+    return str(error).removeprefix(f"{local}: ")
+
+
+# ----------------------------------------------------------------------------- check
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What `check_ingest` found: where things are, what the input lists, and the
+    dataset.yaml already in the output (None for a new output)."""
+
+    input: str
+    output: str
+    listing: SourceListing
+    info: dict[str, Any] | None
+
+
+def check_ingest(cfg: Config) -> None:
+    """Find what would make ``vidray ingest`` fail before it does anything, without Ray
+    and without writing: the config values, an input that lists at least one video,
+    and an output that is new or holds the dataset of the same input and layout
+    (unless ``ingest.mode=replace``), ingested with the same storage parameters.
+
+    Raises:
+        VidrayError: one line naming the problem and the fix.
+    """
+    _check(cfg)
+
+
+def _check(cfg: Config) -> _Checked:
+    _validate(cfg)
+    ingest = cfg.ingest
+    source = storage.resolve(ingest.input)
+    output = storage.resolve(ingest.output)
+    if _same_place(source, output):
+        raise VidrayError(
+            f"ingest.output {output} is the input folder: choose another --output, "
+            "e.g. a folder beside it"
+        )
+    info = None
+    if storage.is_file(storage.join(output, DATASET_FILE)):
+        info = read_dataset_info(output)
+        if ingest.mode != "replace":
+            _check_same_dataset(info, source=source, layout=ingest.layout, output=output)
+            check_storage_compatible(output, info, _storage(cfg))
+    listing = list_sources(
+        ingest.input,
+        layout=ingest.layout,
+        split=ingest.split,
+        val_fraction=ingest.val_fraction,
+        test_fraction=ingest.test_fraction,
+        exclude=output,
+    )
+    if ingest.layout in ("folders", "flat") and not has_video_files(listing):
+        raise VidrayError(
+            f"input {ingest.input} holds no video files (looked for "
+            f"{' '.join(sorted(VIDEO_EXTENSIONS))}): check ingest.input"
+        )
+    if not listing.entries:
+        raise VidrayError(f"input {ingest.input} lists no videos: check ingest.input")
+    return _Checked(input=source, output=output, listing=listing, info=info)
+
+
+def _same_place(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _check_same_dataset(info: dict[str, Any], *, source: str, layout: str, output: str) -> None:
+    """Refuse to mix another input or layout into a dataset (ingest.mode=replace may)."""
+    stored = str(info.get("input", ""))
+    stored_layout = info.get("layout")
+    # Outputs written before inputs were stored resolved hold the path as typed.
+    same_input = _same_place(stored if storage.is_uri(stored) else storage.resolve(stored), source)
+    if same_input and stored_layout == layout:
+        return
+    raise VidrayError(
+        f"{output} holds the dataset of {stored} (layout {stored_layout}), not of {source} "
+        f"(layout {layout}): choose another --output, or set ingest.mode=replace to delete "
+        "that dataset and start afresh"
+    )
+
+
+# ----------------------------------------------------------------------------- stages
+
+
 def probe_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """Stage 1: probe one file. Adds its VideoInfo fields, or ``error`` when unreadable."""
     out = dict(entry, duration=None, fps=None, width=None, height=None, num_frames=None)
-    try:
-        with storage.local_file(entry["path"]) as local:
+    with storage.local_file(entry["path"]) as local:
+        try:
             info = decode.probe(local)
-    except VideoError as exc:
-        out["error"] = str(exc)
-        return out
+        except _MEDIA_ERRORS as exc:
+            out["error"] = _media_reason(exc, local)
+            return out
     out.update(
         duration=info.duration,
         fps=info.fps,
@@ -136,6 +279,15 @@ def probe_entry(entry: dict[str, Any]) -> dict[str, Any]:
         num_frames=info.num_frames,
     )
     return out
+
+
+def _shard_prefix(probed: dict[str, Any]) -> str:
+    """Shard names of one version of a file: a changed file gets new names, so its new
+    shards never overwrite the ones the manifest names until its new row replaces them."""
+    version = hashlib.blake2b(
+        f"{probed['size']}:{probed['mtime']!r}".encode(), digest_size=4
+    ).hexdigest()
+    return f"{video_key(probed['video_id']):016x}-{version}"
 
 
 def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str, Any]]:
@@ -157,15 +309,16 @@ def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str
         ),
     )
     n_segments = math.ceil(n_windows / ingest.segment_windows)
-    key = video_key(probed["video_id"])
+    prefix = _shard_prefix(probed)
     return [
         dict(
             probed,
             segment=s,
+            segments=n_segments,
             first_window=s * ingest.segment_windows,
             max_windows=ingest.segment_windows if s < n_segments - 1 else -1,
             windows=min(ingest.segment_windows, n_windows - s * ingest.segment_windows),
-            shard=f"{key:016x}-{s:04d}.parquet",
+            shard=f"{prefix}-{s:04d}.parquet",
         )
         for s in range(n_segments)
     ]
@@ -175,17 +328,20 @@ def _keyframe_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dic
     """Segments of at most ``segment_windows`` keyframes, one window each."""
     keyframes = json.loads(probed["keyframes"])
     per = ingest.segment_windows
-    key = video_key(probed["video_id"])
+    prefix = _shard_prefix(probed)
+    firsts = range(0, len(keyframes), per)
     return [
         dict(
             probed,
             keyframes=json.dumps(keyframes[first : first + per]),
             segment=s,
+            segments=len(firsts),
             first_window=first,
+            max_windows=per if s < len(firsts) - 1 else -1,
             windows=len(keyframes[first : first + per]),
-            shard=f"{key:016x}-{s:04d}.parquet",
+            shard=f"{prefix}-{s:04d}.parquet",
         )
-        for s, first in enumerate(range(0, len(keyframes), per))
+        for s, first in enumerate(firsts)
     ]
 
 
@@ -268,60 +424,123 @@ def encode_window(
     }
 
 
+class IngestProgress:
+    """What the ingest tasks are doing right now, for the driver's progress lines.
+
+    `run_ingest` runs it as a Ray actor the tasks tell as they go; it is a plain
+    object otherwise.
+    """
+
+    def __init__(self) -> None:
+        self._running: Counter = Counter()  # video_id -> its segments being ingested
+        self._windows = 0
+
+    def started(self, video_id: str) -> None:
+        self._running[video_id] += 1
+
+    def encoded(self, windows: int = 1) -> None:
+        self._windows += windows
+
+    def finished(self, video_id: str) -> None:
+        self._running[video_id] -= 1
+        if self._running[video_id] <= 0:
+            del self._running[video_id]
+
+    def snapshot(self) -> tuple[int, int]:
+        """(videos being ingested, windows encoded so far)."""
+        return len(self._running), self._windows
+
+
 def ingest_task(
-    task: dict[str, Any], *, ingest: IngestConfig, flow: FlowConfig, output: str
+    task: dict[str, Any],
+    *,
+    ingest: IngestConfig,
+    flow: FlowConfig,
+    output: str,
+    progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Stage 2 as Ray runs it: the segments of one task, one after the other."""
-    return [
-        ingest_segment(segment, ingest=ingest, flow=flow, output=output)
-        for segment in task["segments"]
-    ]
+    """Stage 2 as Ray runs it: the segments of one task, one after the other, told to
+    ``progress`` (an `IngestProgress` actor) as they go."""
+    results = []
+    for segment in task["segments"]:
+        if progress is None:
+            results.append(ingest_segment(segment, ingest=ingest, flow=flow, output=output))
+            continue
+        progress.started.remote(segment["video_id"])
+        try:
+            results.append(
+                ingest_segment(
+                    segment,
+                    ingest=ingest,
+                    flow=flow,
+                    output=output,
+                    on_window=progress.encoded.remote,
+                )
+            )
+        finally:
+            progress.finished.remote(segment["video_id"])
+    return results
 
 
 def ingest_segment(
-    segment: dict[str, Any], *, ingest: IngestConfig, flow: FlowConfig, output: str
+    segment: dict[str, Any],
+    *,
+    ingest: IngestConfig,
+    flow: FlowConfig,
+    output: str,
+    on_window: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Stage 2: decode one segment's windows, compute flow, encode, write its shard.
+    """Stage 2: decode one segment's windows, compute flow, encode, write its shard, and
+    record the segment in the journal.
 
-    Returns a small result row: windows written, padding, shard size, and any
-    decode error (a file that breaks part-way keeps the windows before the break).
+    Returns the journal record: the video's fields, the segment's place, windows
+    written, padding, shard size, and any media error (a file that breaks part-way
+    keeps the windows before the break). Any other exception is a bug: it is
+    raised, no shard or record is left. ``on_window`` is called after each window.
     """
     import cv2
 
     # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
     cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
     estimator = _flow_estimator(flow)
-    shard = storage.join(output, WINDOWS_DIR, segment["shard"])
-    writer = ShardWriter(shard, tmp_dir=scratch_dir(output))
+    writer = ShardWriter(
+        storage.join(output, WINDOWS_DIR, segment["shard"]), tmp_dir=scratch_dir(output)
+    )
     errors: list[str] = []
     padded = 0
-    result = {
-        "video_id": segment["video_id"],
-        "segment": segment["segment"],
-        "shard": segment["shard"],
-        "n_windows": 0,
-        "padded": 0,
-        "bytes": 0,
-        "error": None,
-    }
     try:
         with storage.local_file(segment["path"]) as local:
-            windows = _segment_windows(dict(segment, path=str(local)), ingest=ingest, errors=errors)
-            for window, extra in windows:
-                row = encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
-                writer.add({**row, **extra})
-                padded = max(padded, window.padded)
-    except VideoError as exc:
-        errors.append(str(exc))
-    except Exception as exc:  # a decoder/codec bug on one file must not stop the job
-        errors.append(f"{type(exc).__name__}: {exc}")
+            try:
+                windows = _segment_windows(
+                    dict(segment, path=str(local)), ingest=ingest, errors=errors
+                )
+                for window, extra in windows:
+                    row = encode_window(
+                        segment, window, ingest=ingest, flow=flow, estimator=estimator
+                    )
+                    writer.add({**row, **extra})
+                    padded = max(padded, window.padded)
+                    if on_window is not None:
+                        on_window()
+            except _MEDIA_ERRORS as exc:
+                errors.append(_media_reason(exc, local))
+    except BaseException:
+        writer.abort()
+        raise
+    size = 0
     if writer.num_rows:
-        result["bytes"] = writer.commit()
+        size = writer.commit()
     else:
         writer.abort()
-        result["shard"] = None
-    result.update(n_windows=writer.num_rows, padded=padded, error="; ".join(errors) or None)
-    return result
+    record = {
+        **{key: segment.get(key) for key in (*_VIDEO_FIELDS, *_SEGMENT_FIELDS)},
+        "n_windows": writer.num_rows,
+        "padded": padded,
+        "bytes": size,
+        "error": "; ".join(errors) or None,
+    }
+    write_journal_record(output, record)
+    return record
 
 
 def _segment_windows(
@@ -334,6 +553,7 @@ def _segment_windows(
             segment["path"],
             fps=ingest.fps,
             short_side=ingest.short_side,
+            max_upscale=ingest.max_upscale,
             window_frames=ingest.window_frames,
             window_stride=ingest.window_stride,
             start_sec=segment["start_sec"],
@@ -360,6 +580,7 @@ def _segment_windows(
         centres=centres[early:],
         fps=ingest.fps,
         short_side=ingest.short_side,
+        max_upscale=ingest.max_upscale,
         window_frames=ingest.window_frames,
         threads=ingest.decode_threads,
         errors=errors,
@@ -387,167 +608,478 @@ def _segment_windows(
         )
 
 
+def _video_row(records: list[dict[str, Any]], ingest: IngestConfig) -> dict[str, Any]:
+    """Fold the journal records of all of a video's segments into its manifest row."""
+    records = sorted(records, key=lambda r: r["segment"])
+    video = records[0]
+    n_windows = sum(r["n_windows"] for r in records)
+    notes = [r["error"] for r in records if r["error"]]
+    if video.get("problems"):  # annotation rows left out (layout ava)
+        notes.append(video["problems"])
+    fields = dict(
+        duration=video["duration"],
+        fps=video["fps"],
+        width=video["width"],
+        height=video["height"],
+        n_windows=n_windows,
+        padded=max(r["padded"] for r in records),
+        shards=[r["shard"] for r in records if r["n_windows"]],
+    )
+    if n_windows == 0:
+        return _manifest_row(video, error="; ".join(notes) or "no windows decoded", **fields)
+    small = _small_source_note(video["width"], video["height"], ingest)
+    error = "; ".join(dict.fromkeys([*notes, *([small] if small else [])])) or None
+    return _manifest_row(video, status="ok", error=error, **fields)
+
+
+def _small_source_note(width: int, height: int, ingest: IngestConfig) -> str | None:
+    """The manifest note of a video stored below ``ingest.short_side``, or None."""
+    if not ingest.short_side or not ingest.max_upscale:
+        return None
+    stored = decode.output_size(width, height, ingest.short_side, ingest.max_upscale)
+    if min(stored) >= ingest.short_side:
+        return None
+    return (
+        f"small source ({width}x{height}): stored at {stored[0]}x{stored[1]}, enlarged at most "
+        f"ingest.max_upscale={ingest.max_upscale:g} times, not to short side {ingest.short_side}"
+    )
+
+
+# ----------------------------------------------------------------------------- the run
+
+
 def _storage(cfg: Config) -> dict[str, Any]:
     flat = cfg.flat()
     return {key: flat[key] for key in STORAGE_KEYS}
 
 
-def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSummary:
-    """Ingest ``cfg.ingest.input`` into ``cfg.ingest.output``; needs a running Ray."""
-    import ray
+class _Ledger:
+    """The manifest as a run builds it: the earlier run's rows, and those this run settles.
 
-    ingest, flow = cfg.ingest, cfg.flow
-    _validate(cfg)
-    output = storage.resolve(ingest.output)
-    storage.makedirs(output)
-    check_storage_compatible(output, _storage(cfg))
-    shutil.rmtree(scratch_dir(output), ignore_errors=True)  # leftovers of a killed run
+    Rows of the earlier run stay unless this run settles the same video again.
+    A video that fails now but was ingested before keeps its earlier row (its
+    shards too), with the new reason noted; only ``ingest.mode=prune`` deletes a
+    video, and only one no longer in the input.
+    """
 
-    t0 = time.monotonic()
-    listing = list_sources(
-        ingest.input,
-        layout=ingest.layout,
-        split=ingest.split,
-        val_fraction=ingest.val_fraction,
-        test_fraction=ingest.test_fraction,
-    )
-    summary = IngestSummary(output=str(output), listed=len(listing.entries))
-    # Keyed by video id, not path: one Kinetics file can hold several trimmed clips.
-    previous = {row["video_id"]: row for row in read_manifest(output)}
-    rows: dict[str, dict[str, Any]] = {}  # video_id -> manifest row
-    todo: list[dict[str, Any]] = []
-    for entry in map(asdict, listing.entries):
-        vid = entry["video_id"]
-        old = previous.get(vid)
-        stat = _stat(entry["path"])
-        if entry["error"]:
-            rows[vid] = _manifest_row(entry, error=entry["error"])
-        elif (
-            old is not None
-            and old["status"] == "ok"
-            and stat == (old["size"], old["mtime"])
-            and old["path"] == entry["path"]
-            and all(storage.is_file(storage.join(output, WINDOWS_DIR, s)) for s in old["shards"])
-        ):
-            rows[vid] = old
-            summary.skipped += 1
-        else:
-            todo.append(entry)
-    log(
-        f"ingest: {len(listing.entries)} files, {len(listing.classes)} classes; "
-        f"{summary.skipped} already ingested, {len(todo)} to ingest"
-    )
+    def __init__(self, previous: list[dict[str, Any]], listed: dict[str, dict[str, Any]]):
+        self.previous: dict[str, dict[str, Any]] = {}
+        for row in previous:  # a video's row, not that of a second file with its id
+            kept = self.previous.get(row["video_id"])
+            if kept is None or (kept["status"] != "ok" and row["status"] == "ok"):
+                self.previous[row["video_id"]] = row
+        self.listed = listed
+        self.settled: dict[str, dict[str, Any]] = {}
+        self.duplicates: list[dict[str, Any]] = []  # files whose id another file has
 
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    segments: list[dict[str, Any]] = []
-    if todo:
-        probed = (
-            ray.data.from_items(
-                todo, override_num_blocks=_tasks_for(len(todo), _PROBES_PER_TASK, cpus)
-            )
-            .map(probe_entry)
-            .take_all()
+    def gone(self) -> list[str]:
+        """Ingested videos whose file the input no longer lists, or that is missing."""
+        return [
+            vid
+            for vid, row in self.previous.items()
+            if row["status"] == "ok"
+            and (vid not in self.listed or self.listed[vid]["size"] is None)
+        ]
+
+    def rows(self, *, prune: bool = False) -> list[dict[str, Any]]:
+        rows = {
+            vid: row
+            for vid, row in self.previous.items()
+            if row["status"] == "ok" or vid in self.listed
+        }
+        for vid, row in self.settled.items():
+            earlier = self.previous.get(vid)
+            if row["status"] != "ok" and earlier is not None and earlier["status"] == "ok":
+                row = dict(
+                    earlier,
+                    error=f"{row['error']}; the windows ingested earlier from this file are kept",
+                )
+            rows[vid] = row
+        for vid in self.gone() if prune else []:
+            del rows[vid]
+        return [*rows.values(), *self.duplicates]
+
+    def ok_listed(self) -> int:
+        return sum(
+            1 for row in self.rows() if row["status"] == "ok" and row["video_id"] in self.listed
         )
-        for item in probed:
-            if item["error"]:
-                rows[item["video_id"]] = _manifest_row(item, error=item["error"])
-            else:
-                segments.extend(plan_segments(item, ingest))
-        log(f"ingest: probed {len(probed)} files -> {len(segments)} segments")
 
-    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    expected = Counter(s["video_id"] for s in segments)
-    info = {s["video_id"]: s for s in segments}
-    last_save = last_log = time.monotonic()
-    if segments:
+
+class Heartbeat:
+    """Logs ``line()`` every ``every`` seconds on a thread while the ``with`` block runs,
+    so a long task never leaves the user looking at the same line for minutes."""
+
+    def __init__(self, line: Callable[[], str], log: Callable[[str], None], every: float):
+        self._line, self._log, self._every = line, log, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="ingest-progress", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._every):
+            self._log(self._line())
+
+
+def progress_line(*, done: int, total: int, running: int, windows: int, seconds: float) -> str:
+    rate = windows / seconds if seconds > 0 else 0.0
+    minutes, secs = divmod(int(seconds), 60)
+    return (
+        f"ingest: {done}/{total} videos done, {running} in flight, {windows} windows "
+        f"({rate:.1f}/s), {minutes}m{secs:02d}s elapsed"
+    )
+
+
+def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSummary:
+    """Ingest ``cfg.ingest.input`` into ``cfg.ingest.output``; needs a running Ray.
+
+    Raises:
+        VidrayError: what `check_ingest` finds, before anything is written.
+        Interrupted: the user stopped it (Ctrl-C, or SIGTERM turned into
+            KeyboardInterrupt); every video finished is in the manifest, every
+            finished segment of the others in the journal, for the next run.
+    """
+    run = _Run(cfg, _check(cfg), log)
+    try:
+        run.start()
+        run.ingest_videos()
+        return run.finish()
+    except KeyboardInterrupt:
+        raise Interrupted(run.stop()) from None
+
+
+class _Run:
+    """One ingest run's state, so that an interrupt can record what it finished."""
+
+    def __init__(self, cfg: Config, checked: _Checked, log: Callable[[str], None]) -> None:
+        self.cfg, self.ingest, self.checked, self.log = cfg, cfg.ingest, checked, log
+        self.output = checked.output
+        self.t0 = time.monotonic()
+        self.summary = IngestSummary(output=self.output, listed=len(checked.listing.entries))
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.ledger = _Ledger([], {})
+        self.classes: tuple[list[str], list[int] | None] = ([], None)
+        # Journal records of the videos this run ingests, until each is complete.
+        self.records: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.planned: dict[str, dict[str, Any]] = {}  # shard name -> its planned segment
+        self.stage = "starting"  # -> "ingesting" once the ledger is read -> "committed"
+
+    # -- before Ray
+
+    def start(self) -> None:
+        output, checked = self.output, self.checked
+        info = checked.info
+        if self.ingest.mode == "replace" and (
+            info is not None or storage.is_file(storage.join(output, MANIFEST_FILE))
+        ):
+            earlier = sum(row["status"] == "ok" for row in read_manifest(output))
+            remove_dataset(output)
+            info = None
+            self.log(
+                f"ingest: ingest.mode=replace: deleted the dataset in {output} ({earlier} "
+                "videos); starting it afresh"
+            )
+        storage.makedirs(output)
+        shutil.rmtree(scratch_dir(output), ignore_errors=True)  # leftovers of a killed run
+        self.classes = _classes(checked.listing, info, self.log)
+        index = {name: label for label, name in enumerate(self.classes[0])}
+        duplicates = []
+        for source in map(asdict, checked.listing.entries):
+            if source["label_name"] in index:
+                source["label"] = index[source["label_name"]]
+            size, mtime = storage.stat(source["path"]) or (None, None)
+            entry = dict(source, size=size, mtime=mtime)
+            if source["video_id"] in self.entries:  # the listing says why
+                duplicates.append(_manifest_row(entry, error=entry["error"]))
+            else:
+                self.entries[source["video_id"]] = entry
+        self.ledger = _Ledger(read_manifest(output), self.entries)
+        for row in duplicates:
+            self._settle(row, duplicate=True)
+        self.stage = "ingesting"
+        self._write_info(self.ledger.rows())  # the output now holds this input's dataset
+
+    # -- the work
+
+    def ingest_videos(self) -> None:
+        import ray
+
+        todo = self._settle_known()
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        segments: list[dict[str, Any]] = []
+        if todo:
+            probed = (
+                ray.data.from_items(
+                    todo, override_num_blocks=_tasks_for(len(todo), _PROBES_PER_TASK, cpus)
+                )
+                .map(probe_entry)
+                .take_all()
+            )
+            for item in probed:
+                if item["error"]:
+                    self._settle(_manifest_row(item, error=item["error"]))
+                else:
+                    segments.extend(self._plan(item))
+            resumed = sum(map(len, self.records.values()))
+            self.summary.resumed = resumed
+            self.log(
+                f"ingest: probed {len(probed)} files -> {len(segments)} segments to ingest"
+                + (f" ({resumed} more finished by an interrupted run)" if resumed else "")
+            )
+        if segments:
+            self._run_segments(segments, cpus)
+
+    def _settle_known(self) -> list[dict[str, Any]]:
+        """Settle what needs no decoding: listing errors, files done by an earlier run
+        (recorded in the manifest, or all their segments in the journal); return the rest."""
+        previous = self.ledger.previous
+        named = {shard for row in previous.values() for shard in row["shards"]}
+        journal: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in read_journal(self.output, known=named):
+            journal[record["video_id"]].append(record)
+        todo, recovered = [], 0
+        for vid, entry in self.entries.items():
+            old = previous.get(vid)
+            if entry["size"] is None:
+                if old is None or old["status"] != "ok":  # else: gone, its row is kept
+                    self._settle(_manifest_row(entry, error=entry["error"] or "file not found"))
+            elif entry["error"]:
+                self._settle(_manifest_row(entry, error=entry["error"]))
+            elif old is not None and self._unchanged(old, entry):
+                self._settle(old, earlier=True)
+            else:
+                prefix = _shard_prefix(entry) + "-"
+                for record in journal.get(vid, []):
+                    if record["shard"].startswith(prefix) and self._shard_exists(record):
+                        self.records[vid][record["shard"]] = record
+                if _complete(self.records[vid].values()):
+                    row = _video_row(list(self.records.pop(vid).values()), self.ingest)
+                    self._settle(row, earlier=True)
+                    recovered += 1
+                else:
+                    todo.append(entry)
+        gone = len(self.ledger.gone())
+        self.summary.gone = gone
+        self.log(
+            f"ingest: {len(self.entries)} files, {len(self.classes[0])} classes; "
+            f"{self.summary.skipped} already ingested"
+            + (f" ({recovered} by an interrupted run)" if recovered else "")
+            + f", {len(todo)} to ingest"
+            + (f"; {gone} videos of the dataset are no longer in the input" if gone else "")
+        )
+        return todo
+
+    def _unchanged(self, old: dict[str, Any], entry: dict[str, Any]) -> bool:
+        return (
+            old["status"] == "ok"
+            and (old["size"], old["mtime"]) == (entry["size"], entry["mtime"])
+            and old["path"] == entry["path"]
+            and old["label_name"] == entry["label_name"]
+            and all(
+                storage.is_file(storage.join(self.output, WINDOWS_DIR, s)) for s in old["shards"]
+            )
+        )
+
+    def _shard_exists(self, record: dict[str, Any]) -> bool:
+        return record["n_windows"] == 0 or storage.is_file(
+            storage.join(self.output, WINDOWS_DIR, record["shard"])
+        )
+
+    def _plan(self, probed: dict[str, Any]) -> list[dict[str, Any]]:
+        """The segments of a video still to ingest: those the journal has no record of."""
+        vid = probed["video_id"]
+        plan = plan_segments(probed, self.ingest)
+        done = self.records.pop(vid, {})
+        for segment in plan:
+            self.planned[segment["shard"]] = segment
+            record = done.get(segment["shard"])
+            if record is not None and all(record[k] == segment[k] for k in _SEGMENT_FIELDS):
+                self.records[vid][segment["shard"]] = record
+        return [s for s in plan if s["shard"] not in self.records[vid]]
+
+    def _run_segments(self, segments: list[dict[str, Any]], cpus: float) -> None:
+        import ray
+
+        ingest = self.ingest
         total = sum(s["windows"] for s in segments)
         # Up to segment_windows windows a task, but at least two tasks per CPU.
         tasks = pack_segments(
             segments,
             windows_per_task=min(ingest.segment_windows, max(1, math.ceil(total / (2 * cpus)))),
         )
+        progress = ray.remote(num_cpus=0)(IngestProgress).remote()
         results = ray.data.from_items(
             [{"segments": task} for task in tasks], override_num_blocks=len(tasks)
         ).flat_map(
             ingest_task,
-            fn_kwargs={"ingest": ingest, "flow": flow, "output": output},
+            fn_kwargs={
+                "ingest": ingest,
+                "flow": self.cfg.flow,
+                "output": self.output,
+                "progress": progress,
+            },
             num_cpus=ingest.cpus_per_task,
             num_gpus=ingest.gpus_per_task,
         )
-        for result in results.iter_rows():
-            vid = result["video_id"]
-            by_video[vid].append(result)
-            summary.windows += result["n_windows"]
-            summary.bytes += result["bytes"]
-            if len(by_video[vid]) == expected[vid]:
-                rows[vid] = _video_row(info[vid], by_video.pop(vid))
-            now = time.monotonic()
-            if now - last_log >= _PROGRESS_EVERY_S:
-                done = sum(1 for v in expected if v in rows)
-                log(
-                    f"ingest: {done}/{len(expected)} videos, {summary.windows} windows, "
-                    f"{summary.windows / (now - t0):.1f} windows/s"
-                )
-                last_log = now
-            if now - last_save >= _MANIFEST_EVERY_S:
-                write_manifest(output, [*rows.values()])
-                last_save = now
+        videos = {s["video_id"] for s in segments}
+        started = time.monotonic()
 
-    for row in rows.values():
-        if row["status"] == "quarantined":
-            summary.quarantined += 1
-            summary.reasons[_reason(row["error"])] += 1
-        elif row["video_id"] in expected:
-            summary.ingested += 1
-    write_manifest(output, list(rows.values()))
-    _remove_orphan_shards(output, rows.values())
-    shutil.rmtree(scratch_dir(output), ignore_errors=True)
-    write_dataset_info(
-        output,
-        {
-            "classes": listing.classes,
-            **({"class_ids": listing.class_ids} if listing.class_ids is not None else {}),
-            "layout": ingest.layout,
-            "input": str(ingest.input),
-            "storage": _storage(cfg),
-            "videos": summary.ok,
-            "windows": sum(r["n_windows"] for r in rows.values() if r["status"] == "ok"),
-        },
+        def line() -> str:
+            try:
+                running, windows = ray.get(progress.snapshot.remote(), timeout=2.0)
+            except ray.exceptions.RayError:  # busy or gone: what the driver knows
+                running, windows = 0, self.summary.windows
+            done = sum(1 for vid in videos if vid in self.ledger.settled)
+            return progress_line(
+                done=done,
+                total=len(videos),
+                running=running,
+                windows=windows,
+                seconds=time.monotonic() - started,
+            )
+
+        last_save = time.monotonic()
+        try:
+            with Heartbeat(line, self.log, _PROGRESS_EVERY_S):
+                for result in results.iter_rows():
+                    self._add(dict(result))
+                    if time.monotonic() - last_save >= _MANIFEST_EVERY_S:
+                        write_manifest(self.output, self.ledger.rows())
+                        last_save = time.monotonic()
+        finally:
+            ray.kill(progress)
+
+    def _add(self, record: dict[str, Any]) -> None:
+        """A segment's journal record: the video's manifest row once all are in."""
+        vid = record["video_id"]
+        self.summary.windows += record["n_windows"]
+        self.summary.bytes += record["bytes"]
+        self.records[vid][record["shard"]] = record
+        if _complete(self.records[vid].values()):
+            self._settle(_video_row(list(self.records.pop(vid).values()), self.ingest))
+
+    def _settle(
+        self, row: dict[str, Any], *, earlier: bool = False, duplicate: bool = False
+    ) -> None:
+        """Put a video's row in the manifest; ``earlier``: ingested by an earlier run;
+        ``duplicate``: a second file listed with the video's id."""
+        if duplicate:
+            self.ledger.duplicates.append(row)
+        else:
+            self.ledger.settled[row["video_id"]] = row
+        if row["status"] != "ok":
+            self.summary.quarantined += 1
+            self.summary.reasons[row["error"]] += 1
+        elif earlier:
+            self.summary.skipped += 1
+        else:
+            self.summary.ingested += 1
+            self.summary.small += (
+                _small_source_note(row["width"], row["height"], self.ingest) is not None
+            )
+
+    # -- the end
+
+    def finish(self) -> IngestSummary:
+        prune = self.ingest.mode == "prune"
+        rows = self.ledger.rows(prune=prune)
+        self.summary.pruned = prune
+        write_manifest(self.output, rows)
+        self.stage = "committed"
+        clear_journal(self.output)  # every record is in the manifest now
+        _remove_orphan_shards(self.output, rows)
+        shutil.rmtree(scratch_dir(self.output), ignore_errors=True)
+        self._write_info(rows)
+        self.summary.seconds = time.monotonic() - self.t0
+        return self.summary
+
+    def stop(self) -> str:
+        """Record what an interrupted run finished; the one line that says so."""
+        if self.stage == "starting":
+            return "interrupted before any video was ingested; run the same command again"
+        if self.stage == "ingesting":
+            known = {r["shard"] for records in self.records.values() for r in records.values()}
+            known |= {shard for row in self.ledger.rows() for shard in row["shards"]}
+            # Tasks record segments the driver has not been sent yet.
+            for record in read_journal(self.output, known=known):
+                planned = self.planned.get(record["shard"])
+                if planned and all(record[k] == planned[k] for k in _SEGMENT_FIELDS):
+                    self._add(record)
+            rows = self.ledger.rows()
+            write_manifest(self.output, rows)
+            self._write_info(rows)
+        unfinished = [records for records in self.records.values() if records]
+        kept = (
+            f" and {sum(map(len, unfinished))} finished segments of {len(unfinished)} longer videos"
+            if unfinished
+            else ""
+        )
+        return (
+            f"interrupted: {self.ledger.ok_listed()} of {len(self.entries)} videos ingested and "
+            f"recorded in {storage.join(self.output, MANIFEST_FILE)}{kept}; run the same "
+            "command again to continue"
+        )
+
+    def _write_info(self, rows: list[dict[str, Any]]) -> None:
+        classes, class_ids = self.classes
+        ok = [row for row in rows if row["status"] == "ok"]
+        write_dataset_info(
+            self.output,
+            {
+                "classes": classes,
+                **({"class_ids": class_ids} if class_ids is not None else {}),
+                "layout": self.ingest.layout,
+                "input": self.checked.input,
+                "storage": _storage(self.cfg),
+                "videos": len(ok),
+                "windows": sum(row["n_windows"] for row in ok),
+            },
+        )
+
+
+def _complete(records: Iterable[dict[str, Any]]) -> bool:
+    """Whether journal records are every segment of one plan of their video: segment
+    s starts where s-1 ends, the last is open-ended."""
+    records = sorted(records, key=lambda r: r["segment"])
+    if not records or [r["segment"] for r in records] != list(range(records[0]["segments"])):
+        return False
+    return (
+        records[0]["first_window"] == 0
+        and records[-1]["max_windows"] == -1
+        and all(
+            a["segments"] == b["segments"]
+            and a["first_window"] + a["max_windows"] == b["first_window"]
+            for a, b in itertools.pairwise(records)
+        )
     )
-    summary.seconds = time.monotonic() - t0
-    return summary
 
 
-def _video_row(probed: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fold a video's segment results into its manifest row."""
-    results.sort(key=lambda r: r["segment"])
-    n_windows = sum(r["n_windows"] for r in results)
-    errors = [r["error"] for r in results if r["error"]]
-    if probed.get("problems"):  # annotation rows left out (layout ava)
-        errors.append(probed["problems"])
-    error = "; ".join(dict.fromkeys(errors)) or None
-    fields = dict(
-        duration=probed["duration"],
-        fps=probed["fps"],
-        width=probed["width"],
-        height=probed["height"],
-        n_windows=n_windows,
-        padded=max(r["padded"] for r in results),
-        shards=[r["shard"] for r in results if r["shard"]],
-        error=error,
-    )
-    if n_windows == 0:
-        return _manifest_row(probed, **dict(fields, error=error or "no windows decoded"))
-    return _manifest_row(probed, status="ok", **fields)
+def _classes(
+    listing: SourceListing, info: dict[str, Any] | None, log: Callable[[str], None]
+) -> tuple[list[str], list[int] | None]:
+    """The dataset's classes: the stored ones first, so the labels of stored windows keep
+    their meaning, then classes new in the input. AVA's come from its label map."""
+    if info is None or listing.class_ids is not None:
+        return listing.classes, listing.class_ids
+    earlier = list(info.get("classes") or [])
+    added = [name for name in listing.classes if name not in earlier]
+    if added and earlier:
+        log(
+            f"ingest: new classes after the dataset's {len(earlier)}: {', '.join(added)} "
+            "(the labels of stored windows keep their meaning)"
+        )
+    return earlier + added, None
 
 
-def _reason(error: str | None) -> str:
-    """The kind of failure, without the file name, for the summary's top reasons."""
-    text = error or "unknown"
-    return text.split(": ", 1)[-1] if ": " in text else text
-
-
-def _remove_orphan_shards(output: str, rows: Any) -> None:
+def _remove_orphan_shards(output: str, rows: list[dict[str, Any]]) -> None:
+    """Delete the shards no manifest row names: written by a run that crashed before
+    recording them, superseded by a changed file's new ones, or pruned."""
     keep = {shard for row in rows for shard in row["shards"]}
     windows = storage.join(output, WINDOWS_DIR)
     for name in storage.list_files(windows):
@@ -571,6 +1103,10 @@ def _validate(cfg: Config) -> None:
         raise VidrayError(f"ingest.segment_windows must be >= 1, got {ingest.segment_windows}")
     if ingest.short_side < 0 or ingest.short_side % 2:
         raise VidrayError(f"ingest.short_side must be even and >= 0, got {ingest.short_side}")
+    if ingest.max_upscale != 0 and ingest.max_upscale < 1:
+        raise VidrayError(
+            f"ingest.max_upscale must be 0 (no limit) or >= 1, got {ingest.max_upscale}"
+        )
     if not 1 <= ingest.jpeg_quality <= 100:
         raise VidrayError(f"ingest.jpeg_quality must be in 1..100, got {ingest.jpeg_quality}")
     if cfg.flow.bound <= 0:

@@ -1,17 +1,25 @@
-"""The ingest manifest: one row per input file, and the dataset description.
+"""The ingest manifest: one row per input file, its journal, and the dataset description.
 
 ``manifest.parquet`` says what became of every input file (ingested or
-quarantined, with the reason) and which shards hold its windows; it is the
-commit record of an ingest run: a shard that no manifest row names is an
-orphan of a crashed run and is deleted by the next one. ``dataset.yaml``
-holds what a reader needs to interpret the shards (classes, base fps, window
-size, codecs, flow bound) and what must not change between runs writing into
-the same output.
+quarantined, with the reason) and which shards hold its windows. With the
+journal it is the commit record of an ingest run: each task, once a segment's
+shard is in place, records that segment in ``_journal/`` (one small file,
+written whole), so a run that is stopped or crashes loses no finished segment;
+the driver folds the journal into the manifest as videos complete and clears it
+at the end. A shard that neither names is an orphan of a crashed run and is
+deleted by the next complete one. ``dataset.yaml`` holds what a reader needs to
+interpret the shards (classes, base fps, window size, codecs, flow bound), and
+the input and layout the dataset comes from, which later runs into the same
+output must share (`vidray.data.ingest.check_ingest`).
 """
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +54,10 @@ MANIFEST_SCHEMA = pa.schema(
 MANIFEST_FILE = "manifest.parquet"
 DATASET_FILE = "dataset.yaml"
 WINDOWS_DIR = "windows"
+JOURNAL_DIR = "_journal"
 TMP_DIR = "_tmp"
+# Files of an object store are read and deleted one request each: keep many in flight.
+_REQUESTS_IN_FLIGHT = 16
 
 # The parameters that fix how shards look; another value needs another output dir.
 STORAGE_KEYS = (
@@ -55,6 +66,7 @@ STORAGE_KEYS = (
     "ingest.window_frames",
     "ingest.window_stride",
     "ingest.frames_codec",
+    "ingest.max_upscale",
     "flow.backend",
     "flow.bound",
     "flow.codec",
@@ -82,6 +94,76 @@ def write_manifest(output: str | Path, rows: list[dict[str, Any]]) -> str:
     return path
 
 
+def write_journal_record(output: str | Path, record: dict[str, Any]) -> None:
+    """Record one finished segment (``record["shard"]`` names it), written whole."""
+    directory = storage.join(output, JOURNAL_DIR)
+    storage.makedirs(directory)
+    name = Path(record["shard"]).with_suffix(".json").name
+    storage.write_bytes(storage.join(directory, name), json.dumps(record).encode())
+
+
+def read_journal(output: str | Path, *, known: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The segments recorded in the journal, except those whose shard is in ``known``
+    (already in the manifest: reading them again would only cost requests)."""
+    directory = storage.join(output, JOURNAL_DIR)
+    skip = {Path(shard).with_suffix(".json").name for shard in known}
+    names = [
+        name
+        for name in storage.list_files(directory)
+        if name.endswith(".json")
+        and "/" not in name
+        and not name.startswith(".")
+        and name not in skip
+    ]
+    return [
+        record
+        for record in _each(lambda name: _journal_record(storage.join(directory, name)), names)
+        if record is not None
+    ]
+
+
+def _journal_record(path: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(path))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None  # gone meanwhile, or not ours: that segment is simply done again
+
+
+def clear_journal(output: str | Path) -> None:
+    """Delete the journal once the manifest holds everything it recorded."""
+    directory = storage.join(output, JOURNAL_DIR)
+    if not storage.is_uri(directory):
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    _remove_all(storage.join(directory, name) for name in storage.list_files(directory))
+
+
+def remove_dataset(output: str | Path) -> None:
+    """Delete what ingest wrote into ``output`` (ingest.mode=replace): the shards, the
+    journal, the manifest and dataset.yaml. Files ingest does not write are left."""
+    windows = storage.join(output, WINDOWS_DIR)
+    shards = [n for n in storage.list_files(windows) if n.endswith(".parquet") and "/" not in n]
+    _remove_all(storage.join(windows, name) for name in shards)
+    clear_journal(output)
+    for name in (MANIFEST_FILE, DATASET_FILE):
+        if storage.is_file(storage.join(output, name)):
+            storage.remove(storage.join(output, name))
+
+
+def _remove_all(paths: Iterable[str]) -> None:
+    for _ in _each(storage.remove, list(paths)):
+        pass
+
+
+def _each(fn: Callable[[str], Any], items: list[str]) -> list[Any]:
+    """``[fn(item) for item in items]``, several at a time: on an object store each is
+    a request that mostly waits."""
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(_REQUESTS_IN_FLIGHT) as pool:
+        return list(pool.map(fn, items))
+
+
 def read_dataset_info(data_dir: str | Path) -> dict[str, Any]:
     """dataset.yaml of an ingest output: classes, storage parameters, counts."""
     path = storage.join(data_dir, DATASET_FILE)
@@ -97,15 +179,15 @@ def write_dataset_info(output: str | Path, info: dict[str, Any]) -> None:
     storage.write_bytes(storage.join(output, DATASET_FILE), text.encode())
 
 
-def check_storage_compatible(output: str | Path, parameters: dict[str, Any]) -> None:
-    """Refuse to mix shards written with different storage parameters in one output."""
-    path = storage.join(output, DATASET_FILE)
-    if not storage.is_file(path):
-        return
-    previous = (yaml.safe_load(storage.read_bytes(path)) or {}).get("storage", {})
+def check_storage_compatible(
+    output: str | Path, info: dict[str, Any], parameters: dict[str, Any]
+) -> None:
+    """Refuse to mix shards written with different storage parameters in one output
+    whose dataset.yaml is ``info``."""
+    previous = info.get("storage") or {}
     for key in STORAGE_KEYS:
         if key in previous and previous[key] != parameters[key]:
             raise VidrayError(
                 f"{output} was ingested with {key}={previous[key]}, not {parameters[key]}: "
-                "use a new --output, or the same value"
+                "use a new --output, the same value, or ingest.mode=replace to start it afresh"
             )

@@ -46,9 +46,31 @@ from vidray.errors import VidrayError
 LAYOUTS = ("folders", "flat", "csv", "ucf101", "kinetics", "ava")
 SPLITS = ("train", "val", "test")
 UCF101_SPLITS = (1, 2, 3)
-# What a Kinetics download may hold; only these are looked up by YouTube id.
+# The names a video file has: only these are looked up by YouTube id (kinetics), and a
+# folder with none of them is not a dataset (`has_video_files`).
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts"}
+    {
+        ".mp4",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mov",
+        ".m4v",
+        ".flv",
+        ".mpg",
+        ".mpeg",
+        ".3gp",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".wmv",
+        ".asf",
+        ".ogv",
+        ".vob",
+        ".mxf",
+        ".f4v",
+        ".y4m",
+    }
 )
 
 _SPLIT_ALIASES = {
@@ -112,6 +134,7 @@ def list_sources(
     split: int = 1,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
+    exclude: str | None = None,
 ) -> SourceListing:
     """List the videos of a dataset laid out as ``layout``.
 
@@ -124,6 +147,8 @@ def list_sources(
             names no split, in [0, 1); ``ucf101`` has only its official train and
             test lists, so it never has a ``val`` split.
         test_fraction: likewise for ``test`` (default 0: no test split).
+        exclude: a folder (a path or a URI under ``input_path``) whose files are
+            never listed: an ingest output kept inside its input folder.
 
     Returns:
         The entries in a deterministic order, and the class names. An empty listing
@@ -142,7 +167,7 @@ def list_sources(
             f"with val_fraction {val_fraction}"
         )
     if storage.is_uri(input_path):
-        rows, classes = _remote(input_path, layout=layout)
+        rows, classes = _remote(input_path, layout=layout, exclude=exclude)
         entries = _finish(
             rows,
             val_fraction=val_fraction,
@@ -159,10 +184,11 @@ def list_sources(
     if not wants_file and not os.path.isdir(path):
         raise VidrayError(f"layout '{layout}' reads a folder, but {input_path} is a file")
 
+    skip = _Excluded(exclude)
     if layout == "folders":
-        rows, classes = _folders(path)
+        rows, classes = _folders(path, skip)
     elif layout == "flat":
-        rows, classes = _flat(path), []
+        rows, classes = _flat(path, skip), []
     elif layout == "csv":
         rows, classes = _csv(path, name=input_path)
     elif layout == "ucf101":
@@ -170,7 +196,7 @@ def list_sources(
     elif layout == "ava":
         return _ava(path)
     else:
-        rows, classes = _kinetics(path, name=input_path)
+        rows, classes = _kinetics(path, name=input_path, skip=skip)
     entries = _finish(
         rows, val_fraction=val_fraction, test_fraction=test_fraction, stratified=layout != "flat"
     )
@@ -200,7 +226,7 @@ def _ava(root: str) -> SourceListing:
     return SourceListing(entries=entries, classes=classes, class_ids=ids)
 
 
-def _remote(uri: str, *, layout: str) -> tuple[list[_Row], list[str]]:
+def _remote(uri: str, *, layout: str, exclude: str | None) -> tuple[list[_Row], list[str]]:
     """The folders or flat layout under an object-store prefix (s3://, gs://): the
     same rules, with class folders found from the files' keys (a store has no empty
     folders). Ingest tasks copy each video to local disk to decode it."""
@@ -209,7 +235,14 @@ def _remote(uri: str, *, layout: str) -> tuple[list[_Row], list[str]]:
             f"layout '{layout}' reads local files; for {uri} use layout folders or flat "
             "(or copy the dataset to a local disk)"
         )
-    files = [rel for rel in storage.list_files(uri) if all(_visible(p) for p in rel.split("/"))]
+    inside = None
+    if exclude and exclude.rstrip("/").startswith(uri.rstrip("/") + "/"):
+        inside = exclude.rstrip("/")[len(uri.rstrip("/")) + 1 :] + "/"
+    files = [
+        rel
+        for rel in storage.list_files(uri)
+        if all(_visible(p) for p in rel.split("/")) and not (inside and rel.startswith(inside))
+    ]
     if not files:
         raise VidrayError(f"input path {uri} holds no files: check the ingest input")
     if layout == "flat":
@@ -220,10 +253,14 @@ def _remote(uri: str, *, layout: str) -> tuple[list[_Row], list[str]]:
     return _class_rows(files, classes, lambda rel: storage.join(uri, rel)), classes
 
 
-def _folders(root: str) -> tuple[list[_Row], list[str]]:
+def _folders(root: str, skip: _Excluded) -> tuple[list[_Row], list[str]]:
     with os.scandir(root) as items:
-        classes = sorted(item.name for item in items if _visible(item.name) and item.is_dir())
-    rows = _class_rows(_walk_files(root), classes, lambda rel: os.path.join(root, rel))
+        classes = sorted(
+            item.name
+            for item in items
+            if _visible(item.name) and item.is_dir() and not skip(item.path)
+        )
+    rows = _class_rows(_walk_files(root, skip), classes, lambda rel: os.path.join(root, rel))
     return rows, classes
 
 
@@ -242,10 +279,10 @@ def _class_rows(files: list[str], classes: list[str], path_of: Callable[[str], s
     return rows
 
 
-def _flat(root: str) -> list[_Row]:
+def _flat(root: str, skip: _Excluded) -> list[_Row]:
     return [
         _Row(path=os.path.join(root, rel), video_id=_strip_extension(rel))
-        for rel in _walk_files(root)
+        for rel in _walk_files(root, skip)
     ]
 
 
@@ -315,12 +352,12 @@ def _ucf101(root: str, *, split: int) -> tuple[list[_Row], list[str]]:
     return rows, classes
 
 
-def _kinetics(csv_path: str, *, name: str) -> tuple[list[_Row], list[str]]:
+def _kinetics(csv_path: str, *, name: str, skip: _Excluded) -> tuple[list[_Row], list[str]]:
     base = os.path.dirname(csv_path)
     # One walk for the whole dataset: looking each row up on disk would cost a
     # directory search per clip on a 650k-clip annotation file.
     by_stem: dict[str, str] = {}
-    for rel in _walk_files(base):
+    for rel in _walk_files(base, skip):
         stem, extension = posixpath.splitext(posixpath.basename(rel))
         if extension.lower() in VIDEO_EXTENSIONS:
             by_stem.setdefault(stem, os.path.join(base, rel))
@@ -417,8 +454,30 @@ def _label_rows(rows: list[_Row]) -> list[str]:
     return classes
 
 
-def _walk_files(root: str) -> list[str]:
-    """Every non-hidden file under root, as sorted posix paths relative to root."""
+class _Excluded:
+    """Whether a local folder is the excluded one (compared by device and inode, so a
+    symlink or another spelling of it is caught too)."""
+
+    def __init__(self, folder: str | None) -> None:
+        try:
+            stat = os.stat(folder) if folder and not storage.is_uri(folder) else None
+        except OSError:  # not made yet: nothing in it to list
+            stat = None
+        self._id = (stat.st_dev, stat.st_ino) if stat else None
+
+    def __call__(self, path: str) -> bool:
+        if self._id is None:
+            return False
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._id
+
+
+def _walk_files(root: str, skip: _Excluded) -> list[str]:
+    """Every non-hidden file under root, as sorted posix paths relative to root,
+    leaving out the folder ``skip`` names."""
     found: list[str] = []
     pending = [("", root)]
     root_stat = os.stat(root)
@@ -432,6 +491,8 @@ def _walk_files(root: str) -> list[str]:
                         continue
                     rel = f"{rel_dir}{item.name}"
                     if item.is_dir():
+                        if skip(item.path):
+                            continue
                         # Followed symlinks could loop; a folder seen once is enough.
                         stat = item.stat()
                         if (stat.st_dev, stat.st_ino) not in visited:
@@ -443,6 +504,13 @@ def _walk_files(root: str) -> list[str]:
             raise VidrayError(f"cannot list {directory}: {exc.strerror}") from exc
     found.sort()
     return found
+
+
+def has_video_files(listing: SourceListing) -> bool:
+    """Whether any listed file has a video file's extension (`VIDEO_EXTENSIONS`)."""
+    return any(
+        posixpath.splitext(entry.path)[1].lower() in VIDEO_EXTENSIONS for entry in listing.entries
+    )
 
 
 def _visible(name: str) -> bool:

@@ -1,0 +1,205 @@
+"""Ingest's stage functions without Ray: what becomes a quarantine and what is a bug,
+the journal record each finished segment leaves, progress lines while nothing
+finishes, and `check_ingest`, which runs before Ray starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from media import make_text_file, make_truncated, make_video, make_zero_byte
+
+from vidray.config import load_config
+from vidray.data import ingest as ingest_module
+from vidray.data.ingest import (
+    Heartbeat,
+    IngestProgress,
+    check_ingest,
+    ingest_segment,
+    plan_segments,
+    probe_entry,
+    progress_line,
+    run_ingest,
+)
+from vidray.data.manifest import read_journal
+from vidray.data.sources import SourceEntry
+from vidray.errors import VidrayError
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["ingest.short_side=32", "ingest.window_frames=8", "ingest.window_stride=8"]
+
+
+def config(*overrides: str):
+    return load_config(None, [*SMALL, *overrides])
+
+
+def entry(path: Path) -> dict:
+    """A listed file as ingest carries it into the probe stage."""
+    stat = path.stat()
+    source = SourceEntry(path=str(path), video_id=path.stem, label=0, label_name="a", split="train")
+    return dict(asdict(source), size=stat.st_size, mtime=stat.st_mtime)
+
+
+def segments(path: Path, cfg) -> list[dict]:
+    return plan_segments(probe_entry(entry(path)), cfg.ingest)
+
+
+# ------------------------------------------------------------- media errors, and bugs
+
+
+def test_a_media_error_is_a_reason_without_the_file_name(tmp_path):
+    probed = probe_entry(entry(make_zero_byte(tmp_path / "zero.mp4")))
+    assert probed["error"] == "empty file (0 bytes)"
+    cut = make_truncated(tmp_path / "cut.mp4", num_frames=20, faststart=False)
+    assert probe_entry(entry(cut))["error"].startswith("truncated or incomplete MP4/MOV")
+
+
+def test_a_bug_in_the_probe_stage_fails_loudly(tmp_path, monkeypatch):
+    def broken(path):
+        raise ZeroDivisionError("a bug in vidray")
+
+    monkeypatch.setattr(ingest_module.decode, "probe", broken)
+    with pytest.raises(ZeroDivisionError, match="a bug in vidray"):
+        probe_entry(entry(make_video(tmp_path / "v.mp4", num_frames=16)))
+
+
+def test_a_file_that_breaks_while_decoding_is_recorded_with_the_reason(tmp_path):
+    cfg = config()
+    video = make_video(tmp_path / "v.mp4", num_frames=16)
+    (segment,) = segments(video, cfg)
+    make_text_file(video)  # replaced by garbage between probe and decode
+    record = ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(tmp_path / "o"))
+    assert record["n_windows"] == 0
+    assert record["error"].startswith("not a recognised video format")
+
+
+def test_a_bug_in_the_decode_stage_fails_loudly_and_leaves_nothing(tmp_path, monkeypatch):
+    cfg = config()
+    output = tmp_path / "out"
+    (segment,) = segments(make_video(tmp_path / "v.mp4", num_frames=16), cfg)
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in vidray")
+
+    monkeypatch.setattr(ingest_module, "encode_window", broken)
+    with pytest.raises(TypeError, match="a bug in vidray"):
+        ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(output))
+    assert not list(output.rglob("*.parquet")) and not list(output.rglob("*.tmp"))
+    assert read_journal(output) == []
+
+
+# ------------------------------------------------------------- the journal
+
+
+def test_each_finished_segment_is_recorded_once_its_shard_is_in_place(tmp_path):
+    cfg = config("ingest.segment_windows=2", "flow.backend=none")
+    output = tmp_path / "out"
+    plan = segments(make_video(tmp_path / "v.mp4", num_frames=48), cfg)  # 6 windows
+    assert [s["segment"] for s in plan] == [0, 1, 2] and {s["segments"] for s in plan} == {3}
+    windows = []
+    record = ingest_segment(
+        plan[1],
+        ingest=cfg.ingest,
+        flow=cfg.flow,
+        output=str(output),
+        on_window=lambda: windows.append(1),
+    )
+    assert record["n_windows"] == len(windows) == 2 and record["error"] is None
+    (journaled,) = read_journal(output)
+    assert journaled == record
+    assert (record["first_window"], record["max_windows"]) == (2, 2)
+    shard = pq.read_table(output / "windows" / record["shard"], columns=["window_idx"])
+    assert shard["window_idx"].to_pylist() == [2, 3]
+    assert read_journal(output, known=[record["shard"]]) == []
+
+
+# ------------------------------------------------------------- progress
+
+
+def test_progress_lines_keep_coming_while_no_video_finishes():
+    progress = IngestProgress()
+    progress.started("long/film")
+    progress.started("long/film")  # two of its segments at once
+    progress.started("other")
+    progress.encoded(3)
+    progress.finished("other")
+    started = time.monotonic()
+
+    def line() -> str:
+        running, windows = progress.snapshot()
+        return progress_line(
+            done=0, total=32, running=running, windows=windows, seconds=time.monotonic() - started
+        )
+
+    lines: list[str] = []
+    with Heartbeat(line, lines.append, every=0.05):
+        time.sleep(0.4)
+    assert len(lines) >= 3
+    assert all(
+        text.startswith("ingest: 0/32 videos done, 1 in flight, 3 windows") for text in lines
+    )
+    assert progress_line(done=1, total=32, running=4, windows=90, seconds=605) == (
+        "ingest: 1/32 videos done, 4 in flight, 90 windows (0.1/s), 10m05s elapsed"
+    )
+
+
+# ------------------------------------------------------------- before Ray starts
+
+
+def test_check_ingest_needs_no_ray_and_writes_nothing(tmp_path):
+    make_video(tmp_path / "videos" / "a" / "v.mp4", num_frames=16)
+    code = (
+        "import sys\n"
+        "from vidray.config import load_config\n"
+        "from vidray.data.ingest import check_ingest\n"
+        "check_ingest(load_config(None, ['ingest.input=videos', 'ingest.output=data']))\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (None, r"input path videos does not exist"),
+        ([], r"input videos holds no video files"),
+        (["a/readme.txt"], r"input videos holds no video files \(looked for .*\.mkv .*\.mp4 "),
+    ],
+    ids=["missing", "empty", "no-video-files"],
+)
+def test_an_input_without_videos_fails_before_any_output_folder(
+    tmp_path, monkeypatch, files, message
+):
+    monkeypatch.chdir(tmp_path)
+    if files is not None:
+        Path("videos").mkdir()
+        for name in files:
+            Path("videos", name).parent.mkdir(parents=True, exist_ok=True)
+            make_text_file(Path("videos", name))
+    cfg = config("ingest.input=videos", "ingest.output=data")
+    for attempt in (check_ingest, run_ingest):
+        with pytest.raises(VidrayError, match=message) as caught:
+            attempt(cfg)
+        assert "\n" not in str(caught.value)
+    assert not Path("data").exists()
+
+
+def test_an_output_that_is_the_input_folder_is_refused(tmp_path):
+    make_video(tmp_path / "videos" / "a" / "v.mp4", num_frames=16)
+    videos = tmp_path / "videos"
+    with pytest.raises(VidrayError, match="is the input folder: choose another --output"):
+        check_ingest(config(f"ingest.input={videos}", f"ingest.output={videos}/"))
+
+
+def test_max_upscale_below_one_is_refused(tmp_path):
+    with pytest.raises(VidrayError, match=r"ingest.max_upscale must be 0 \(no limit\) or >= 1"):
+        check_ingest(
+            config(f"ingest.input={tmp_path}", "ingest.output=o", "ingest.max_upscale=0.5")
+        )
