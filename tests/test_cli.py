@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,24 @@ def test_models_table_lists_every_family_with_its_size():
     lines = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
     assert sorted(lines) == available()
     assert lines["c3d"][1] == "79.63"  # 487-class C3D is 79.99 M; 400 classes here
+
+
+# Nothing listens on the discard port: a command that reached Ray would fail to connect
+# instead of printing its one line, so these cases show the check ran before Ray.
+NO_RAY = {"RAY_ADDRESS": "127.0.0.1:9"}
+
+
+def test_mistakes_that_need_no_cluster_are_found_before_ray_starts(tmp_path, motion_videos):
+    cases = [
+        (["ingest", "--input", "missing", "--output", "out"], "missing"),
+        (["ingest", "--input", str(motion_videos), "--output", "out", "ingest.fps=0"], "fps"),
+    ]
+    for args, words in cases:
+        start = time.monotonic()
+        out = run_module("vidray.cli", *args, cwd=tmp_path, timeout=120, env=NO_RAY)
+        seconds = time.monotonic() - start
+        assert out.returncode == 2, (args, out.stderr)
+        (line,) = out.stderr.splitlines()
+        assert line.startswith(f"vidray {args[0]}: error: ") and words in line, line
+        assert not (tmp_path / "out").exists()  # nothing was made
+        print(f"{' '.join(args)}: {seconds:.1f} s")

@@ -37,6 +37,9 @@ class Command:
     switches: dict[str, str] = field(default_factory=dict)  # --flag -> config key set true
     needs_ray: bool = True
     load: Callable[[str | None, list[str]], Any] = load_config
+    # What can be checked without a cluster, run before Ray starts (20-60 s on a laptop):
+    # a mistake then costs the user seconds, not a Ray start-up.
+    check: Callable[[Any], object] | None = None
 
 
 def _ingest(cfg: Config) -> int:
@@ -50,6 +53,12 @@ def _ingest(cfg: Config) -> int:
             f"see {summary.output}/manifest.parquet for the reasons"
         )
     return 0
+
+
+def _check_ingest(cfg: Config) -> None:
+    from vidray.data.ingest import check_ingest
+
+    check_ingest(cfg)
 
 
 def _train(cfg: Config) -> int:
@@ -106,6 +115,7 @@ COMMANDS = {
             "videos -> Parquet windows with optical flow (Ray Data)",
             _ingest,
             {"--input": "ingest.input", "--layout": "ingest.layout", "--output": "ingest.output"},
+            check=_check_ingest,
         ),
         Command(
             "train",
@@ -166,6 +176,8 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
         keys = [*command.flags.values(), *command.switches.values()]
         overrides = [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key)]
         loaded = command.load(args.config, [*args.overrides, *overrides])
+        if command.check is not None:
+            command.check(loaded)
         if command.needs_ray:
             from vidray.runtime import init_ray
 
@@ -189,7 +201,10 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
 
 def _command_parser(command: Command, prog: str) -> argparse.ArgumentParser:
     """The command's flags, each documented by the config key it sets."""
-    documented = {s.key: s for s in [*all_settings(), *_sweep_settings()]}
+    keys = [*command.flags.values(), *command.switches.values()]
+    # The sweep section lives beside the zoo (torch): import it only for flags that need it.
+    sweep = _sweep_settings() if any(k.startswith("sweep.") for k in keys) else []
+    documented = {s.key: s for s in [*all_settings(), *sweep]}
     parser = argparse.ArgumentParser(
         prog=prog,
         description=command.help,
