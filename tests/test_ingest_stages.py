@@ -122,30 +122,34 @@ def test_each_finished_segment_is_recorded_once_its_shard_is_in_place(tmp_path):
 
 
 def test_progress_lines_keep_coming_while_no_video_finishes():
-    progress = IngestProgress()
+    progress = IngestProgress({"long/film": 3, "short": 1})
     progress.started("long/film")
     progress.started("long/film")  # two of its segments at once
-    progress.started("other")
+    progress.started("short")
     progress.encoded(3)
-    progress.finished("other")
+    progress.finished("short", 0)
     started = time.monotonic()
-
-    def line() -> str:
-        running, windows = progress.snapshot()
-        return progress_line(
-            done=0, total=32, running=running, windows=windows, seconds=time.monotonic() - started
-        )
-
     lines: list[str] = []
-    with Heartbeat(line, lines.append, every=0.05):
+    with Heartbeat(
+        lambda: progress_line(**progress.snapshot(), seconds=time.monotonic() - started),
+        lines.append,
+        every=0.05,
+    ):
         time.sleep(0.4)
     assert len(lines) >= 3
-    assert all(
-        text.startswith("ingest: 0/32 videos done, 1 in flight, 3 windows") for text in lines
-    )
+    assert all(text.startswith("ingest: 1/2 videos done, 1 in flight, 3 windows") for text in lines)
     assert progress_line(done=1, total=32, running=4, windows=90, seconds=605) == (
         "ingest: 1/32 videos done, 4 in flight, 90 windows (0.1/s), 10m05s elapsed"
     )
+
+
+def test_a_video_is_done_once_each_of_its_segments_finished_once():
+    progress = IngestProgress({"film": 2})
+    for segment in (0, 0, 1):  # segment 0 ran twice: Ray retried its task
+        progress.started("film")
+        progress.finished("film", segment)
+        assert progress.snapshot()["done"] == (segment == 1)
+    assert progress.snapshot() == {"done": 1, "total": 1, "running": 0, "windows": 0}
 
 
 # ------------------------------------------------------------- before Ray starts

@@ -27,6 +27,7 @@ testable without Ray; `run_ingest` only wires them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -427,12 +428,17 @@ def encode_window(
 class IngestProgress:
     """What the ingest tasks are doing right now, for the driver's progress lines.
 
-    `run_ingest` runs it as a Ray actor the tasks tell as they go; it is a plain
-    object otherwise.
+    `run_ingest` runs it as a Ray actor the tasks tell as they go (Ray Data hands
+    the driver a task's results only some time after it ends); it is a plain
+    object otherwise. ``segments``: video_id -> how many of its segments the run
+    ingests.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, segments: dict[str, int]) -> None:
+        self._segments = dict(segments)
+        self._finished: dict[str, set[int]] = defaultdict(set)  # a retried task counts once
         self._running: Counter = Counter()  # video_id -> its segments being ingested
+        self._done = 0
         self._windows = 0
 
     def started(self, video_id: str) -> None:
@@ -441,14 +447,23 @@ class IngestProgress:
     def encoded(self, windows: int = 1) -> None:
         self._windows += windows
 
-    def finished(self, video_id: str) -> None:
+    def finished(self, video_id: str, segment: int) -> None:
         self._running[video_id] -= 1
         if self._running[video_id] <= 0:
             del self._running[video_id]
+        finished = self._finished[video_id]
+        if segment not in finished:
+            finished.add(segment)
+            self._done += len(finished) == self._segments.get(video_id)
 
-    def snapshot(self) -> tuple[int, int]:
-        """(videos being ingested, windows encoded so far)."""
-        return len(self._running), self._windows
+    def snapshot(self) -> dict[str, int]:
+        """Videos done, of ``total``, videos being ingested, windows encoded so far."""
+        return {
+            "done": self._done,
+            "total": len(self._segments),
+            "running": len(self._running),
+            "windows": self._windows,
+        }
 
 
 def ingest_task(
@@ -478,7 +493,7 @@ def ingest_task(
                 )
             )
         finally:
-            progress.finished.remote(segment["video_id"])
+            progress.finished.remote(segment["video_id"], segment["segment"])
     return results
 
 
@@ -913,7 +928,9 @@ class _Run:
             segments,
             windows_per_task=min(ingest.segment_windows, max(1, math.ceil(total / (2 * cpus)))),
         )
-        progress = ray.remote(num_cpus=0)(IngestProgress).remote()
+        progress = ray.remote(num_cpus=0)(IngestProgress).remote(
+            Counter(s["video_id"] for s in segments)
+        )
         results = ray.data.from_items(
             [{"segments": task} for task in tasks], override_num_blocks=len(tasks)
         ).flat_map(
@@ -927,22 +944,14 @@ class _Run:
             num_cpus=ingest.cpus_per_task,
             num_gpus=ingest.gpus_per_task,
         )
-        videos = {s["video_id"] for s in segments}
         started = time.monotonic()
+        last = IngestProgress({}).snapshot()
 
         def line() -> str:
-            try:
-                running, windows = ray.get(progress.snapshot.remote(), timeout=2.0)
-            except ray.exceptions.RayError:  # busy or gone: what the driver knows
-                running, windows = 0, self.summary.windows
-            done = sum(1 for vid in videos if vid in self.ledger.settled)
-            return progress_line(
-                done=done,
-                total=len(videos),
-                running=running,
-                windows=windows,
-                seconds=time.monotonic() - started,
-            )
+            nonlocal last
+            with contextlib.suppress(ray.exceptions.RayError):  # busy: say what it said last
+                last = ray.get(progress.snapshot.remote(), timeout=2.0)
+            return progress_line(**last, seconds=time.monotonic() - started)
 
         last_save = time.monotonic()
         try:
