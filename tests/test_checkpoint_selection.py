@@ -1,12 +1,12 @@
 """Which of the checkpoints Ray kept becomes the run's best (what `vidray evaluate`
-and the MLflow `checkpoint` artifact get)."""
+and the MLflow `checkpoint` artifact get), and the score that makes Ray keep it."""
 
 from __future__ import annotations
 
 import pytest
 
 from vidray.errors import VidrayError
-from vidray.train.driver import select_best
+from vidray.train.selection import BestSoFar, select_best
 
 METRIC = "val/video_top1"
 
@@ -48,3 +48,27 @@ def test_no_checkpoint_is_a_one_line_error():
 def test_a_nan_metric_or_loss_never_wins():
     pairs = kept((1, float("nan"), 0.1), (2, 0.5, float("nan")), (3, 0.5, 0.9))
     assert select_best(pairs, METRIC)[0] == "checkpoint_3"
+
+
+def scores(*epochs: tuple[int, float, float]) -> list[int]:
+    """The score each epoch reports to Ray, in order."""
+    best = BestSoFar(METRIC)
+    return [best.update(metrics) for _, metrics in kept(*epochs)]
+
+
+def test_only_a_new_best_by_the_rule_scores_and_it_outscores_every_earlier_one():
+    # Three epochs tie at the top; the first has the lowest loss. Ranked by accuracy,
+    # Ray (ties by recency) kept epochs 3 and 4 and deleted epoch 2, the rule's pick.
+    assert scores((1, 0.5, 0.9), (2, 0.75, 0.4), (3, 0.75, 0.6), (4, 0.75, 0.5)) == [1, 2, 0, 0]
+    # A later best always outscores the one it beats, a worse epoch never does.
+    assert scores((1, 0.5, 0.9), (2, 0.75, 0.4), (3, 0.75, 0.4), (4, 0.5, 0.1)) == [1, 2, 3, 0]
+    assert scores((1, float("nan"), 0.1), (2, 0.25, float("nan")), (3, 0.25, 2.0)) == [1, 2, 3]
+
+
+def test_the_best_so_far_is_what_select_best_picks():
+    epochs = [(1, 0.5, 0.9), (2, 0.75, 0.4), (3, 0.75, 0.6), (4, 0.75, 0.4), (5, 0.5, 0.1)]
+    best = BestSoFar(METRIC)
+    for _, metrics in kept(*epochs):
+        best.update(metrics)
+    assert best.best == select_best(kept(*epochs), METRIC)[1]
+    assert best.best["epoch"] == 4

@@ -84,7 +84,7 @@ def test_frame_map_per_epoch_and_the_ap_table_go_to_mlflow(trained):
     _, result = trained
     client = MlflowClient(tracking_uri=result.tracking_uri)
     history = client.get_metric_history(result.run_id, "val/frame_map")
-    assert [m.step for m in history] == list(range(6))
+    assert [m.step for m in history] == list(range(1, 7))  # epochs, numbered from 1
     assert max(m.value for m in history) == pytest.approx(result.metrics["val/frame_map"])
     run = client.get_run(result.run_id)
     assert run.data.params["train.task"] == "detect"

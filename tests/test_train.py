@@ -20,7 +20,6 @@ from vidray.errors import VidrayError
 from vidray.train.checkpoints import load_checkpoint
 from vidray.train.driver import run_training
 from vidray.train.evaluate import run_evaluation
-from vidray.train.schedule import lr_factor
 
 TINY = [
     "model.name=simple3d",
@@ -72,26 +71,6 @@ def trained(trained_with_debug):
     return cfg, result
 
 
-@pytest.fixture(scope="module")
-def resumed(trained, motion_data, tmp_path_factory):
-    """The tiny run continued from its last checkpoint (epochs 0, 1) to a third epoch.
-
-    Checkpoints are named by ``file://`` URIs here, the path that ``s3://`` and
-    ``gs://`` take too (a pyarrow filesystem, a copy to local disk to load).
-    """
-    _, first = trained
-    tmp_path = tmp_path_factory.mktemp("resume")
-    cfg = tiny_config(
-        motion_data,
-        tmp_path,
-        *KNOBS,
-        "train.epochs=3",
-        f"train.resume_from=file://{first.last_checkpoint}",
-        f"train.storage_path=file://{tmp_path / 'uri_runs'}",
-    )
-    return cfg, run_training(cfg)
-
-
 @pytest.mark.slow
 def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
     _, result = trained
@@ -105,6 +84,12 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
     assert int(params["data.classes"]) == 4 and int(params["data.windows_train"]) > 0
     assert params["train.grad_accum"] == "2" and params["optim.schedule"] == "cosine"
     assert float(params["ray.cpus"]) == 2 and float(params["ray.gpus"]) == 0
+    # How the data was stored, from its dataset.yaml (not the config's ingest defaults,
+    # 128 and 32), and no key that says nothing about the run.
+    assert (params["data.short_side"], params["data.window_frames"]) == ("64", "16")
+    assert (params["data.flow_backend"], params["data.layout"]) == ("dis", "folders")
+    assert not [k for k in params if k.startswith(("ingest.", "eval.", "detect."))]
+    assert [k for k in params if k.startswith("flow.")] == ["flow.L"]
     for name in (
         "train/loss",
         "train/clip_top1",
@@ -115,7 +100,7 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
         "train/global_step",
     ):
         history = client.get_metric_history(result.run_id, name)
-        assert [m.step for m in history] == [0, 1], name
+        assert [m.step for m in history] == [1, 2], name  # epochs, numbered from 1
         assert all(0 <= m.value for m in history)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "checkpoint"} <= artifacts
@@ -131,18 +116,21 @@ def test_checkpoint_holds_the_model_and_its_run(trained):
     assert meta["classes"] == sorted(
         ["translate_left", "translate_right", "translate_up", "translate_down"]
     )
-    assert meta["epoch"] in (0, 1)
+    assert meta["epoch"] in (1, 2)
+    assert Path(result.checkpoint).name == f"epoch_{meta['epoch']:03d}"
+    assert f"best checkpoint (epoch {meta['epoch']}) {result.checkpoint}" in result.report()
     # The best epoch by the selection rule, recomputed from what MLflow logged.
     client = MlflowClient(tracking_uri=result.tracking_uri)
     top1, loss = (
         {m.step: m.value for m in client.get_metric_history(result.run_id, name)}
         for name in ("val/video_top1", "val/loss")
     )
-    assert meta["epoch"] == max((0, 1), key=lambda e: (top1[e], -loss[e], e))
+    assert meta["epoch"] == max((1, 2), key=lambda e: (top1[e], -loss[e], e))
     assert any(isinstance(v, torch.Tensor) for v in state["model"].values())
     assert state["scheduler"]["global_step"] == state["global_step"] > 0
     last, _ = load_checkpoint(result.last_checkpoint)
-    assert last["epoch"] == 1 and last["scheduler"]["progress"] == pytest.approx(2.0)
+    assert last["epoch"] == 2 and last["scheduler"]["progress"] == pytest.approx(2.0)
+    assert Path(result.last_checkpoint).name == "epoch_002"
 
 
 @pytest.mark.slow
@@ -150,30 +138,6 @@ def test_two_worker_ddp_keeps_replicas_identical(trained_with_debug):
     _, _, debug = trained_with_debug
     checksums = [(debug / f"rank{rank}.checksum").read_text() for rank in (0, 1)]
     assert checksums[0] == checksums[1]
-
-
-@pytest.mark.slow
-def test_resume_continues_the_epoch_count_and_the_lr_schedule(trained, resumed):
-    _, first = trained
-    cfg, second = resumed
-    client = MlflowClient(tracking_uri=second.tracking_uri)
-    run = client.get_run(second.run_id)
-    assert run.data.tags["vidray.resumed_from"] == f"file://{first.last_checkpoint}"
-    assert Path(second.last_checkpoint).is_relative_to(Path(cfg.train.storage_path[7:]))
-    before = MlflowClient(tracking_uri=first.tracking_uri)  # the first run's own store
-    assert [m.step for m in before.get_metric_history(first.run_id, "train/loss")] == [0, 1]
-    assert [m.step for m in client.get_metric_history(second.run_id, "train/loss")] == [2]
-    # The first step of epoch 2 uses the rate an uninterrupted 3-epoch schedule gives there.
-    per_epoch = int(run.data.params["data.steps_per_epoch"])
-    (lr,) = client.get_metric_history(second.run_id, "train/lr")
-    expected = cfg.optim.lr * lr_factor(cfg.optim, 2 + 1 / per_epoch, cfg.train.epochs)
-    assert lr.value == pytest.approx(expected, rel=1e-6)
-    # The global step continues from the checkpoint's instead of restarting at 0.
-    state, _ = load_checkpoint(first.last_checkpoint)
-    (step,) = client.get_metric_history(second.run_id, "train/global_step")
-    assert step.value > state["global_step"]
-    final, meta = load_checkpoint(second.last_checkpoint)
-    assert meta["epoch"] == 2 and final["global_step"] == step.value
 
 
 @pytest.mark.parametrize("scheme", ["", "file://"])
@@ -358,3 +322,79 @@ def test_the_train_command_exits_2_with_one_line_on_a_label_mismatch(motion_data
 def test_a_negative_learning_rate_fails_before_training(ray_local, motion_data, tmp_path):
     with pytest.raises(VidrayError, match=r"optim.lr must be >= 0, got -0.1"):
         run_training(tiny_config(motion_data, tmp_path, "optim.lr=-0.1"))
+
+
+def test_a_clip_the_model_cannot_take_is_a_one_line_error():
+    from vidray.train.driver import check_model
+    from vidray.train.inputs import resolve_inputs
+
+    cfg = resolve_inputs(load_config(None, ["model.name=i3d", "clip.T=1"]))
+    with pytest.raises(VidrayError, match=r"model 'i3d' cannot take clips of T=1, crop=224"):
+        check_model(cfg, num_classes=4)
+
+
+class Broken(torch.nn.Module):
+    """A family with a bug: its forward fails on any clip, its declared one included."""
+
+    def __init__(self, *, num_classes: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, num_classes)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.fc(clip)  # (B, 3, T, H, W) into a Linear over 3 features: a shape bug
+
+
+def test_a_bug_in_a_model_keeps_its_traceback(monkeypatch):
+    from vidray.models import InputSpec, registry
+    from vidray.train.driver import check_model
+    from vidray.train.inputs import resolve_inputs
+
+    entry = registry.ModelEntry("broken", Broken, "none", InputSpec(frames=4, crop=32))
+    monkeypatch.setitem(registry._REGISTRY, "broken", entry)
+    cfg = resolve_inputs(load_config(None, ["model.name=broken"]))
+    # Not "cannot take clips of T=4": the user's clip is the one the family declares.
+    with pytest.raises(RuntimeError, match=r"must have same reduction dim"):
+        check_model(cfg, num_classes=4)
+
+
+def test_check_training_resolves_the_config_without_ray(motion_data):
+    """What the CLI runs before it starts Ray: relative paths as a user types them, made
+    absolute; the clip the model declares filled in; a mistake is one line; Ray is not
+    imported (starting it is what costs 20-60 s)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from commands import REPO
+
+    script = f"""
+import json, sys, time
+from vidray.config import load_config
+from vidray.errors import VidrayError
+from vidray.train.driver import check_training
+
+t0 = time.monotonic()
+cfg = check_training(load_config(None, ["train.data={motion_data.name}", "clip.crop=48"]))
+seconds = time.monotonic() - t0
+try:
+    check_training(load_config(None, ["train.data={motion_data.name}", "clip.T=16"]))
+except VidrayError as exc:
+    error = str(exc)
+print(json.dumps({{"data": cfg.train.data, "storage": cfg.train.storage_path, "T": cfg.clip.T,
+                  "error": error, "ray": "ray" in sys.modules, "seconds": seconds}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=motion_data.parent,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert (found["data"], found["T"]) == (str(motion_data), 8)
+    assert found["storage"] == str(motion_data.parent / "runs")
+    assert f"spans 31 frames, but {motion_data} stores windows of 16" in found["error"]
+    assert not found["ray"]

@@ -42,7 +42,7 @@ def test_training_logs_to_an_mlflow_server_over_http(
     assert run.data.params["model.name"] == "simple3d"
     assert run.data.params["mlflow.tracking_uri"] == uri
     assert float(run.data.params["ray.cpus"]) == 2
-    assert [m.step for m in client.get_metric_history(result.run_id, "val/video_top1")] == [0]
+    assert [m.step for m in client.get_metric_history(result.run_id, "val/video_top1")] == [1]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "checkpoint"} <= artifacts
     # Artifacts went through the server's proxy into its own artifact root.

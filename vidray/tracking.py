@@ -1,10 +1,12 @@
 """MLflow: the one place that names what a run logs.
 
-Every run logs the flattened config under its dotted names (``clip.T``,
-``model.name``), per-epoch metrics under the names below, the config YAML and
-the best checkpoint. The names are the same for every model family so the
-MLflow compare view lines runs up. All calls go through `MlflowClient` with an
-explicit run id, so the driver and a Ray Train worker can log to one run.
+Every run logs the config keys that shape it under their dotted names
+(``clip.T``, ``model.name``; `run_params`), how its data was stored under
+``data.*`` (`dataset_params`), per-epoch metrics under the names below (step:
+the epoch, numbered from 1), the config YAML and the best checkpoint. The
+names are the same for every model family so the MLflow compare view lines
+runs up. All calls go through `MlflowClient` with an explicit run id, so the
+driver and a Ray Train worker can log to one run.
 """
 
 from __future__ import annotations
@@ -56,6 +58,37 @@ def tracking_uri(cfg: MlflowConfig) -> str:
     return uri
 
 
+# Config keys that say nothing about a training run: how the videos were stored and
+# their flow computed is the dataset's (logged from its dataset.yaml, `dataset_params`);
+# evaluation settings are `vidray evaluate`'s.
+_NOT_RUN_SECTIONS = ("ingest", "eval")
+_RUN_FLOW_KEYS = ("flow.L",)  # the one flow key a model reads; the rest shaped ingest
+
+
+def run_params(cfg: Config) -> dict[str, Any]:
+    """The config keys that shape a run, under their dotted names: model, clip, optim,
+    train, mlflow and ray keys, ``flow.L``, and ``detect.*`` for a detection run."""
+    left_out = _NOT_RUN_SECTIONS + (() if cfg.train.task == "detect" else ("detect",))
+    params = {}
+    for key, value in cfg.flat().items():
+        section = key.split(".", 1)[0]
+        if section in left_out or (section == "flow" and key not in _RUN_FLOW_KEYS):
+            continue
+        params[key] = value
+    return params
+
+
+def dataset_params(info: dict[str, Any]) -> dict[str, Any]:
+    """How the training data was stored, from its dataset.yaml: ``data.layout``,
+    ``data.input`` and every storage parameter (``ingest.fps`` -> ``data.fps``,
+    ``flow.backend`` -> ``data.flow_backend``), whatever the training config says."""
+    params = {"data.layout": info.get("layout", ""), "data.input": info.get("input", "")}
+    for key, value in info.get("storage", {}).items():
+        section, name = key.split(".", 1)
+        params[f"data.{name}" if section == "ingest" else f"data.{section}_{name}"] = value
+    return params
+
+
 def client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
@@ -92,7 +125,7 @@ def _git_commit() -> str | None:
 
 
 def start_run(cfg: Config, *, uri: str, run_name: str, tags: dict[str, str] | None = None) -> str:
-    """Create a run with the flattened config as params; returns its id."""
+    """Create a run with the config keys that shape it as params (`run_params`); its id."""
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(cfg.mlflow.experiment)
     experiment_id = (
@@ -105,7 +138,7 @@ def start_run(cfg: Config, *, uri: str, run_name: str, tags: dict[str, str] | No
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
     run = mlflow_client.create_run(experiment_id, tags=all_tags, run_name=run_name)
-    log_params(uri, run.info.run_id, cfg.flat())
+    log_params(uri, run.info.run_id, run_params(cfg))
     return run.info.run_id
 
 

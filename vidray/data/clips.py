@@ -43,6 +43,7 @@ from vidray.errors import VidrayError
 _BASE_COLUMNS = ["video_key", "label", "height", "width", "frames_codec", "frames"]
 _FLOW_COLUMNS = ["flow_codec", "flow"]
 SPATIAL_VIEWS = (1, 3)
+SEED_COLUMN = "seed_draw"  # training: a uniform draw per shard and epoch that seeds its clips
 
 
 def check_views(temporal_views: int, spatial_views: int) -> None:
@@ -83,8 +84,8 @@ class ClipSampler:
     """Derives clips from a batch of window rows (a pyarrow Table).
 
     Stateless apart from its parameters, so Ray Data can ship it to workers;
-    ``train=True`` draws offsets, crops and flips from fresh entropy on every
-    call, so each epoch sees new clips of the same windows. In evaluation,
+    ``train=True`` draws offsets, crops and flips from the generator it is given
+    (`read_clips` seeds one per shard and epoch), else from fresh entropy. In evaluation,
     ``temporal_views`` x ``spatial_views`` deterministic clips come from each
     window (see `temporal_offsets`, `spatial_offsets`); ``video_ids=True`` adds
     the string ``video_id`` of every clip (for reports; training leaves it out).
@@ -111,8 +112,10 @@ class ClipSampler:
             + (["video_id"] if self.video_ids else [])
         )
 
-    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng() if self.train else None
+    def __call__(
+        self, table: pa.Table, rng: np.random.Generator | None = None
+    ) -> dict[str, np.ndarray]:
+        rng = (rng or np.random.default_rng()) if self.train else None
         rows = table.to_pylist()
         frames, flows, owners = [], [], []
         for i, row in enumerate(rows):
@@ -240,12 +243,20 @@ def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]
 
 
 def clips_from_shards(
-    paths: Iterable[str], sampler: Any, *, batch_rows: int
+    paths: Iterable[str],
+    sampler: Any,
+    *,
+    batch_rows: int,
+    seeds: Iterable[int | None] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Read shards (only the columns the clip needs) and derive their clips, batch by batch."""
-    for path in paths:
+    """Read shards (only the columns the clip needs) and derive their clips, batch by
+    batch; a training sampler draws from a generator seeded by the shard's seed."""
+    paths = list(paths)
+    seeds = [None] * len(paths) if seeds is None else seeds
+    for path, seed in zip(paths, seeds, strict=True):
+        rng = np.random.default_rng(seed)
         for batch in shard_batches(path, columns=sampler.columns, batch_rows=batch_rows):
-            yield sampler(pa.Table.from_batches([batch]))
+            yield sampler(pa.Table.from_batches([batch]), rng)
 
 
 def shard_batches(
@@ -290,13 +301,19 @@ class ShardReader:
     One task reads a group of shards with pyarrow. Ray's own `read_parquet`
     starts a read task per file, which costs ~60 ms each: at one shard per
     video segment that overhead, paid every epoch, exceeded the reading itself.
+    In training each shard comes with a draw (`SEED_COLUMN`) that seeds its clips.
     """
 
-    sampler: Any  # ClipSampler, or any callable Table -> batch with a `columns` list
+    sampler: Any  # ClipSampler, or any callable (Table, rng) -> batch with a `columns` list
     batch_rows: int = 32
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        yield from clips_from_shards(batch["path"], self.sampler, batch_rows=self.batch_rows)
+        draws = batch.get(SEED_COLUMN)
+        # A draw in [0, 1) carries 53 random bits; as an integer it seeds numpy.
+        seeds = None if draws is None else [int(d * 2**53) for d in draws]
+        yield from clips_from_shards(
+            batch["path"], self.sampler, batch_rows=self.batch_rows, seeds=seeds
+        )
 
 
 def read_clips(
@@ -306,6 +323,7 @@ def read_clips(
     clip: ClipConfig,
     flow_L: int,
     train: bool,
+    seed: int | None = None,
     shards_per_task: int = 16,
     temporal_views: int = 1,
     spatial_views: int = 1,
@@ -315,23 +333,44 @@ def read_clips(
 
     Each execution (each epoch) re-derives the clips, so training sees new
     offsets, crops and flips every epoch; in training the shard groups also
-    come in a new order. Evaluation may ask for several views per window and
-    for the ``video_id`` of every clip, as `iter_clip_batches` does.
+    come in a new order. With a ``seed`` both follow from it and the epoch, so
+    two runs with one seed read the same clips. Evaluation may ask for several
+    views per window and for the ``video_id`` of every clip, as
+    `iter_clip_batches` does.
     """
     sampler = ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids)
     views = temporal_views * spatial_views
     reader = ShardReader(sampler, batch_rows=max(1, ShardReader.batch_rows // views))
     return read_samples(
-        data_dir, split=split, reader=reader, train=train, shards_per_task=shards_per_task
+        data_dir,
+        split=split,
+        reader=reader,
+        train=train,
+        seed=seed,
+        shards_per_task=shards_per_task,
     )
 
 
 def read_samples(
-    data_dir: str | Path, *, split: str, reader: ShardReader, train: bool, shards_per_task: int = 16
+    data_dir: str | Path,
+    *,
+    split: str,
+    reader: ShardReader,
+    train: bool,
+    seed: int | None = None,
+    shards_per_task: int = 16,
 ) -> Any:
     """A Ray Dataset of what ``reader``'s sampler derives from one split's shards: groups
-    of ``shards_per_task`` shards per read task, in a new order every training epoch."""
+    of ``shards_per_task`` shards per read task, in a new order every training epoch.
+
+    In training every shard also gets a draw (`SEED_COLUMN`) that seeds its clips. Ray
+    Data derives the block order and the draws from ``seed`` and the execution's index,
+    which counts the epochs: new every epoch, the same in every run with that seed
+    (without a seed, from fresh entropy).
+    """
     import ray
+    from ray.data import RandomSeedConfig
+    from ray.data.expressions import random
 
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
     files = window_files(data_dir, split=split)
@@ -339,7 +378,8 @@ def read_samples(
         [{"path": f} for f in files], override_num_blocks=math.ceil(len(files) / shards_per_task)
     )
     if train:
-        ds = ds.randomize_block_order()
+        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed, reseed_after_execution=True))
+        ds = ds.with_column(SEED_COLUMN, random(seed=seed, reseed_after_execution=True))
     return ds.map_batches(reader, batch_size=shards_per_task)
 
 

@@ -56,7 +56,8 @@ class KeyframeSampler:
     """Keyframe rows (a pyarrow Table) -> a numpy batch of detection clips.
 
     ``action_ids`` are the label map's ids in output order (`LabelMap.ids`).
-    Training draws flips and box jitter from fresh entropy on every call.
+    Training draws flips and box jitter from the generator it is given (seeded per
+    shard and epoch by `read_samples`), else from fresh entropy.
     """
 
     clip: ClipConfig
@@ -69,8 +70,10 @@ class KeyframeSampler:
     def columns(self) -> list[str]:
         return _COLUMNS + (["video_id"] if self.video_ids else [])
 
-    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng() if self.train else None
+    def __call__(
+        self, table: pa.Table, rng: np.random.Generator | None = None
+    ) -> dict[str, np.ndarray]:
+        rng = (rng or np.random.default_rng()) if self.train else None
         index = {action: i for i, action in enumerate(self.action_ids)}
         rows = table.to_pylist()
         limit, classes = self.detect.max_boxes, len(self.action_ids)
@@ -238,7 +241,9 @@ def keyframe_sampler(cfg: Config, *, train: bool, video_ids: bool = False) -> Ke
 def read_keyframes(cfg: Config, *, split: str, train: bool) -> Any:
     """A Ray Dataset of detection clips of one split (needs a running Ray)."""
     reader = ShardReader(keyframe_sampler(cfg, train=train), batch_rows=8)
-    return read_samples(cfg.train.data, split=split, reader=reader, train=train)
+    return read_samples(
+        cfg.train.data, split=split, reader=reader, train=train, seed=cfg.train.seed
+    )
 
 
 def iter_keyframe_batches(

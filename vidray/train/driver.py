@@ -1,20 +1,27 @@
 """The training driver: ingest output -> Ray Train -> an MLflow run.
 
+cfg = check_training(cfg)                                    # no Ray: fails in seconds
 clips = task_of(cfg).dataset(cfg, split, ...)               # Ray Data
 run_id = tracking.start_run(cfg)                             # params
 TorchTrainer(train_loop_per_worker, datasets=clips).fit()    # metrics per epoch
 log config + best checkpoint as artifacts
 
 A worker that dies restarts the worker group from the last checkpoint, up to
-``train.max_failures`` times (Ray Train's FailureConfig).
+``train.max_failures`` times (Ray Train's FailureConfig). Ctrl-C (or SIGTERM,
+where the program turns it into Ctrl-C, as the CLI does) aborts the run, keeps
+its checkpoints, ends the MLflow run KILLED and raises `Interrupted` naming the
+checkpoint to resume from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,37 +32,14 @@ from torch import nn
 from vidray import storage, tracking
 from vidray.config import Config
 from vidray.data.manifest import read_dataset_info, read_manifest
-from vidray.errors import VidrayError
+from vidray.errors import Interrupted, VidrayError
+from vidray.models import entry
 from vidray.models.weights import check_weights_source
 from vidray.train.checkpoints import check_resumable
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
+from vidray.train.selection import SCORE, select_best
 from vidray.train.tasks import task_of
-
-
-def select_best(kept: Sequence[tuple[Any, dict[str, Any]]], metric: str) -> tuple[Any, dict]:
-    """The best of the (checkpoint, metrics) pairs Ray kept: highest ``metric``, then
-    lowest val loss, then the latest epoch.
-
-    A small val set ties often (8 videos give accuracy in steps of 1/8); taking the
-    first epoch to reach the top score picked a less trained model than a later
-    epoch with the same accuracy and a lower loss.
-    """
-    if not kept:
-        raise VidrayError("training reported no checkpoint")
-
-    def worst_if_nan(value: float) -> float:
-        return -math.inf if math.isnan(value) else value
-
-    def rank(pair: tuple[Any, dict[str, Any]]) -> tuple[float, float, float]:
-        metrics = pair[1]
-        return (
-            worst_if_nan(metrics.get(metric, -math.inf)),
-            worst_if_nan(-metrics.get(tracking.VAL_LOSS, math.inf)),
-            metrics.get("epoch", -1),
-        )
-
-    return max(kept, key=rank)
 
 
 @dataclass
@@ -125,6 +109,8 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
         raise VidrayError(f"optim.lr must be >= 0, got {cfg.optim.lr}")
     if cfg.train.grad_accum < 1:
         raise VidrayError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
+    if cfg.train.seed < 0:
+        raise VidrayError(f"train.seed must be >= 0, got {cfg.train.seed}")
     model = check_model(cfg, num_classes=len(info["classes"]))
     if cfg.train.resume_from:
         check_resumable(cfg.train.resume_from, model=model, classes=info["classes"])
@@ -134,14 +120,27 @@ def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
     """Build the model and run one clip through it, on the meta device (shapes only, so
     even the largest families cost nothing): an unknown model or argument, or a clip
     the model cannot take (too few frames for its temporal kernels), fails here, before
-    any worker starts, instead of in the first training step."""
+    any worker starts, instead of in the first training step.
+
+    Only the user's clip can be at fault for a clip error, so the family first runs
+    on the clip it declares (its `InputSpec`), with the configured ``model.*``: a
+    failure there is a bug in vidray and keeps its traceback.
+    """
     if cfg.model.pretrained:
         check_weights_source(cfg.model.pretrained)
     shapes_only = replace(cfg, model=replace(cfg.model, pretrained=""))
+    spec = entry(cfg.model.name).input
+    declared = replace(
+        shapes_only,
+        clip=replace(cfg.clip, T=spec.frames, crop=spec.crop),
+        flow=replace(cfg.flow, L=spec.flow),
+    )
+    task = task_of(cfg)
     with torch.device("meta"):
+        build_model(declared, num_classes=num_classes)(*task.example(declared, device="meta"))
         model = build_model(shapes_only, num_classes=num_classes)
         try:
-            logits = model(*task_of(cfg).example(cfg, device="meta"))
+            logits = model(*task.example(cfg, device="meta"))
         except (RuntimeError, ValueError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VidrayError(
@@ -194,6 +193,115 @@ def split_counts(data: str, classes: list[str], labeled: tuple[str, ...]) -> dic
     return counts
 
 
+def labeled_split_counts(cfg: Config, info: dict[str, Any]) -> dict[str, int]:
+    """`split_counts` of the training data, after checking that the splits trained and
+    validated on hold windows."""
+    # Detection rows carry their labels per box; only classification labels videos.
+    labeled = ("train", cfg.train.val_split) if cfg.train.task == "classify" else ()
+    counts = split_counts(cfg.train.data, info["classes"], labeled)
+    if not counts.get("train"):
+        raise VidrayError(f"{cfg.train.data} has no windows in split 'train' (splits: {counts})")
+    if not counts.get(cfg.train.val_split):
+        raise VidrayError(
+            f"{cfg.train.data} has no windows in split '{cfg.train.val_split}' "
+            f"(splits: {counts}): set train.val_split"
+        )
+    return counts
+
+
+def check_training(cfg: Config) -> Config:
+    """``cfg`` checked against its data, with every path absolute (Ray workers run in
+    other directories) and the clip parameters the model declares filled in.
+
+    Everything a user can get wrong before any cluster work is found here in
+    seconds, without Ray or MLflow: a missing or wrong ``train.data``, an unknown
+    model or argument, a negative rate, a clip the stored windows or the model
+    cannot give, splits without windows or labels, a checkpoint that cannot be
+    resumed, a storage URI pyarrow cannot open.
+    """
+    if not cfg.train.data:
+        raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
+    train = cfg.train
+    cfg = resolve_inputs(
+        replace(
+            cfg,
+            train=replace(
+                train,
+                data=storage.resolve(train.data),
+                storage_path=storage.resolve(train.storage_path),
+                resume_from=storage.resolve(train.resume_from) if train.resume_from else "",
+            ),
+        )
+    )
+    info = read_dataset_info(cfg.train.data)
+    check_data(cfg, info)
+    labeled_split_counts(cfg, info)
+    return cfg
+
+
+@contextlib.contextmanager
+def stop_signals_abort_training() -> Iterator[None]:
+    """Around ``TorchTrainer.fit()``: SIGTERM, where the program treats it as Ctrl-C
+    (the CLI does, for job managers), does what Ctrl-C does during a fit; afterwards
+    both signals get their handlers back.
+
+    During a fit, Ctrl-C runs Ray Train's handler, which aborts the run (workers
+    stopped, the checkpoints kept) and raises SystemExit; a plain KeyboardInterrupt
+    would leave the run training on. Ray never restores the handler it installs, so
+    a Ctrl-C after the fit would do nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a Tune trial: Tune handles the signals, and Ray installs no handler
+        return
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def like_ctrl_c(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    if before[signal.SIGTERM] is signal.default_int_handler:
+        signal.signal(signal.SIGTERM, like_ctrl_c)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def checkpoint_path(run_dir: str, checkpoint: Any) -> str:
+    """Where a checkpoint Ray reports lies, as the user names it: under ``run_dir``
+    (Ray's own path drops the scheme of a URI such as ``s3://``)."""
+    return storage.join(run_dir, Path(checkpoint.path).name)
+
+
+def interrupted(run_dir: str, *, epochs: int, resumed_from: str) -> Interrupted:
+    """What an interrupted run kept, and how to continue: the last checkpoint Ray
+    registered in ``run_dir`` (it keeps the latest on disk), or the one the run
+    resumed from when it registered none."""
+    from ray.train import Result
+
+    try:
+        latest = Result.from_path(run_dir)
+    except RuntimeError:  # no run directory or no checkpoint record yet
+        latest = None
+    if latest is None or latest.checkpoint is None:
+        if resumed_from:
+            return Interrupted(
+                f"interrupted before the first epoch of this run ended; no new checkpoint; "
+                f"resume with train.resume_from={resumed_from}"
+            )
+        return Interrupted(
+            "interrupted before the first epoch ended; no checkpoint was saved; start the run again"
+        )
+    path = checkpoint_path(run_dir, latest.checkpoint)
+    return Interrupted(
+        f"interrupted after epoch {latest.metrics['epoch']}/{epochs}; last checkpoint {path}; "
+        f"resume with train.resume_from={path}"
+    )
+
+
 def run_training(
     cfg: Config,
     *,
@@ -206,37 +314,22 @@ def run_training(
     ``tags`` go on the MLflow run (a sweep nests its trials with
     ``mlflow.parentRunId``); ``callbacks`` are Ray Train callbacks (a Tune trial
     passes the one that reports each epoch to Tune). ``debug`` is for tests
-    only (see `vidray.train.loop.DebugHooks`).
+    only (see `vidray.train.loop.DebugHooks`). Raises `Interrupted` on Ctrl-C.
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not cfg.train.data:
-        raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
-    # Absolute, as Ray workers run in other directories.
-    cfg = resolve_inputs(
-        replace(cfg, train=replace(cfg.train, data=storage.resolve(cfg.train.data)))
-    )
+    cfg = check_training(cfg)
     info = read_dataset_info(cfg.train.data)
-    check_data(cfg, info)
-    storage_path = storage.resolve(cfg.train.storage_path)
+    counts = labeled_split_counts(cfg, info)
     task = task_of(cfg)
-    # Detection rows carry their labels per box; only classification labels videos.
-    labeled = ("train", cfg.train.val_split) if task.name == "classify" else ()
-    counts = split_counts(cfg.train.data, info["classes"], labeled)
-    if not counts.get("train"):
-        raise VidrayError(f"{cfg.train.data} has no windows in split 'train' (splits: {counts})")
-    if not counts.get(cfg.train.val_split):
-        raise VidrayError(
-            f"{cfg.train.data} has no windows in split '{cfg.train.val_split}' "
-            f"(splits: {counts}): set train.val_split"
-        )
     classes = info["classes"]
     uri = tracking.tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
     run_name = cfg.train.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = storage.join(cfg.train.storage_path, run_name)  # Ray Train's: RunConfig(name)
     tags = {"vidray.task": "train", **(tags or {})}
-    resume = storage.resolve(cfg.train.resume_from) if cfg.train.resume_from else ""
+    resume = cfg.train.resume_from
     if resume:
         # A resumed run is a new MLflow run (its params, e.g. train.epochs, may differ)
         # whose metrics continue at the next epoch; the tag links it to the first.
@@ -247,6 +340,7 @@ def run_training(
         uri,
         run_id,
         {
+            **tracking.dataset_params(info),
             "data.videos": info["videos"],
             "data.windows": info["windows"],
             "data.classes": len(classes),
@@ -255,6 +349,10 @@ def run_training(
             **ray_resources(),
         },
     )
+    # Clips reach the loop in one order every run: with train.seed fixed, a run's
+    # numbers repeat (on one worker; several take blocks as they come).
+    in_order = DataConfig.default_ingest_options()
+    in_order.preserve_order = True
     t0 = time.monotonic()
     status = "FAILED"
     try:
@@ -283,21 +381,30 @@ def run_training(
             ),
             run_config=RunConfig(
                 name=run_name,
-                storage_path=storage_path,
+                storage_path=cfg.train.storage_path,
                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                 callbacks=list(callbacks),
+                # The best by the rule and the latest (the resume point), whatever the
+                # ties: see vidray.train.selection.
                 checkpoint_config=CheckpointConfig(
-                    num_to_keep=2,
-                    checkpoint_score_attribute=task.metric,
+                    num_to_keep=1,
+                    checkpoint_score_attribute=SCORE,
                     checkpoint_score_order="max",
                 ),
             ),
             datasets=datasets,
             # Only the training set is split; rank 0 reads all of val (video accuracy and
             # frame-mAP need every clip of the split).
-            dataset_config=DataConfig(datasets_to_split=["train"]),
+            dataset_config=DataConfig(
+                datasets_to_split=["train"],
+                execution_options={"train": in_order, "val": in_order},
+            ),
         )
-        result = trainer.fit()
+        try:
+            with stop_signals_abort_training():
+                result = trainer.fit()
+        except SystemExit as exc:  # Ray Train's Ctrl-C handler, after aborting the run
+            raise KeyboardInterrupt from exc
         best, best_metrics = select_best(result.best_checkpoints, task.metric)
         with tempfile.TemporaryDirectory() as tmp:
             config_file = Path(tmp) / "config.yaml"
@@ -311,12 +418,15 @@ def run_training(
         return TrainResult(
             run_id=run_id,
             tracking_uri=uri,
-            checkpoint=best.path,
-            last_checkpoint=result.checkpoint.path,
+            checkpoint=checkpoint_path(run_dir, best),
+            last_checkpoint=checkpoint_path(run_dir, result.checkpoint),
             metrics=best_metrics,
             num_classes=len(classes),
             seconds=time.monotonic() - t0,
             metric=task.metric,
         )
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise interrupted(run_dir, epochs=cfg.train.epochs, resumed_from=resume) from None
     finally:
         tracking.end_run(uri, run_id, status=status)

@@ -1,11 +1,13 @@
 """`train_loop_per_worker`: the one training loop, run by every Ray Train worker.
 
-    restore model, optimiser, LR schedule, epoch (a restart or train.resume_from)
-    for epoch:
-        train shard (Ray Data, new random clips each epoch) -> DDP forward/backward,
+    seed the model init (train.seed); restore model, optimiser, LR schedule, epoch
+        (a restart or train.resume_from)
+    for epoch 1, 2, ... (numbered from 1 wherever a user reads them):
+        train shard (Ray Data, new clips each epoch, seeded) -> DDP forward/backward,
             gradient accumulation, clipping, bf16 autocast, LR set every step
         all-reduce train loss / accuracy
-        rank 0: validation (video accuracy, or frame-mAP); checkpoint; MLflow metrics
+        rank 0: validation (video accuracy, or frame-mAP); MLflow metrics (step: epoch);
+            checkpoint epoch_NNN, scored so that Ray keeps the best (`selection`)
         ray.train.report(metrics, checkpoint from rank 0)
 
 What differs between classification and detection (the model, the batches,
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +38,7 @@ from vidray.config import Config, OptimConfig
 from vidray.train.checkpoints import load_checkpoint, save_checkpoint
 from vidray.train.device import channels_last_3d
 from vidray.train.schedule import Scheduler
+from vidray.train.selection import SCORE, BestSoFar, select_best
 from vidray.train.tasks import task_of
 
 
@@ -69,11 +73,12 @@ def train_epoch(
     batches: Iterable[dict[str, Any]],
     optimizer: torch.optim.Optimizer,
     scheduler: Scheduler,
-    epoch: int,
+    epochs_done: int,
     cfg: Config,
     device: torch.device,
 ) -> tuple[torch.Tensor, float]:
     """One pass over this rank's shard: (loss sum, hits, count) and the first step's LR.
+    ``epochs_done``: the epochs before this one (the schedule's progress at its start).
 
     With ``train.grad_accum`` > 1, gradients of the accumulating batches stay
     local (DDP ``no_sync``) and are all-reduced once, on the batch that steps.
@@ -92,7 +97,7 @@ def train_epoch(
             loss, hits, n = task.loss(model, batch, cfg, device)
             (loss / accum).backward()
         if stepping:
-            lr = scheduler.step(epoch, steps)
+            lr = scheduler.step(epochs_done, steps)
             first_lr = lr if steps == 0 else first_lr
             if cfg.train.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
@@ -106,7 +111,7 @@ def train_epoch(
 def restore(
     checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Scheduler
 ) -> int:
-    """Load a Ray Train checkpoint (a restart, or train.resume_from); the epoch to start at."""
+    """Load a Ray Train checkpoint (a restart, or train.resume_from); the epochs it has done."""
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
@@ -116,7 +121,32 @@ def restore(
     if "scheduler" in state:  # checkpoints from before the schedule existed have none
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    return state["epoch"] + 1
+    return state["epoch"]
+
+
+def best_so_far(restarted: bool, metric: str) -> BestSoFar:
+    """A fresh record, or after a restart the best of what Ray kept of this run (Ray
+    keeps the best by the rule, `vidray.train.selection`). A run resumed from another
+    run's checkpoint starts a fresh record: its best is among its own checkpoints."""
+    import ray.train
+
+    best = BestSoFar(metric)
+    if restarted:
+        kept = [(c.checkpoint, c.metrics) for c in ray.train.get_all_reported_checkpoints()]
+        if kept:
+            best.best = select_best(kept, metric)[1]
+    return best
+
+
+def shuffle_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one rank's local shuffle in one epoch: new every epoch, the same in
+    every run with ``train.seed``."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The folder of epoch ``epoch``'s checkpoint in the run's storage: ``epoch_003``."""
+    return f"epoch_{epoch:03d}"
 
 
 def param_checksum(model: nn.Module) -> str:
@@ -166,7 +196,7 @@ def epoch_line(metrics: dict[str, float], epochs: int, *, hits: str, metric: str
     val = metrics.get(metric, float("nan"))
     speed = metrics[tracking.CLIPS_PER_SECOND]
     return (
-        f"train: epoch {metrics['epoch'] + 1}/{epochs}: loss {metrics[tracking.TRAIN_LOSS]:.3f}, "
+        f"train: epoch {metrics['epoch']}/{epochs}: loss {metrics[tracking.TRAIN_LOSS]:.3f}, "
         f"{hits} {metrics[hits]:.3f}, {metric} {val:.3f}, lr {metrics[tracking.TRAIN_LR]:.2e} "
         f"({metrics[tracking.EPOCH_SECONDS]:.1f} s, {speed:.0f} clips/s)"
     )
@@ -198,21 +228,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # A restarted worker group gets the last reported checkpoint; a first start
     # gets train.resume_from (a path every worker can read), or nothing.
     checkpoint = ray.train.get_checkpoint()
+    task = task_of(cfg)
+    best = best_so_far(checkpoint is not None and rank == 0, task.metric)
     if checkpoint is None and loop_config.get("resume_from"):
         checkpoint = ray.train.Checkpoint(loop_config["resume_from"])  # a path or a URI
-    start_epoch = restore(checkpoint, model, optimizer, scheduler)
+    done = restore(checkpoint, model, optimizer, scheduler)
     model = ray.train.torch.prepare_model(model)
     bare_model = model.module if hasattr(model, "module") else model
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous; CUDA only
-    task = task_of(cfg)
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(done + 1, cfg.train.epochs + 1):
         hooks.epoch_start(epoch)
         t0 = time.monotonic()
-        batches = task.batches(train_shard, cfg, train=True, pin=pin)
-        totals, first_lr = train_epoch(model, batches, optimizer, scheduler, epoch, cfg, device)
+        seed = shuffle_seed(cfg.train.seed, epoch, rank)
+        batches = task.batches(train_shard, cfg, train=True, pin=pin, seed=seed)
+        totals, first_lr = train_epoch(model, batches, optimizer, scheduler, epoch - 1, cfg, device)
         if world > 1:
             torch.distributed.all_reduce(totals)
         seconds = time.monotonic() - t0
@@ -231,10 +263,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             tracking.log_metrics(
                 uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
             )
-            # Ray Train sends print() both to its logger and to stdout; writing to the
-            # process's own stdout shows the line once, forwarded to the driver.
-            line = epoch_line(metrics, cfg.train.epochs, hits=task.hits, metric=task.metric)
-            print(line, file=sys.__stdout__, flush=True)
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(
                     directory,
@@ -248,7 +276,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     run_id=run_id,
                     metrics=metrics,
                 )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                ray.train.report(
+                    {**metrics, SCORE: best.update(metrics)},
+                    checkpoint=ray.train.Checkpoint.from_directory(directory),
+                    checkpoint_dir_name=checkpoint_name(epoch),
+                )
+            # After the report, so a line on screen means its checkpoint is stored. Ray
+            # Train sends print() both to its logger and to stdout; writing to the process's
+            # own stdout shows the line once, forwarded to the driver.
+            line = epoch_line(metrics, cfg.train.epochs, hits=task.hits, metric=task.metric)
+            print(line, file=sys.__stdout__, flush=True)
         else:
             ray.train.report(metrics)
     hooks.finished(bare_model)

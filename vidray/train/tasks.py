@@ -11,7 +11,7 @@ AVA protocol, `vidray.detect.frame_map`); checkpoints ranked by val frame-mAP.
     task = task_of(cfg)
     model = task.build(cfg, num_classes)
     ds = task.dataset(cfg, split, train=True)                 # driver, Ray Data
-    for batch in task.batches(shard, cfg, train=True, pin=False):   # worker
+    for batch in task.batches(shard, cfg, train=True, pin=False, seed=s):   # worker
         loss, hits, n = task.loss(model, batch, cfg, device)
     metrics = task.validate(model, val_shard, cfg, device, classes)
 """
@@ -86,13 +86,22 @@ class Classify:
         from vidray.data.clips import read_clips
 
         return read_clips(
-            cfg.train.data, split=split, clip=cfg.clip, flow_L=cfg.flow.L, train=train
+            cfg.train.data,
+            split=split,
+            clip=cfg.clip,
+            flow_L=cfg.flow.L,
+            train=train,
+            seed=cfg.train.seed,
         )
 
-    def batches(self, shard: Any, cfg: Config, *, train: bool, pin: bool) -> Any:
+    def batches(
+        self, shard: Any, cfg: Config, *, train: bool, pin: bool, seed: int | None = None
+    ) -> Any:
+        """Torch batches of a shard; in training, shuffled locally (by ``seed`` if given)."""
         return shard.iter_torch_batches(
             batch_size=cfg.train.batch_size,
             local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
+            local_shuffle_seed=seed if train else None,
             device="cpu",
             pin_memory=pin,
         )
@@ -160,12 +169,15 @@ class Detect:
 
         return read_keyframes(cfg, split=split, train=train)
 
-    def batches(self, shard: Any, cfg: Config, *, train: bool, pin: bool) -> Any:
+    def batches(
+        self, shard: Any, cfg: Config, *, train: bool, pin: bool, seed: int | None = None
+    ) -> Any:
         from vidray.detect.clips import collate
 
         return shard.iter_torch_batches(
             batch_size=cfg.train.batch_size,
             local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
+            local_shuffle_seed=seed if train else None,
             collate_fn=collate,
             pin_memory=pin,
         )
