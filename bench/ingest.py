@@ -54,7 +54,6 @@ import argparse
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,13 @@ import benchutil as bu
 
 from vidray.config import Config
 from vidray.data import decode
-from vidray.data.ingest import ingest_segment, plan_segments, probe_entry, run_ingest
+from vidray.data.ingest import (
+    ingest_segment,
+    plan_segments,
+    probe_entry,
+    run_ingest,
+    source_entry,
+)
 from vidray.data.shards import ShardWriter, encode_images
 from vidray.data.sources import list_sources
 
@@ -81,7 +86,7 @@ def single_process_ingest(cfg: Config) -> dict[str, Any]:
         ingest.input, layout=ingest.layout, split=ingest.split, val_fraction=ingest.val_fraction
     )
     windows = nbytes = segments = 0
-    for entry in map(asdict, listing.entries):
+    for entry in map(source_entry, listing.entries):
         probed = probe_entry(entry)
         if probed["error"]:
             continue

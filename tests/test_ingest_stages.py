@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,6 +24,7 @@ from vidray.data.ingest import (
     probe_entry,
     progress_line,
     run_ingest,
+    source_entry,
 )
 from vidray.data.manifest import read_journal
 from vidray.data.sources import SourceEntry
@@ -40,9 +40,9 @@ def config(*overrides: str):
 
 def entry(path: Path) -> dict:
     """A listed file as ingest carries it into the probe stage."""
-    stat = path.stat()
-    source = SourceEntry(path=str(path), video_id=path.stem, label=0, label_name="a", split="train")
-    return dict(asdict(source), size=stat.st_size, mtime=stat.st_mtime)
+    return source_entry(
+        SourceEntry(path=str(path), video_id=path.stem, label=0, label_name="a", split="train")
+    )
 
 
 def segments(path: Path, cfg) -> list[dict]:

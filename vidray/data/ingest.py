@@ -65,7 +65,13 @@ from vidray.data.manifest import (
     write_manifest,
 )
 from vidray.data.shards import ShardWriter, encode_images, video_key
-from vidray.data.sources import VIDEO_EXTENSIONS, SourceListing, has_video_files, list_sources
+from vidray.data.sources import (
+    VIDEO_EXTENSIONS,
+    SourceEntry,
+    SourceListing,
+    has_video_files,
+    list_sources,
+)
 from vidray.errors import Interrupted, VideoError, VidrayError
 
 # The driver also rewrites the manifest this often, so a resumed run reads few
@@ -261,6 +267,13 @@ def _check_same_dataset(info: dict[str, Any], *, source: str, layout: str, outpu
 
 
 # ----------------------------------------------------------------------------- stages
+
+
+def source_entry(source: SourceEntry) -> dict[str, Any]:
+    """A listed file as the stages carry it: its listing fields, and its size and mtime
+    now (None when it is gone), which tell a changed file from one already ingested."""
+    size, mtime = storage.stat(source.path) or (None, None)
+    return dict(asdict(source), size=size, mtime=mtime)
 
 
 def probe_entry(entry: dict[str, Any]) -> dict[str, Any]:
@@ -805,15 +818,13 @@ class _Run:
         self.classes = _classes(checked.listing, info, self.log)
         index = {name: label for label, name in enumerate(self.classes[0])}
         duplicates = []
-        for source in map(asdict, checked.listing.entries):
-            if source["label_name"] in index:
-                source["label"] = index[source["label_name"]]
-            size, mtime = storage.stat(source["path"]) or (None, None)
-            entry = dict(source, size=size, mtime=mtime)
-            if source["video_id"] in self.entries:  # the listing says why
+        for entry in map(source_entry, checked.listing.entries):
+            if entry["label_name"] in index:
+                entry["label"] = index[entry["label_name"]]
+            if entry["video_id"] in self.entries:  # the listing says why
                 duplicates.append(_manifest_row(entry, error=entry["error"]))
             else:
-                self.entries[source["video_id"]] = entry
+                self.entries[entry["video_id"]] = entry
         self.ledger = _Ledger(read_manifest(output), self.entries)
         for row in duplicates:
             self._settle(row, duplicate=True)
