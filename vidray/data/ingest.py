@@ -14,6 +14,9 @@ journal (`vidray.data.manifest`): whatever stops the run (Ctrl-C, SIGTERM, a
 crash), the next one with the same command does only what no record names.
 A bad file becomes a manifest row with the reason, never an exception that
 stops the job; any other failure is a bug and stops it with its traceback.
+While tasks run, a line every few seconds says how many videos are done and
+being ingested and how many windows are encoded (`IngestProgress`, a small
+actor the tasks tell as they go), however long one task takes.
 
 An output holds one dataset: the input and layout named in its dataset.yaml.
 ``ingest.mode`` says what a run does to it: ``add`` ingests new and changed
@@ -849,6 +852,7 @@ class _Run:
             )
             for item in probed:
                 if item["error"]:
+                    self.records.pop(item["video_id"], None)
                     self._settle(_manifest_row(item, error=item["error"]))
                 else:
                     segments.extend(self._plan(item))
