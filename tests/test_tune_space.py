@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,9 @@ from vidray.errors import VidrayError
 from vidray.train.driver import check_model
 from vidray.train.inputs import resolve_inputs
 from vidray.tune.space import expand, load_sweep
-from vidray.tune.sweep import validate
+from vidray.tune.sweep import absolute_paths, check_sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sweep_file(tmp_path: Path, space: dict, sweep: dict | None = None, **sections) -> Path:
@@ -111,8 +117,9 @@ def test_a_typo_in_the_shared_config_is_an_error(tmp_path):
         load_sweep(path)
 
 
-def test_a_clip_too_short_for_a_family_fails_before_any_trial(motion_data, tmp_path):
+def test_a_clip_too_short_for_a_family_fails_before_any_trial(motion_data, tmp_path, monkeypatch):
     """slow_fusion's temporal kernels need 10 frames: found by a meta-device forward."""
+    monkeypatch.chdir(tmp_path)
     path = sweep_file(
         tmp_path,
         {"model.name": {"grid": ["simple3d", "slow_fusion"]}},
@@ -121,11 +128,14 @@ def test_a_clip_too_short_for_a_family_fails_before_any_trial(motion_data, tmp_p
     )
     sweep = load_sweep(path)
     with pytest.raises(VidrayError, match=r"trial 1 \(model.name=slow_fusion\): .*at least 10"):
-        validate(sweep, expand(sweep))
+        check_sweep(sweep)
 
 
-def test_a_clip_longer_than_the_stored_window_fails_before_any_trial(motion_data, tmp_path):
+def test_a_clip_longer_than_the_stored_window_fails_before_any_trial(
+    motion_data, tmp_path, monkeypatch
+):
     """Trial 1 asks for 12 frames at stride 2 (23 > 16 stored): named, before Tune starts."""
+    monkeypatch.chdir(tmp_path)
     path = sweep_file(
         tmp_path,
         {"clip.T": {"grid": [4, 12]}},
@@ -135,12 +145,13 @@ def test_a_clip_longer_than_the_stored_window_fails_before_any_trial(motion_data
     )
     sweep = load_sweep(path)
     with pytest.raises(VidrayError, match=r"trial 1 \(clip.T=12\): .*spans 23 frames"):
-        validate(sweep, expand(sweep))
+        check_sweep(sweep)
 
 
-def test_the_shipped_sweep_files_expand_and_fit_their_data(motion_data):
+def test_the_shipped_sweep_files_expand_and_fit_their_data(motion_data, tmp_path, monkeypatch):
     """configs/tune/*: every trial builds and fits the demo's 16-frame windows."""
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "tune").glob("*.yaml"))
+    monkeypatch.chdir(tmp_path)  # where a check looks for an earlier sweep of the name
+    configs = sorted((REPO / "configs" / "tune").glob("*.yaml"))
     assert {p.stem for p in configs} >= {
         "fusion_sweep",
         "clip_sweep",
@@ -154,7 +165,70 @@ def test_the_shipped_sweep_files_expand_and_fit_their_data(motion_data):
         families = {sweep.config(t).model.name for t in trials}
         assert len(families) >= 2, path
         if path.stem.endswith("_demo"):
-            validate(load_sweep(path, [f"train.data={motion_data}"]), trials)
+            assert check_sweep(load_sweep(path, [f"train.data={motion_data}"])).trials == trials
         else:  # no UCF101 here: every trial's model still takes its clip (shapes only)
             for trial in trials:
                 check_model(resolve_inputs(sweep.config(trial)), num_classes=101)
+
+
+def test_every_path_of_a_sweep_means_where_the_command_was_typed(
+    motion_data, tmp_path, monkeypatch
+):
+    """Tune runs each trial in a directory of its own: the driver makes the data, the
+    storage, a local weights file, the output and the default tracking URI
+    (sqlite:///mlflow.db) absolute before any trial starts; a registry name stays."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(motion_data, "data")
+    Path("weights.pt").write_bytes(b"")  # read by training only; the check wants a file
+    path = sweep_file(
+        tmp_path,
+        {"clip.T": {"grid": [4, 8]}},
+        {"name": "paths"},
+        model={"name": "simple3d", "width": 8, "pretrained": "weights.pt"},
+        clip={"crop": 48},
+    )
+    plan = check_sweep(load_sweep(path, ["train.data=data"]))
+    here = tmp_path.resolve()
+    assert len(plan.configs) == 2
+    for cfg in plan.configs:
+        assert cfg.train.data == str(here / "data")
+        assert cfg.train.storage_path == str(here / "runs")
+        assert cfg.model.pretrained == str(here / "weights.pt")
+        assert cfg.mlflow.tracking_uri == f"sqlite:///{here / 'mlflow.db'}"
+    assert plan.experiment == f"{here / 'runs'}/paths" and plan.output == here / "sweeps" / "paths"
+    registry = load_config(None, ["model.pretrained=ResNet18_Weights.IMAGENET1K_V1"])
+    assert "model.pretrained" not in absolute_paths(registry)
+
+
+def test_a_sweep_is_checked_without_starting_or_importing_ray(motion_data, tmp_path):
+    """What the CLI runs before Ray starts: a bad trial is a one-line error."""
+    path = sweep_file(
+        tmp_path,
+        {"clip.T": {"grid": [4, 12]}},
+        train={"data": str(motion_data)},
+        model={"name": "simple3d", "width": 8},
+        clip={"crop": 48},
+    )
+    script = (
+        "import sys\n"
+        "from vidray.errors import VidrayError\n"
+        "from vidray.tune.space import load_sweep\n"
+        "from vidray.tune.sweep import check_sweep\n"
+        "try:\n"
+        "    check_sweep(load_sweep(sys.argv[1]))\n"
+        "except VidrayError as exc:\n"
+        "    print(exc)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    error, modules = done.stdout.strip().splitlines()
+    assert error.startswith("trial 1 (clip.T=12): ") and "spans 23 frames" in error
+    assert modules == "[]"

@@ -6,9 +6,10 @@ import csv
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vidray.config import Config
 from vidray.errors import user_error
 from vidray.tune.space import Sweep, trial_name
 
@@ -28,10 +29,30 @@ class TrialRow:
         return trial_name(self.overrides) or "(shared config)"
 
 
-def trial_rows(grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict[int, Any]):
-    """One row per trial from Tune's ResultGrid, best first (trials without a result last)."""
+def trial_dirname(trial: Any) -> str:
+    """Tune's directory for a trial, named by its index in the sweep (``trial007``): Tune
+    calls this when it creates a trial (``TuneConfig.trial_dirname_creator``)."""
+    return f"trial{trial.config['index']:03d}"
+
+
+def _trial_index(result: Any) -> int | None:
+    """Which trial a Tune result belongs to. Its directory says so in every state: a
+    trial Tune cut before its first report has no config (``result.config`` is None)."""
+    match = re.fullmatch(r"trial(\d+)", PurePosixPath(result.path).name)
+    return int(match[1]) if match else None
+
+
+def trial_rows(
+    grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict[int, Any]
+) -> list[TrialRow]:
+    """One row per trial from Tune's ResultGrid and the trials' MLflow runs (the latest
+    run of each trial, by index), best first (trials without a result last).
+
+    Whatever state Tune left a trial in gives a row: never created or never started
+    (no result, or one without config or metrics), cut at any point, or failed.
+    """
     metric, sign = sweep.sweep.metric, (1 if sweep.sweep.mode == "max" else -1)
-    results = {result.config["index"]: result for result in grid}
+    results = {_trial_index(result): result for result in grid}
     rows = []
     for index, overrides in enumerate(trials):
         result = results.get(index)
@@ -40,13 +61,20 @@ def trial_rows(grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict
         if frame is not None and metric in frame:
             curve = [float(v) for v in frame[metric] if not math.isnan(float(v))]
         run = runs.get(index)
-        if result is not None and result.error is not None:
+        error = result.error if result is not None else None
+        if error is not None:
             status = "failed"
         elif not curve and run is None:
             status = "not run"
-        elif len(curve) >= sweep.config(overrides).train.epochs:
+        elif (
+            len(curve) >= sweep.config(overrides).train.epochs
+            and run is not None
+            and run.info.status == "FINISHED"
+        ):
             status = "finished"
-        else:  # by the scheduler or the time budget, possibly before its first epoch
+        else:
+            # By the scheduler or the time budget, possibly before its first epoch, or
+            # after its last one but before its run had logged its checkpoint and ended.
             status = "stopped early"
         rows.append(
             TrialRow(
@@ -56,7 +84,7 @@ def trial_rows(grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict
                 curve=curve,
                 best=(max(curve, key=lambda v: sign * v) if curve else None),
                 run_id=run.info.run_id if run is not None else "",
-                error=_reason(result.error) if result and result.error else "",
+                error=_reason(error) if error is not None else "",
             )
         )
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best or 0.0), r.index))
@@ -113,15 +141,15 @@ def write_table(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
     return path
 
 
-def write_best_config(path: Path, sweep: Sweep, best: TrialRow) -> Path:
-    """The best trial's full training config, which ``vidray train --config`` takes as is."""
-    cfg = sweep.config(best.overrides)
+def write_best_config(path: Path, sweep: Sweep, best: TrialRow, config: Config) -> Path:
+    """The best trial's full training ``config`` (its paths absolute), which
+    ``vidray train --config`` takes as is."""
     header = (
         f"# Best trial of sweep {sweep.sweep.name!r} by {sweep.sweep.metric} "
         f"({best.best:.4f}): {best.label}\n"
         f"# Train it again (e.g. longer, on more data): vidray train --config {path.name}\n"
     )
-    path.write_text(header + cfg.to_yaml())
+    path.write_text(header + config.to_yaml())
     return path
 
 

@@ -89,6 +89,7 @@ class Sweep:
     space: tuple[Dimension, ...]
     sweep: SweepConfig
     source: str = ""  # the sweep file, for the parent run
+    overrides: tuple[str, ...] = ()  # as given on the command line, to repeat on --resume
 
     def config(self, trial: dict[str, Any]) -> Config:
         """The full training config of one trial (its dotted overrides applied)."""
@@ -121,7 +122,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         raise VidrayError(f"sweep.num_samples={sweep.num_samples}: needs at least 1")
     if sweep.reduction_factor < 2 or sweep.grace_period < 1:
         raise VidrayError("sweep.reduction_factor must be >= 2 and sweep.grace_period >= 1")
-    return Sweep(base=base, space=space, sweep=sweep, source=str(path))
+    return Sweep(
+        base=base, space=space, sweep=sweep, source=str(path), overrides=tuple(overrides or ())
+    )
 
 
 def _dimension(key: str, spec: Any) -> Dimension:

@@ -1,7 +1,7 @@
 """The sweep driver: a sweep file -> Ray Tune trials of the training pipeline -> MLflow.
 
-trials = expand(sweep)                       # every trial, known up front
-validate(sweep, trials)                      # a bad one fails before any starts
+plan = check_sweep(sweep)                    # no Ray: every trial expanded, checked
+                                             # and its paths made absolute
 parent = MLflow run (space, scheduler)       # one per sweep
 Tuner(trial -> run_training(..., TuneReportCallback), ASHA).fit()
                                              # one nested MLflow run per trial
@@ -10,30 +10,41 @@ summarize -> trials.csv, sweep.png, best_config.yaml on the parent run
 Every trial trains with `vidray.train.driver.run_training`, the code path of
 ``vidray train``: the same shards (clips are derived at read time, never
 re-decoded), the same params and metric names, so MLflow's compare view lines
-trials up with plain training runs. The trial list and the parent run id are
+trials up with plain training runs. Tune runs each trial in a directory of its
+own, so every path and the tracking URI are made absolute here, in the driver:
+a relative ``--data`` and the default ``sqlite:///mlflow.db`` mean what they
+mean where the user typed the command. The trial list and the parent run id are
 kept in ``<output>/sweep.json``; ``sweep.resume=true`` (``--resume``) restores
 the Tune experiment with ``Tuner.restore``: finished trials are not re-run, an
-interrupted one continues from its last epoch checkpoint.
+interrupted one continues from its last epoch checkpoint. Ctrl-C or SIGTERM
+stops Tune between two steps with its state saved, ends the runs as KILLED
+and raises `Interrupted` with the command that resumes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vidray import storage, tracking
-from vidray.data.manifest import read_dataset_info
-from vidray.errors import VidrayError
-from vidray.train.driver import check_data, run_training
-from vidray.train.inputs import resolve_inputs
+from vidray.config import Config
+from vidray.errors import Interrupted, VidrayError
+from vidray.train.driver import check_training, run_training
 from vidray.tune.report import (
     TrialRow,
     format_table,
     plot_sweep,
+    trial_dirname,
     trial_rows,
     write_best_config,
     write_table,
@@ -49,6 +60,26 @@ TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
 TRIAL_TAG = "vidray.trial"
 STOPPED_TAG = "vidray.stopped_early"  # what stopped a trial: asha, or time_budget
 BUDGET_TAG = "vidray.time_budget_reached"  # on the parent run of a sweep the budget ended
+# Config keys that name a file or a folder (or a URI), made absolute in the driver.
+PATH_KEYS = (
+    "train.data",
+    "train.storage_path",
+    "train.resume_from",
+    "ingest.input",
+    "ingest.output",
+    "eval.checkpoint",
+    "eval.data",
+    "eval.output",
+    "detect.video",
+    "detect.checkpoint",
+    "detect.proposals",
+    "detect.output",
+    "detect.render",
+    "detect.eval_label_map",
+)
+# Keys that take a local file or a registry name (torchvision weights, COCO_V1):
+# a path only where that file exists.
+FILE_OR_NAME_KEYS = ("model.pretrained", "flow.raft_weights", "detect.detector")
 
 
 @dataclass
@@ -77,39 +108,127 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def validate(sweep: Sweep, trials: list[dict[str, Any]]) -> None:
-    """Check every trial against the data as ``vidray train`` would, before any starts."""
-    base = sweep.config({})
-    if not base.train.data:
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep checked before Ray starts, with everything settled in the driver."""
+
+    sweep: Sweep
+    trials: list[dict[str, Any]]  # each trial's dotted overrides, as `expand` gives them
+    configs: list[Config]  # each trial's full config: paths and tracking URI absolute
+    base: Config  # the shared config, likewise (the parent run's params)
+    tracking_uri: str
+    root: str  # train.storage_path, absolute: Tune's experiments live here
+    output: Path  # trials table, plot, best config and sweep.json, absolute
+    parent_run_id: str = ""  # the parent run a resumed sweep continues
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.root.rstrip('/')}/{self.sweep.sweep.name}"
+
+    @property
+    def trials_path(self) -> str:
+        """Where the trials' Ray Train runs keep their checkpoints."""
+        return f"{self.root.rstrip('/')}/{self.sweep.sweep.name}_trials"
+
+    @property
+    def state_file(self) -> Path:
+        return self.output / STATE_FILE
+
+
+def absolute_paths(cfg: Config) -> dict[str, str]:
+    """The path keys of ``cfg`` that are set, as dotted overrides with absolute values."""
+    flat = cfg.flat()
+    paths = {key: storage.resolve(flat[key]) for key in PATH_KEYS if flat[key]}
+    files = {
+        key: str(Path(flat[key]).expanduser().resolve())
+        for key in FILE_OR_NAME_KEYS
+        if flat[key] and Path(flat[key]).expanduser().exists()
+    }
+    return {**paths, **files}
+
+
+def check_sweep(sweep: Sweep) -> SweepPlan:
+    """Everything about a sweep that needs no cluster, before Ray starts: every trial
+    checked as ``vidray train`` checks its config (`check_training`), every path and
+    the tracking URI made absolute where the user typed the command (Tune runs each
+    trial in a directory of its own), and the sweep's state (``--resume`` needs one,
+    a new sweep must not find one). Imports nothing of Ray."""
+    trials = expand(sweep)
+    shared = sweep.config({})
+    if not all(sweep.config(trial).train.data for trial in trials):
         raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
-    info = read_dataset_info(base.train.data)
+    uri = tracking.tracking_uri(shared.mlflow)
+    tracking.check_reachable(uri)
+    root = storage.resolve(shared.train.storage_path)
+    plan = SweepPlan(
+        sweep=sweep,
+        trials=trials,
+        configs=[],
+        base=sweep.config({**absolute_paths(shared), "mlflow.tracking_uri": uri}),
+        tracking_uri=uri,
+        root=root,
+        output=sweep.output_dir().resolve(),
+    )
+    parent = _check_state(plan)
+    configs = []
     for index, trial in enumerate(trials):
         try:
-            cfg = sweep.config(trial)
-            check_data(resolve_inputs(cfg), info)
+            cfg = sweep.config(
+                {**trial, **absolute_paths(sweep.config(trial)), "mlflow.tracking_uri": uri}
+            )
+            check_training(cfg)
         except VidrayError as exc:
             raise VidrayError(f"trial {index} ({trial_name(trial)}): {exc}") from None
+        configs.append(cfg)
+    return replace(plan, configs=configs, parent_run_id=parent)
 
 
-def _trial(config: dict[str, Any], *, sweep: Sweep, parent_run_id: str, trials_path: str) -> None:
+def _check_state(plan: SweepPlan) -> str:
+    """The parent run of the sweep ``--resume`` continues ("" for a new sweep)."""
+    name = plan.sweep.sweep.name
+    if not plan.sweep.sweep.resume:
+        if storage.exists(plan.experiment) or plan.state_file.exists():
+            raise VidrayError(
+                f"sweep {name!r} exists ({plan.experiment}): pass --resume to continue it, "
+                "or set sweep.name"
+            )
+        return ""
+    if not plan.state_file.is_file() or not storage.exists(plan.experiment):
+        raise VidrayError(
+            f"sweep {name!r} has nothing to resume ({plan.state_file} or {plan.experiment} "
+            "is missing): run it without --resume"
+        )
+    state = json.loads(plan.state_file.read_text())
+    if state["trials"] != plan.trials:
+        raise VidrayError(
+            f"the sweep file now gives other trials than {plan.state_file} records: resume "
+            "with the file it started with, or start a new sweep.name"
+        )
+    return state["parent_run_id"]
+
+
+def _trial(
+    config: dict[str, Any],
+    *,
+    configs: list[Config],
+    sweep_name: str,
+    parent_run_id: str,
+    trials_path: str,
+) -> None:
     """One Tune trial: the training pipeline, its epochs reported to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    index, overrides = config["index"], config["overrides"]
-    cfg = sweep.config(overrides)
+    index = config["index"]
+    cfg = configs[index]
     # A fixed run name per trial: a trial restarted by --resume finds its own
     # Ray Train run and continues from its last checkpoint.
-    cfg = replace(
-        cfg,
-        train=replace(
-            cfg.train, run_name=f"{sweep.sweep.name}-trial{index:03d}", storage_path=trials_path
-        ),
-    )
+    run_name = f"{sweep_name}-trial{index:03d}"
+    cfg = replace(cfg, train=replace(cfg.train, run_name=run_name, storage_path=trials_path))
     run_training(
         cfg,
         tags={
             "mlflow.parentRunId": parent_run_id,
-            "vidray.sweep": sweep.sweep.name,
+            "vidray.sweep": sweep_name,
             TRIAL_TAG: str(index),
         },
         callbacks=[TuneReportCallback()],
@@ -117,114 +236,30 @@ def _trial(config: dict[str, Any], *, sweep: Sweep, parent_run_id: str, trials_p
 
 
 def run_sweep(sweep: Sweep) -> SweepResult:
-    """Run (or, with ``sweep.resume``, continue) a sweep; needs a running Ray."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """Run (or, with ``sweep.resume``, continue) a sweep; needs a running Ray.
 
-    settings = sweep.sweep
-    trials = expand(sweep)
-    validate(sweep, trials)
-    base = sweep.config({})
-    uri = tracking.tracking_uri(base.mlflow)
-    tracking.check_reachable(uri)
-    root = storage.resolve(base.train.storage_path)
-    experiment = f"{root.rstrip('/')}/{settings.name}"
-    output = sweep.output_dir()
-    state_file = output / STATE_FILE
-
-    if settings.resume:
-        if not state_file.is_file() or not storage.exists(experiment):
-            raise VidrayError(
-                f"sweep {settings.name!r} has nothing to resume ({state_file} or {experiment} "
-                "is missing): run it without --resume"
-            )
-        state = json.loads(state_file.read_text())
-        if state["trials"] != trials:
-            raise VidrayError(
-                f"the sweep file now gives other trials than {state_file} records: resume "
-                "with the file it started with, or start a new sweep.name"
-            )
-        parent = state["parent_run_id"]
-        _close_interrupted(uri, parent)
-    else:
-        if storage.exists(experiment) or state_file.exists():
-            raise VidrayError(
-                f"sweep {settings.name!r} exists ({experiment}): pass --resume to continue it, "
-                "or set sweep.name"
-            )
-        parent = tracking.start_run(
-            base, uri=uri, run_name=settings.name, tags={"vidray.task": "tune"}
-        )
-        tracking.log_params(
-            uri,
-            parent,
-            {
-                **describe_space(sweep),
-                **{f"sweep.{k}": v for k, v in vars(settings).items() if k != "resume"},
-                "sweep.trials": len(trials),
-                "sweep.file": sweep.source,
-            },
-        )
-        output.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(
-            json.dumps({"parent_run_id": parent, "experiment": experiment, "trials": trials})
-        )
-    print(f"tune: {len(trials)} trials, scheduler {settings.scheduler}; parent run {parent}")
-
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _trial,
-            sweep=sweep,
-            parent_run_id=parent,
-            trials_path=f"{root.rstrip('/')}/{settings.name}_trials",
-        ),
-        TRIAL_DRIVER_RESOURCES,
-    )
-    if not storage.is_uri(root):
+    Ctrl-C or SIGTERM raises `Interrupted` once Tune has saved its state and the
+    parent run and the runs of the trials it stopped have ended as KILLED.
+    """
+    plan = check_sweep(sweep)
+    settings, uri = sweep.sweep, plan.tracking_uri
+    parent = _open_parent(plan)
+    print(f"tune: {len(plan.trials)} trials, scheduler {settings.scheduler}; parent run {parent}")
+    if not storage.is_uri(plan.root):
         # Tune saves its experiment state at most this often; a driver killed just
         # after a trial ends must find that trial recorded as done on --resume.
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     t0 = time.monotonic()
     status = "FAILED"
     try:
-        if settings.resume:
-            tuner = tune.Tuner.restore(
-                experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            epochs = max(sweep.config(t).train.epochs for t in trials)
-            scheduler = (
-                ASHAScheduler(
-                    time_attr="training_iteration",
-                    # One past the last epoch: at max_t ASHA stops a trial itself, which
-                    # would cut off the end of run_training (the checkpoint artifact).
-                    max_t=epochs + 1,
-                    grace_period=settings.grace_period,
-                    reduction_factor=settings.reduction_factor,
-                )
-                if settings.scheduler == "asha"
-                else FIFOScheduler()
-            )
-            tuner = tune.Tuner(
-                trainable,
-                param_space={
-                    "index": tune.grid_search(list(range(len(trials)))),
-                    "overrides": tune.sample_from(lambda config: trials[config["index"]]),
-                },
-                tune_config=tune.TuneConfig(
-                    metric=settings.metric,
-                    mode=settings.mode,
-                    scheduler=scheduler,
-                    num_samples=1,
-                    max_concurrent_trials=settings.max_concurrent_trials,
-                    time_budget_s=settings.time_budget_s or None,
-                ),
-                run_config=tune.RunConfig(name=settings.name, storage_path=root),
-            )
-        grid = tuner.fit()
+        with _stop_on_signal() as stopped:
+            grid = _tuner(plan, parent).fit()
+        if stopped.is_set():
+            status = "KILLED"
+            raise _interrupted(plan, parent)
         # The latest run of each trial (a resumed trial has one per attempt).
         runs = {int(r.data.tags[TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
-        rows = trial_rows(grid, trials, sweep, runs)
+        rows = trial_rows(grid, plan.trials, sweep, runs)
         unfinished = sum(r.status in ("stopped early", "not run") for r in rows)
         out_of_time = unfinished > 0 and 0 < settings.time_budget_s <= time.monotonic() - t0
         if out_of_time:
@@ -238,12 +273,13 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         stopped_by = "time_budget" if out_of_time and settings.scheduler == "fifo" else None
         _mark_children(uri, rows, stopped_by or settings.scheduler)
         written = [
-            write_table(output / "trials.csv", rows, sweep),
-            plot_sweep(output / "sweep.png", rows, sweep),
+            write_table(plan.output / "trials.csv", rows, sweep),
+            plot_sweep(plan.output / "sweep.png", rows, sweep),
         ]
         best = next((r for r in rows if r.best is not None), None)
         if best is not None:
-            written.append(write_best_config(output / "best_config.yaml", sweep, best))
+            path = plan.output / "best_config.yaml"
+            written.append(write_best_config(path, sweep, best, plan.configs[best.index]))
             tracking.log_metrics(uri, parent, {f"best/{settings.metric}": best.best}, step=0)
         for path in written:
             tracking.log_artifact(uri, parent, path)
@@ -255,14 +291,168 @@ def run_sweep(sweep: Sweep) -> SweepResult:
             # part of the sweep is missing, so a Ray job of it shows FAILED.
             raise VidrayError(
                 f"{len(failed)} of {len(rows)} trials failed (trial {failed[0].index}: "
-                f"{failed[0].error or 'see the Ray logs'}): see {output / 'trials.csv'}"
+                f"{failed[0].error or 'see the Ray logs'}): see {plan.output / 'trials.csv'}"
             )
         status = "FINISHED"
         return SweepResult(
-            rows=rows, metric=settings.metric, output=output, parent_run_id=parent, tracking_uri=uri
+            rows=rows,
+            metric=settings.metric,
+            output=plan.output,
+            parent_run_id=parent,
+            tracking_uri=uri,
         )
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or one before Tune could take it: Tune's state is the one
+        # it saved last (at most TUNE_GLOBAL_CHECKPOINT_S old).
+        status = "KILLED"
+        raise _interrupted(plan, parent) from None
     finally:
         tracking.end_run(uri, parent, status=status)
+
+
+def _open_parent(plan: SweepPlan) -> str:
+    """The sweep's MLflow parent run: a new one, recorded in sweep.json, or the one a
+    resumed sweep continues (running again; its trials' runs a killed driver left
+    RUNNING are ended)."""
+    uri, settings = plan.tracking_uri, plan.sweep.sweep
+    if plan.parent_run_id:
+        _close_interrupted(uri, plan.parent_run_id)
+        tracking.client(uri).update_run(plan.parent_run_id, status="RUNNING")
+        return plan.parent_run_id
+    parent = tracking.start_run(
+        plan.base, uri=uri, run_name=settings.name, tags={"vidray.task": "tune"}
+    )
+    tracking.log_params(
+        uri,
+        parent,
+        {
+            **describe_space(plan.sweep),
+            **{f"sweep.{k}": v for k, v in vars(settings).items() if k != "resume"},
+            "sweep.trials": len(plan.trials),
+            "sweep.file": plan.sweep.source,
+        },
+    )
+    plan.output.mkdir(parents=True, exist_ok=True)
+    plan.state_file.write_text(
+        json.dumps({"parent_run_id": parent, "experiment": plan.experiment, "trials": plan.trials})
+    )
+    return parent
+
+
+def _tuner(plan: SweepPlan, parent: str) -> Any:
+    """The Tune experiment of the sweep: new, or restored from its saved state."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from vidray.tune.scheduler import FinishingASHA
+
+    settings, trials = plan.sweep.sweep, plan.trials
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            configs=plan.configs,
+            sweep_name=settings.name,
+            parent_run_id=parent,
+            trials_path=plan.trials_path,
+        ),
+        TRIAL_DRIVER_RESOURCES,
+    )
+    if settings.resume:
+        return tune.Tuner.restore(
+            plan.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    epochs = [cfg.train.epochs for cfg in plan.configs]
+    scheduler = (
+        FinishingASHA(
+            epochs=epochs,
+            time_attr="training_iteration",
+            max_t=max(*epochs, settings.grace_period),
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+        )
+        if settings.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space={
+            "index": tune.grid_search(list(range(len(trials)))),
+            "overrides": tune.sample_from(lambda config: trials[config["index"]]),
+        },
+        tune_config=tune.TuneConfig(
+            metric=settings.metric,
+            mode=settings.mode,
+            scheduler=scheduler,
+            num_samples=1,
+            max_concurrent_trials=settings.max_concurrent_trials,
+            time_budget_s=settings.time_budget_s or None,
+            trial_dirname_creator=trial_dirname,
+            # A stopped trial's process must end: Tune keeps a reusable one alive for
+            # the next trial, and there the stopped trial's training thread went on,
+            # holding its workers' CPUs and writing to its run (ending it FINISHED, or
+            # leaving it RUNNING when the next trial killed it mid-way).
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(name=settings.name, storage_path=plan.root),
+    )
+
+
+@contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM while Tune runs: Tune ends its loop between two steps, saves
+    its experiment state (what --resume reads) and stops the trials; the event is set.
+
+    A KeyboardInterrupt raised in the middle of a step would skip that save, and could
+    leave the state file half written. Tune stops this way on SIGUSR1, with a handler
+    each ``Tuner.fit`` installs; its own SIGINT handler is switched off so that
+    SIGINT and SIGTERM take the same path. A signal before Tune's handler is in place,
+    or a second one (stop now), raises KeyboardInterrupt.
+    """
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped  # Python delivers signals to the main thread only
+        return
+    taken = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    before = {number: signal.getsignal(number) for number in taken}
+    tune_log = logging.getLogger("ray.tune.tune")
+    log_level = tune_log.level
+
+    def stop(number: int, frame: Any) -> None:
+        tune_listens = signal.getsignal(signal.SIGUSR1) is not before[signal.SIGUSR1]
+        if stopped.is_set() or not tune_listens:
+            raise KeyboardInterrupt
+        stopped.set()
+        # Tune's own lines about it name Tuner.restore; the sweep's names --resume.
+        tune_log.setLevel(logging.ERROR)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    switch = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield stopped
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
+        if switch is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = switch
+        tune_log.setLevel(log_level)
+
+
+def _interrupted(plan: SweepPlan, parent: str) -> Interrupted:
+    """What an interrupted sweep kept and how to continue it, once the trial runs that
+    were still RUNNING have ended as KILLED."""
+    _close_interrupted(plan.tracking_uri, parent)
+    latest = {run.data.tags[TRIAL_TAG]: run for run in _trial_runs(plan.tracking_uri, parent)}
+    done = sum(run.info.status == "FINISHED" for run in latest.values())
+    options = [o for o in plan.sweep.overrides if not o.startswith("sweep.resume=")]
+    command = shlex.join(["vidray", "tune", "--config", plan.sweep.source, *options, "--resume"])
+    return Interrupted(
+        f"interrupted: {done} of {len(plan.trials)} trials finished; resume with {command}"
+    )
 
 
 def _trial_runs(uri: str, parent: str) -> list[Any]:
@@ -277,7 +467,8 @@ def _trial_runs(uri: str, parent: str) -> list[Any]:
 
 
 def _close_interrupted(uri: str, parent: str) -> None:
-    """Trial runs a killed driver left RUNNING end as KILLED, so the UI shows none live."""
+    """Trial runs left RUNNING (by an interrupt, or a killed driver) end as KILLED, so
+    the UI shows none live."""
     for run in _trial_runs(uri, parent):
         if run.info.status == "RUNNING":
             tracking.client(uri).set_tag(run.info.run_id, "vidray.interrupted", "true")
@@ -285,7 +476,8 @@ def _close_interrupted(uri: str, parent: str) -> None:
 
 
 def _mark_children(uri: str, rows: list[TrialRow], stopped_by: str) -> None:
-    """Trials stopped early get a tag saying by what and end as KILLED, not left RUNNING."""
+    """Every trial run ends with a status and an end time, whatever stopped it: Tune
+    stops a trial's process without letting `run_training` end its run."""
     client = tracking.client(uri)
     for row in rows:
         if not row.run_id:
@@ -294,5 +486,5 @@ def _mark_children(uri: str, rows: list[TrialRow], stopped_by: str) -> None:
         if row.status == "stopped early":
             client.set_tag(row.run_id, STOPPED_TAG, stopped_by)
             tracking.end_run(uri, row.run_id, status="KILLED")
-        elif row.status != "finished" and client.get_run(row.run_id).info.status == "RUNNING":
+        elif client.get_run(row.run_id).info.status == "RUNNING":
             tracking.end_run(uri, row.run_id, status="FAILED")
