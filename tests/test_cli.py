@@ -151,10 +151,18 @@ def test_models_table_lists_every_family_with_its_size():
 NO_RAY = {"RAY_ADDRESS": "127.0.0.1:9"}
 
 
-def test_mistakes_that_need_no_cluster_are_found_before_ray_starts(tmp_path, motion_videos):
+def test_mistakes_that_need_no_cluster_are_found_before_ray_starts(
+    tmp_path, motion_videos, motion_data
+):
+    data = ["train", "--data", str(motion_data), "clip.crop=48"]
     cases = [
         (["ingest", "--input", "missing", "--output", "out"], "missing"),
         (["ingest", "--input", str(motion_videos), "--output", "out", "ingest.fps=0"], "fps"),
+        (["train"], "train.data is not set"),
+        (["train", "--data", "out"], "out"),
+        ([*data, "model.name=simple_3d"], "did you mean 'simple3d'"),
+        ([*data, "optim.lr=-0.1"], "optim.lr"),
+        ([*data, "clip.T=16", "clip.stride=2"], "spans 31 frames"),
     ]
     for args, words in cases:
         start = time.monotonic()

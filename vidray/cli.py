@@ -69,6 +69,12 @@ def _train(cfg: Config) -> int:
     return 0
 
 
+def _check_training(cfg: Config) -> None:
+    from vidray.train.driver import check_training
+
+    check_training(cfg)
+
+
 def _evaluate(cfg: Config) -> int:
     from vidray.train.evaluate import run_evaluation
 
@@ -122,6 +128,7 @@ COMMANDS = {
             "train a model on ingested windows (Ray Train)",
             _train,
             {"--data": "train.data"},
+            check=_check_training,
         ),
         Command(
             "evaluate",
