@@ -113,10 +113,22 @@ def test_clip_longer_than_the_window_is_a_clear_error():
         sampler.sample(_window(), None)
 
 
-def test_crop_larger_than_the_frames_is_a_clear_error():
-    sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=64), flow_L=0, train=False)
-    with pytest.raises(VidrayError, match=r"clip.crop=64 is larger than the stored frames"):
-        sampler.sample(_window(), None)
+def test_a_window_stored_smaller_than_the_crop_is_enlarged_with_its_flow():
+    """A tiny source is stored at most ingest.max_upscale times enlarged: 20x30 windows
+    read with a 40-pixel crop are enlarged 2x, and their flow (pixels) doubles too."""
+    sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=40, hflip=False), flow_L=2, train=False)
+    frames, flow = sampler.sample(_window(), None)
+    assert frames.shape == (2, 40, 40, 3) and flow.shape == (2, 40, 40, 2)
+    assert _indices(frames) == [7, 8]  # the centred clip, as at the stored size
+    # The fields around the clip's middle, 7 and 8, store x = 100 + j, y = 50 + j about
+    # the zero level 127.5; enlarged 2x, each moves twice as far from it (y = 57 and 58
+    # then pass -bound and stay at it, 0).
+    for j, field in zip((7, 8), flow, strict=True):
+        for axis, stored in ((0, 100 + j), (1, 50 + j)):
+            expected = min(max(127.5 + 2 * (stored - 127.5), 0), 255)
+            assert np.abs(field[..., axis] - expected).max() <= 0.5
+    train = ClipSampler(ClipConfig(T=2, stride=1, crop=40), flow_L=2, train=True)
+    assert train.sample(_window(), np.random.default_rng(0))[0].shape == (2, 40, 40, 3)
 
 
 def test_flow_model_on_data_without_flow_is_a_clear_error():

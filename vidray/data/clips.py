@@ -167,12 +167,7 @@ class ClipSampler:
                 f"clip.T={T} at clip.stride={stride} spans {span} frames, "
                 f"but windows hold {n}: lower clip.T or clip.stride"
             )
-        height, width = row["height"], row["width"]
-        if crop > min(height, width):
-            raise VidrayError(
-                f"clip.crop={crop} is larger than the stored frames ({width}x{height}): "
-                "lower clip.crop or re-ingest with a larger ingest.short_side"
-            )
+        height, width = enlarged_size(row["height"], row["width"], crop)
         return n, span, height, width
 
     def _cut(
@@ -205,6 +200,8 @@ class ClipSampler:
                 width=width,
                 channels=2,
             )
+        if min(height, width) < crop:
+            full, full_flow = enlarge(full, full_flow, enlarged_size(height, width, crop))
         clips = []
         for top, left in crops:
             frames = full[:, top : top + crop, left : left + crop]
@@ -406,3 +403,39 @@ def iter_clip_batches(
         ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids),
         batch_rows=batch_rows,
     )
+
+
+def enlarged_size(height: int, width: int, crop: int) -> tuple[int, int]:
+    """The size a window is read at: as stored, or enlarged (aspect kept) until its short
+    side takes ``clip.crop``. Ingest enlarges a small source only ``ingest.max_upscale``
+    times, so a tiny video in a large dataset can be stored smaller than the crop."""
+    short = min(height, width)
+    if short >= crop:
+        return height, width
+    return max(crop, math.ceil(height * crop / short)), max(crop, math.ceil(width * crop / short))
+
+
+def enlarge(
+    frames: np.ndarray, flow: np.ndarray | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Frames (N, h, w, 3) and quantized flow (L, h, w, 2) resized to ``size`` (H, W).
+
+    Flow is a displacement in pixels, so it grows with the frame: its quantized
+    values are scaled about the zero level 127.5 (and clipped to the stored bound).
+    """
+    import cv2
+
+    height, width = size
+    scale_y, scale_x = height / frames.shape[1], width / frames.shape[2]
+
+    def resized(images: np.ndarray) -> np.ndarray:
+        return np.stack(
+            [cv2.resize(i, (width, height), interpolation=cv2.INTER_LINEAR) for i in images]
+        )
+
+    frames = resized(frames)
+    if flow is None:
+        return frames, None
+    moved = resized(flow).astype(np.float32) - 127.5
+    moved *= np.array([scale_x, scale_y], np.float32)
+    return frames, np.clip(np.rint(moved + 127.5), 0, 255).astype(np.uint8)
