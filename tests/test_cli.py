@@ -149,6 +149,7 @@ def test_models_table_lists_every_family_with_its_size():
 # Nothing listens on the discard port: a command that reached Ray would fail to connect
 # instead of printing its one line, so these cases show the check ran before Ray.
 NO_RAY = {"RAY_ADDRESS": "127.0.0.1:9"}
+SWEEP = REPO / "configs/tune/fusion_sweep_demo.yaml"
 
 
 def test_mistakes_that_need_no_cluster_are_found_before_ray_starts(
@@ -163,6 +164,8 @@ def test_mistakes_that_need_no_cluster_are_found_before_ray_starts(
         ([*data, "model.name=simple_3d"], "did you mean 'simple3d'"),
         ([*data, "optim.lr=-0.1"], "optim.lr"),
         ([*data, "clip.T=16", "clip.stride=2"], "spans 31 frames"),
+        (["tune", "--config", str(SWEEP), "--data", "out"], "out"),
+        (["tune", "--config", str(SWEEP), "--data", str(motion_data), "clip.stride=2"], "spans"),
     ]
     for args, words in cases:
         start = time.monotonic()

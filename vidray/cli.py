@@ -99,6 +99,12 @@ def _tune(sweep: Sweep) -> int:
     return 0
 
 
+def _check_sweep(sweep: Sweep) -> None:
+    from vidray.tune.sweep import check_sweep
+
+    check_sweep(sweep)
+
+
 def _load_sweep(path: str | None, overrides: list[str]) -> Sweep:
     from vidray.tune.space import load_sweep
 
@@ -165,6 +171,7 @@ COMMANDS = {
             {"--data": "train.data"},
             switches={"--resume": "sweep.resume"},
             load=_load_sweep,
+            check=_check_sweep,
         ),
         Command("demo", "synthetic dataset -> ingest -> train -> evaluate", _demo),
     ]
