@@ -7,6 +7,7 @@ would fail, so the sweeps passing proves that clips come from the shards alone.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -23,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server
 from PIL import Image
 
+from vidray import tracking
 from vidray.cli import run_command
 from vidray.config import Config, load_config
 from vidray.data.clips import window_files
@@ -30,6 +32,7 @@ from vidray.tune.space import expand, load_sweep
 from vidray.tune.sweep import BUDGET_TAG, STATE_FILE, STOPPED_TAG, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
+BUDGET_S = 30
 TINY = {
     "model": {"name": "simple3d", "width": 8},
     "clip": {"T": 4, "stride": 2, "crop": 48, "hflip": False},
@@ -65,25 +68,37 @@ def sweep_data(ray_local, tmp_path_factory) -> Path:
 
 
 def write_sweep(
-    tmp_path: Path, data: Path, space: dict, sweep: dict, *, tracking: str = "", **train
+    tmp_path: Path, data: Path | None, space: dict, sweep: dict, *, tracking: str = "", **train
 ) -> Path:
+    """``tmp_path/sweep.yaml``. Without ``data`` it names no data, storage, tracking URI
+    or output, as a user's file: the defaults, relative to the working directory."""
+    places = {
+        "train": {"data": str(data), "storage_path": str(tmp_path / "runs")},
+        "mlflow": {"tracking_uri": tracking or f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "sweep": {"output": str(tmp_path / "out")},
+    }
+    if data is None:
+        places = {"train": {}, "mlflow": {}, "sweep": {}}
     shared = {
         **TINY,
-        "train": {
-            **TINY["train"],
-            "data": str(data),
-            "storage_path": str(tmp_path / "runs"),
-            **train,
-        },
-        "mlflow": {
-            "tracking_uri": tracking or f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "experiment": "sweeps",
-        },
+        "train": {**TINY["train"], **places["train"], **train},
+        "mlflow": {**places["mlflow"], "experiment": "sweeps"},
     }
     path = tmp_path / "sweep.yaml"
-    sweep = {"output": str(tmp_path / "out"), **sweep}
+    sweep = {**places["sweep"], **sweep}
     path.write_text(yaml.safe_dump({**shared, "sweep": sweep, "space": space}, sort_keys=False))
     return path
+
+
+def ended(run) -> bool:
+    """Whether an MLflow run has ended: a final status and an end time (the UI shows
+    "(unknown)" for the end and duration of a run without one)."""
+    info = run.info
+    return (
+        info.status != "RUNNING"
+        and info.end_time is not None
+        and (info.end_time >= info.start_time)
+    )
 
 
 def child_runs(client: MlflowClient, parent) -> list:
@@ -152,62 +167,121 @@ def test_one_parent_run_and_a_nested_run_per_trial_with_training_names(demo_swee
 
     children = child_runs(client, parent)
     assert len(children) == 4
-    assert all(c.info.status == "FINISHED" for c in children)
-    # The same names as a plain training run: every config key, the data and Ray params.
+    assert all(c.info.status == "FINISHED" and ended(c) for c in children)
+    # The same names as a plain training run: the run's config keys, the data and Ray params.
     keys = {frozenset(c.data.params) for c in children}
     assert len(keys) == 1
     (names,) = keys
-    assert set(Config().flat()) <= names and {"data.windows_train", "ray.cpus"} <= names
+    assert set(tracking.run_params(Config())) <= names
+    assert {"data.windows_train", "data.fps", "ray.cpus"} <= names
     for child in children:
         trial = int(child.data.tags["vidray.trial"])
         overrides = expand(sweep)[trial]
         assert child.data.params["model.name"] == overrides["model.name"]
         assert child.data.params["clip.T"] == str(overrides["clip.T"])
         history = client.get_metric_history(child.info.run_id, "val/video_top1")
-        assert [m.step for m in history] == [0, 1]
+        assert [m.step for m in history] == [1, 2]
         row = next(r for r in result.rows if r.index == trial)
         assert row.run_id == child.info.run_id
         assert [m.value for m in history] == pytest.approx(row.curve)
 
 
 @pytest.mark.slow
-def test_asha_stops_a_trial_that_cannot_learn(sweep_data, tmp_path):
-    """Trial 1 has a learning rate of 0 and keeps its initial weights (the same as
-    trial 0's: same seed); trial 0 takes 12 AdamW steps an epoch. ASHA has rungs at
-    epochs 1 and 2 and keeps the better half of 2 trials at each. After epoch 1 the
-    two val losses are still close (measured 1.394 and 1.390), after epoch 2 trial 0
-    is clearly lower (1.30 and 1.37 in two runs, against 1.39), so trial 1 is stopped
-    by the second rung, before its third and last epoch."""
-    path = write_sweep(
+def test_asha_stops_a_trial_that_cannot_learn_and_lets_one_at_its_last_epoch_end(
+    sweep_data, tmp_path, monkeypatch, capsys
+):
+    """As a user types it, in a fresh working directory: ``vidray tune --data data``
+    (relative), the default tracking URI (sqlite:///mlflow.db) and storage (runs/).
+
+    Trial 0 learns (lr 0.003, 12 AdamW steps an epoch: 24 training windows, 1
+    worker); trials 1 and 2 have a learning rate of 0 and keep their initial weights
+    (trial 0's too: same seed). ASHA has one rung, at epoch 2 (grace period 2, 3
+    epochs at most), and keeps the better half of the trials there. After epoch 2
+    trial 0's val loss is clearly lower (1.21 and 1.30 in two runs, against 1.39).
+    Trial 1 has 2 epochs: the rung is its last epoch, and it finishes (ASHA's stop
+    there killed it while it logged its checkpoint, leaving its run RUNNING with no
+    end time). ASHA stops trial 2 before its third and last epoch."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sweep_data, "data")
+    write_sweep(
         tmp_path,
-        sweep_data,
-        {"optim.lr": {"grid": [0.003, 0.0]}},
+        None,
+        {
+            "optim.lr": {"grid": [0.003, 0.0]},
+            "train.epochs": {"grid": [2, 3], "when": {"optim.lr": [0.0]}},
+        },
         {
             "name": "asha",
             "metric": "val/loss",
             "mode": "min",
             "scheduler": "asha",
-            "grace_period": 1,
+            "grace_period": 2,
             "reduction_factor": 2,
         },
         epochs=3,
-        batch_size=2,  # 12 optimiser steps an epoch (24 training windows, 1 worker)
+        batch_size=2,  # 12 optimiser steps an epoch
     )
-    result = run_sweep(load_sweep(path))
-    by_index = {row.index: row for row in result.rows}
-    assert by_index[0].status == "finished" and len(by_index[0].curve) == 3
-    assert by_index[1].status == "stopped early" and len(by_index[1].curve) < 3
-    client = MlflowClient(tracking_uri=result.tracking_uri)
-    stopped = client.get_run(by_index[1].run_id)
-    assert stopped.info.status == "KILLED"
-    assert stopped.data.tags["vidray.stopped_early"] == "asha"
-    assert client.get_run(by_index[0].run_id).info.status == "FINISHED"
+    assert run_command("tune", ["--config", "sweep.yaml", "--data", "data"]) == 0
+    db = tmp_path.resolve() / "mlflow.db"
+    assert f"mlflow ui --backend-store-uri sqlite:///{db}" in capsys.readouterr().out
+    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("sweeps").experiment_id], "attributes.run_name = 'asha'"
+    )
+    children = {int(c.data.tags["vidray.trial"]): c for c in child_runs(client, parent)}
+    assert sorted(children) == [0, 1, 2]
+    params = [children[i].data.params for i in range(3)]
+    assert [(p["optim.lr"], p["train.epochs"]) for p in params] == [
+        ("0.003", "3"),
+        ("0.0", "2"),
+        ("0.0", "3"),
+    ]
+    assert {c.data.params["train.data"] for c in children.values()} == {
+        str(tmp_path.resolve() / "data")
+    }
+    assert [children[i].info.status for i in range(3)] == ["FINISHED", "FINISHED", "KILLED"]
+    assert children[2].data.tags[STOPPED_TAG] == "asha"
+    assert all(ended(c) for c in children.values())
+    artifacts = {a.path for a in client.list_artifacts(children[1].info.run_id)}
+    assert {"checkpoint", "config.yaml"} <= artifacts
+    with open("sweeps/asha/trials.csv") as f:
+        rows = {int(row["trial"]): row for row in csv.DictReader(f)}
+    assert {i: (r["status"], r["epochs"]) for i, r in rows.items()} == {
+        0: ("finished", "3"),
+        1: ("finished", "2"),
+        2: ("stopped early", "2"),
+    }
+    assert [p.resolve() for p in tmp_path.rglob("mlflow.db")] == [db]
+
+
+def stop_when(command: list[str], env: dict, log: Path, ready, signum: int) -> int:
+    """Run ``command`` in a session of its own until ``ready()``, then send ``signum`` to
+    the whole session (the driver and the Ray it started), as a terminal sends Ctrl-C
+    to its foreground jobs; the driver's exit status. Its stderr goes to ``log.err``."""
+    with log.open("w") as out, log.with_suffix(".err").open("w") as err:
+        driver = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not ready():
+            if driver.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{ready.__doc__} never happened: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        os.killpg(driver.pid, signum)
+        return driver.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # whatever of its Ray is left
+        driver.wait()
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_resumes_without_rerunning_finished_trials(sweep_data, tmp_path):
-    """The driver (and the Ray it started) is killed once Tune has recorded trial 0
-    as done; ``--resume`` then runs trial 1 only."""
+def test_a_killed_or_interrupted_sweep_resumes_without_rerunning_finished_trials(
+    sweep_data, tmp_path
+):
+    """One sweep of two 1-epoch trials, stopped as jobs are stopped: (1) the driver and
+    its whole Ray are killed (SIGKILL) once Tune has recorded trial 0 as done; (2)
+    ``--resume``, then Ctrl-C once trial 1 trains again: one line, exit 130, every run
+    ended as KILLED; (3) ``--resume`` runs trial 1 to its end, never trial 0 again."""
     path = write_sweep(
         tmp_path,
         sweep_data,
@@ -218,38 +292,56 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(sweep_data, tm
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
     command = [sys.executable, "-m", "pipelines.tune", "--config", str(path), "ray.num_cpus=2"]
-    log = tmp_path / "first.log"
-    with log.open("w") as out:
-        driver = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
     experiment = tmp_path / "runs" / "resumable"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            states = list(experiment.glob("experiment_state-*.json"))
-            if states and states[0].read_text().count("TERMINATED") >= 1:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"trial 0 never finished: {log.read_text()[-3000:]}")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its whole Ray
-        driver.wait()
-
-    state = json.loads((tmp_path / "out" / STATE_FILE).read_text())
-    resumed = subprocess.run(
-        [*command, "--resume"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "2 finished" in resumed.stdout, resumed.stdout[-2000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent = client.get_run(state["parent_run_id"])
-    assert parent.info.status == "FINISHED"
-    trials = sorted(int(c.data.tags["vidray.trial"]) for c in child_runs(client, parent))
-    finished = [c for c in child_runs(client, parent) if c.info.status == "FINISHED"]
+
+    def trial_0_recorded_done() -> bool:
+        """Tune recording trial 0 as done"""
+        states = list(experiment.glob("experiment_state-*.json"))
+        return bool(states) and states[0].read_text().count("TERMINATED") >= 1
+
+    killed = stop_when(command, env, tmp_path / "1.log", trial_0_recorded_done, signal.SIGKILL)
+    assert killed == -signal.SIGKILL
+    parent_id = json.loads((tmp_path / "out" / STATE_FILE).read_text())["parent_run_id"]
+
+    def runs() -> list:
+        return child_runs(client, client.get_run(parent_id))
+
+    resumed_at = time.time() * 1000
+
+    def trial_1_trains_again() -> bool:
+        """trial 1 starting its run again"""
+        return any(
+            r.data.tags["vidray.trial"] == "1" and r.info.start_time > resumed_at for r in runs()
+        )
+
+    resume = [*command, "--resume"]
+    code = stop_when(resume, env, tmp_path / "2.log", trial_1_trains_again, signal.SIGINT)
+    said = (tmp_path / "2.err").read_text().strip().splitlines()[-1]
+    assert code == 130, said
+    assert said == (
+        "python -m pipelines.tune: interrupted: 1 of 2 trials finished; resume with "
+        f"vidray tune --config {path} ray.num_cpus=2 --resume"
+    )
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "KILLED" and ended(parent)
+    by_trial = sorted((r.data.tags["vidray.trial"], r.info.status) for r in runs())
+    # Trial 1 has a run from (2), and one from (1) where it got that far before the kill.
+    assert by_trial[0] == ("0", "FINISHED") and set(by_trial[1:]) == {("1", "KILLED")}
+    assert all(ended(r) for r in runs())
+
+    finished = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "2 finished" in finished.stdout, finished.stdout[-2000:]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and ended(parent)
+    trials = sorted(int(r.data.tags["vidray.trial"]) for r in runs())
     assert trials.count(0) == 1, trials  # trial 0 was not trained again
-    assert {int(c.data.tags["vidray.trial"]) for c in finished} == {0, 1}
+    assert {int(r.data.tags["vidray.trial"]) for r in runs() if r.info.status == "FINISHED"} == {
+        0,
+        1,
+    }
+    assert all(ended(r) for r in runs())
 
 
 def test_a_sweep_that_exists_needs_resume_and_resume_needs_a_sweep(sweep_data, tmp_path):
@@ -300,30 +392,38 @@ def test_a_failed_trial_is_reported_and_the_sweep_exits_2_after_writing_everythi
     assert {"trials.csv", "sweep.png", "best_config.yaml"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)
     }
+    children = {c.data.tags["vidray.trial"]: c for c in child_runs(client, parent)}
+    assert {t: c.info.status for t, c in children.items()} == {"0": "FINISHED", "1": "FAILED"}
+    assert all(ended(c) for c in children.values())
 
 
 @pytest.mark.slow
-def test_the_time_budget_ends_a_sweep_and_says_what_it_cut(sweep_data, tmp_path):
-    """Trial 0 asks for far more epochs than 8 s allow; the budget ends it and
-    trial 1 never starts. Neither is reported as failed."""
+def test_the_time_budget_ends_a_sweep_and_says_what_it_cut(sweep_data, tmp_path, capsys):
+    """Trial 0 asks for 500 epochs; the budget ends it while it trains, and trial 1
+    never starts. Neither is reported as failed; the sweep writes its table and ends.
 
+    Tune counts the budget from its first step, when it starts trial 0; trial 0 must
+    have started its MLflow run within it (measured: BUDGET_MEASURED)."""
     path = write_sweep(
         tmp_path,
         sweep_data,
         {"model.name": {"grid": ["simple3d", "early_fusion"]}},
-        {"name": "budget", "scheduler": "fifo", "time_budget_s": 8},
+        {"name": "budget", "scheduler": "fifo", "time_budget_s": BUDGET_S},
         epochs=500,
     )
-    t0 = time.monotonic()
     result = run_sweep(load_sweep(path))
-    assert time.monotonic() - t0 < 8 + 90
+    assert f"time budget of {BUDGET_S} s reached: 2 of 2 trials" in capsys.readouterr().out
     by_index = {row.index: row for row in result.rows}
     assert by_index[1].status == "not run" and not by_index[1].run_id
-    assert by_index[0].status in ("stopped early", "not run")  # not run: a very slow start
+    assert by_index[0].status == "stopped early"
     client = MlflowClient(tracking_uri=result.tracking_uri)
-    assert client.get_run(result.parent_run_id).data.tags[BUDGET_TAG] == "true"
-    if by_index[0].run_id:
-        run = client.get_run(by_index[0].run_id)
-        assert by_index[0].status == "stopped early" and len(by_index[0].curve) < 500
-        assert run.info.status == "KILLED" and run.data.tags[STOPPED_TAG] == "time_budget"
-    assert (result.output / "trials.csv").exists()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags[BUDGET_TAG] == "true"
+    (child,) = child_runs(client, parent)
+    assert child.info.run_id == by_index[0].run_id and ended(child)
+    assert child.info.status == "KILLED" and child.data.tags[STOPPED_TAG] == "time_budget"
+    history = client.get_metric_history(child.info.run_id, "val/video_top1")
+    with (result.output / "trials.csv").open() as f:
+        rows = {int(row["trial"]): row for row in csv.DictReader(f)}
+    assert rows[0]["status"] == "stopped early" and int(rows[0]["epochs"]) <= len(history)
+    assert rows[1]["status"] == "not run"
