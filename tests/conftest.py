@@ -54,3 +54,11 @@ def motion_data(ray_local, motion_videos, tmp_path_factory) -> Path:
     summary = run_ingest(cfg, log=lambda line: None)
     assert summary.quarantined == 0
     return output
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs Ray (its start-up alone is seconds) is slow, whether it asks
+    for the session's Ray itself or through a fixture built on it (motion_data)."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vidray.errors import VidrayError
+from vidray.train.driver import new_run_name
 from vidray.train.selection import BestSoFar, select_best
 
 METRIC = "val/video_top1"
@@ -72,3 +73,14 @@ def test_the_best_so_far_is_what_select_best_picks():
         best.update(metrics)
     assert best.best == select_best(kept(*epochs), METRIC)[1]
     assert best.best["epoch"] == 4
+
+
+def test_a_generated_run_name_never_reuses_a_run_folder(tmp_path):
+    """Ray Train continues the run it finds in a folder: two runs started in the same
+    second get two folders."""
+    names = []
+    for _ in range(3):
+        names.append(new_run_name(str(tmp_path), "simple3d"))
+        assert not (tmp_path / names[-1]).exists()
+        (tmp_path / names[-1]).mkdir()
+    assert all(name.startswith("simple3d-") for name in names)

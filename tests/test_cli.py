@@ -136,6 +136,7 @@ def test_pipeline_module_reports_a_missing_config_file(tmp_path):
     assert "config file not found" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # a subprocess
 def test_models_table_lists_every_family_with_its_size():
     from vidray.models import available
 

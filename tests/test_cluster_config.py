@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray
 import yaml
 
@@ -44,6 +45,7 @@ def _flags(command: str) -> set[str]:
     return set(re.findall(r"(--[a-z][a-z-]+)", command))
 
 
+@pytest.mark.slow  # a subprocess
 def test_every_mlflow_and_ray_flag_used_exists():
     commands = " ".join(_commands())
     mlflow_help = subprocess.run(

@@ -289,6 +289,7 @@ def test_bad_inputs_are_one_line_errors(ava, checkpoint, detector, proposals, tm
         assert message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_command_line_reports_an_error_without_a_traceback(checkpoint, tmp_path):
     result = subprocess.run(
         [

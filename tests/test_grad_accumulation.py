@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -70,6 +71,7 @@ def _rank(rank: int, port: int, out: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # a subprocess
 def test_gradients_are_all_reduced_once_per_optimiser_step():
     """5 batches: with accumulation over 2, steps after batches 2, 4 and the last."""
     with mp.Manager() as manager:

@@ -32,6 +32,7 @@ PORTS = (
     "object-manager-port",
 )
 DONE = ("SUCCEEDED", "FAILED", "STOPPED")
+pytestmark = pytest.mark.slow  # each test needs a Ray head of its own
 
 
 @pytest.fixture(scope="module")

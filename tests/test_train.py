@@ -101,7 +101,9 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
     ):
         history = client.get_metric_history(result.run_id, name)
         assert [m.step for m in history] == [1, 2], name  # epochs, numbered from 1
-        assert all(0 <= m.value for m in history)
+        # What the run reports as its best epoch is what MLflow holds at that step.
+        best = history[result.metrics["epoch"] - 1]
+        assert best.value == pytest.approx(result.metrics[name]), name
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "checkpoint"} <= artifacts
     files = {a.path for a in client.list_artifacts(result.run_id, "checkpoint")}
@@ -184,7 +186,6 @@ def test_evaluate_logs_to_the_training_run(trained):
     assert report.videos >= 4 and report.clips >= report.videos
     metrics = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.run_id).data.metrics
     assert metrics["eval/val/video_top1"] == pytest.approx(report.metrics["eval/val/video_top1"])
-    assert 0.0 <= metrics["eval/val/video_top1"] <= 1.0
 
 
 def test_clip_longer_than_stored_windows_fails_before_training(ray_local, motion_data, tmp_path):

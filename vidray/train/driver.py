@@ -209,6 +209,17 @@ def labeled_split_counts(cfg: Config, info: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def new_run_name(storage_path: str, model: str) -> str:
+    """``<model>-<date>-<time>``, made unique under ``storage_path``: Ray Train resumes a
+    run folder it finds, so two runs started in the same second must not share one."""
+    stamp = f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = stamp, 1
+    while storage.exists(storage.join(storage_path, name)):
+        n += 1
+        name = f"{stamp}-{n}"
+    return name
+
+
 def check_training(cfg: Config) -> Config:
     """``cfg`` checked against its data, with every path absolute (Ray workers run in
     other directories) and the clip parameters the model declares filled in.
@@ -326,7 +337,7 @@ def run_training(
     classes = info["classes"]
     uri = tracking.tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
-    run_name = cfg.train.run_name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = cfg.train.run_name or new_run_name(cfg.train.storage_path, cfg.model.name)
     run_dir = storage.join(cfg.train.storage_path, run_name)  # Ray Train's: RunConfig(name)
     tags = {"vidray.task": "train", **(tags or {})}
     resume = cfg.train.resume_from
