@@ -28,6 +28,7 @@ from vidray.data.synthetic import write_video
 __all__ = [
     "DEFAULT_CODECS",
     "MAX_INDEX",
+    "SMALL",
     "frame_index",
     "index_frame",
     "make_audio_only",
@@ -63,6 +64,9 @@ _QUALITY = {
     "mpeg4": {"qscale": "2"},
     "libvpx": {"crf": "4", "b": "2M"},
 }
+
+# Ingest overrides for the small test videos: 8-frame windows at short side 32.
+SMALL = ["ingest.short_side=32", "ingest.window_frames=8", "ingest.window_stride=8"]
 
 
 def index_frame(index: int, width: int, height: int, *, grain: int = 0) -> np.ndarray:

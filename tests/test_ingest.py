@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from media import (
+    SMALL,
     make_audio_only,
     make_mpegts,
     make_text_file,
@@ -34,7 +35,6 @@ from vidray.data.manifest import read_dataset_info, read_journal, read_manifest
 from vidray.errors import VidrayError
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["ingest.short_side=32", "ingest.window_frames=8", "ingest.window_stride=8"]
 
 
 def ingest(input_path, output, *overrides, layout="folders"):

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from media import make_video
+from media import SMALL, make_video
 
 from vidray.config import load_config
 from vidray.data.ingest import check_ingest, run_ingest
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import VidrayError
-
-SMALL = ["ingest.short_side=32", "ingest.window_frames=8", "ingest.window_stride=8"]
 
 
 def config(source, output, *overrides: str):

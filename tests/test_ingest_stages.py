@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from media import make_text_file, make_truncated, make_video, make_zero_byte
+from media import SMALL, make_text_file, make_truncated, make_video, make_zero_byte
 
 from vidray.config import load_config
 from vidray.data import ingest as ingest_module
@@ -31,7 +31,6 @@ from vidray.data.sources import SourceEntry
 from vidray.errors import VidrayError
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["ingest.short_side=32", "ingest.window_frames=8", "ingest.window_stride=8"]
 
 
 def config(*overrides: str):

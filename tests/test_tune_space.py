@@ -131,18 +131,23 @@ def test_a_clip_too_short_for_a_family_fails_before_any_trial(motion_data, tmp_p
         check_sweep(sweep)
 
 
+def sweep_with_a_clip_too_long(tmp_path, data) -> Path:
+    """A sweep whose trial 1 asks for 12 frames at stride 2: 23 > the 16 stored."""
+    return sweep_file(
+        tmp_path,
+        {"clip.T": {"grid": [4, 12]}},
+        train={"data": str(data)},
+        model={"name": "simple3d", "width": 8},
+        clip={"crop": 48},
+    )
+
+
 def test_a_clip_longer_than_the_stored_window_fails_before_any_trial(
     motion_data, tmp_path, monkeypatch
 ):
     """Trial 1 asks for 12 frames at stride 2 (23 > 16 stored): named, before Tune starts."""
     monkeypatch.chdir(tmp_path)
-    path = sweep_file(
-        tmp_path,
-        {"clip.T": {"grid": [4, 12]}},
-        train={"data": str(motion_data)},
-        model={"name": "simple3d", "width": 8},
-        clip={"crop": 48},
-    )
+    path = sweep_with_a_clip_too_long(tmp_path, motion_data)
     sweep = load_sweep(path)
     with pytest.raises(VidrayError, match=r"trial 1 \(clip.T=12\): .*spans 23 frames"):
         check_sweep(sweep)
@@ -202,13 +207,7 @@ def test_every_path_of_a_sweep_means_where_the_command_was_typed(
 
 def test_a_sweep_is_checked_without_starting_or_importing_ray(motion_data, tmp_path):
     """What the CLI runs before Ray starts: a bad trial is a one-line error."""
-    path = sweep_file(
-        tmp_path,
-        {"clip.T": {"grid": [4, 12]}},
-        train={"data": str(motion_data)},
-        model={"name": "simple3d", "width": 8},
-        clip={"crop": 48},
-    )
+    path = sweep_with_a_clip_too_long(tmp_path, motion_data)
     script = (
         "import sys\n"
         "from vidray.errors import VidrayError\n"
