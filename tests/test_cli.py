@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 from commands import REPO, run_module
 
-from vidray.cli import main
+from vidray.cli import main, run_command
 from vidray.config import all_settings, load_config
 
 
@@ -177,3 +179,18 @@ def test_mistakes_that_need_no_cluster_are_found_before_ray_starts(
         assert line.startswith(f"vidray {args[0]}: error: ") and words in line, line
         assert not (tmp_path / "out").exists()  # nothing was made
         print(f"{' '.join(args)}: {seconds:.1f} s")
+
+
+def test_a_command_gives_back_the_sigterm_handler_it_found(tmp_path, monkeypatch):
+    """Inside a command SIGTERM stops it as Ctrl-C does; the caller's handler (here a
+    test's, in a notebook its own) comes back after the command, whatever its outcome."""
+    seen = []
+    mine = signal.signal(signal.SIGTERM, lambda *_: seen.append("caller"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert run_command("ingest", ["--input", "missing", "--output", "out"]) == 2
+        assert signal.getsignal(signal.SIGTERM) is not signal.default_int_handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == ["caller"]
+    finally:
+        signal.signal(signal.SIGTERM, mine)

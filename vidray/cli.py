@@ -14,10 +14,12 @@ so ``--help`` and ``vidray config`` never disagree with the code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -183,9 +185,27 @@ def run_command(name: str, argv: Sequence[str] | None = None, *, prog: str | Non
     command = COMMANDS[name]
     parser = _command_parser(command, prog or f"vidray {name}")
     args = parser.parse_args(argv)
-    # A job manager (Ray job stop, Kubernetes, systemd) ends a job with SIGTERM: stop as
-    # for Ctrl-C, so the command keeps what it finished and says so.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with sigterm_as_ctrl_c():
+        return _run(command, parser, args)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """A job manager (Ray job stop, Kubernetes, systemd) ends a job with SIGTERM: stop
+    as for Ctrl-C, so the command keeps what it finished and says so. The handler a
+    caller had (a test runner, a notebook) comes back afterwards; off the main thread,
+    where Python allows no handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(command: Command, parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         keys = [*command.flags.values(), *command.switches.values()]
         overrides = [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key)]

@@ -36,12 +36,12 @@ def _filesystem(uri: str):
 
 
 def resolve(path: str | Path) -> str:
-    """A URI as is (after checking pyarrow knows its scheme); a local path made absolute,
-    since Ray workers run in other directories."""
+    """A URI as is (after checking pyarrow knows its scheme); a local path made absolute
+    (``~`` expanded, as a shell would), since Ray workers run in other directories."""
     if is_uri(path):
         _filesystem(str(path))
         return str(path)
-    return str(Path(path).resolve())
+    return str(Path(path).expanduser().resolve())
 
 
 def exists(path: str | Path) -> bool:
