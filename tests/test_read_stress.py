@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import ray
 from ray.util.state import list_workers
 
@@ -51,8 +52,10 @@ def dead_workers() -> dict[str, str]:
     return {w.worker_id: f"pid {w.pid}: {w.exit_detail}" for w in workers}
 
 
-def test_reading_shards_starts_no_thread(motion_data):
-    """Decoding happens on the reader's own thread: no Arrow pool, no OpenCV pool.
+@pytest.mark.parametrize("crop", [48, 400], ids=["cropped", "enlarged"])
+def test_reading_shards_starts_no_thread(motion_data, crop):
+    """Decoding happens on the reader's own thread: no Arrow pool, no OpenCV pool, also
+    when windows smaller than the crop (64-pixel frames, a 400 crop) are enlarged.
 
     In a fresh process, as in a Ray worker: the threads a library starts on import
     are there before the read; a read that handed work to a pool would add some.
@@ -63,7 +66,8 @@ def test_reading_shards_starts_no_thread(motion_data):
         "from vidray.config import ClipConfig\n"
         "from vidray.data.clips import ClipSampler, ShardReader\n"
         "threads = lambda: len(os.listdir('/proc/self/task'))\n"
-        f"reader = ShardReader(ClipSampler(ClipConfig(T=4, stride=2, crop=48), {FLOW_L}, True))\n"
+        f"clip = ClipConfig(T=4, stride=2, crop={crop})\n"
+        f"reader = ShardReader(ClipSampler(clip, {FLOW_L}, True))\n"
         "before = threads()\n"
         "clips = sum(len(b['label']) for b in reader({'path': np.array(sys.argv[1:])}))\n"
         "print(clips, before, threads())\n"

@@ -425,6 +425,9 @@ def enlarge(
     """
     import cv2
 
+    # A read task has one CPU: OpenCV's pool would only add threads that outlive the
+    # task in the Ray worker (the reader starts none; see `shard_batches`).
+    cv2.setNumThreads(1)
     height, width = size
     scale_y, scale_x = height / frames.shape[1], width / frames.shape[2]
 
