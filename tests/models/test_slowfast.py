@@ -43,10 +43,10 @@ def test_laterals_add_two_beta_c_channels_to_the_slow_pathway():
 @pytest.mark.parametrize(
     ("setting", "kwargs", "params", "macs"),
     [
-        # PyTorchVideo 0.1.5's create_slowfast with its hub arguments, counted here (its
-        # parameters; its convolutions and matrix products with `count_macs` on a 256x256
-        # test clip). Its zoo's 4x16 "36.69 GFLOPs" comes from fvcore, which also counts
-        # ops that are not multiply-adds; 34.48 M / 34.57 M and 65.71 G are these numbers.
+        # PyTorchVideo 0.1.5's create_slowfast with its hub arguments, counted here: its
+        # parameters, and its convolutions and matrix products (`count_macs`) on a 256x256
+        # test clip. Its zoo lists 34.48 M / 36.69 G for 4x16 (fvcore's count, which adds
+        # ops that are not multiply-adds) and 34.57 M / 65.71 G for its 8x8.
         ("4x16", {}, 34_480_216, 36.102e9),
         (
             "8x8, PyTorchVideo's 7x1x1 laterals",
