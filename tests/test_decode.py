@@ -24,6 +24,7 @@ from media import (
     unicode_name,
 )
 
+from vidray.data import decode
 from vidray.data.decode import (
     count_windows,
     grid_frame_count,
@@ -386,6 +387,7 @@ def test_single_frame_video_is_too_short_for_a_window(tmp_path):
             r"truncated MP4/MOV: it ends after \d+ bytes, before its video data",
         ),
         (lambda d: d, "not a regular file"),
+        (lambda d: d / f"{'x' * 300}.mp4", r"cannot read it \(File name too long\)"),
     ],
     ids=[
         "missing",
@@ -397,6 +399,7 @@ def test_single_frame_video_is_too_short_for_a_window(tmp_path):
         "cut-no-index",
         "cut-after-header",
         "directory",
+        "name-too-long",
     ],
 )
 def test_unreadable_input_is_a_video_error_naming_the_file(tmp_path, make, reason):
@@ -406,6 +409,21 @@ def test_unreadable_input_is_a_video_error_naming_the_file(tmp_path, make, reaso
             attempt()
         message = str(caught.value)
         assert str(path) in message and "\n" not in message
+
+
+def test_a_file_unreadable_after_ffmpeg_refused_it_is_a_video_error(tmp_path, monkeypatch):
+    """FFmpeg refuses a file, then the MP4 check cannot read it either (chmod 000, or
+    deleted meanwhile): still the one VideoError, never an OSError."""
+    assert decode._mp4_cut(tmp_path / "deleted.mp4") is None
+    assert decode._mp4_cut(tmp_path) is None  # a folder: open() fails
+    path = make_text_file(tmp_path / "notes.mp4")
+
+    def unreadable(path: Path):  # what chmod 000 does, for a test that runs as root
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(decode, "_top_boxes", unreadable)
+    with pytest.raises(VideoError, match=r"notes.mp4: not a recognised video format"):
+        probe(path)
 
 
 def test_a_header_over_an_undecodable_stream_fails_probe(tmp_path):

@@ -58,6 +58,42 @@ def test_a_media_error_is_a_reason_without_the_file_name(tmp_path):
     assert probe_entry(entry(cut))["error"].startswith("truncated or incomplete MP4/MOV")
 
 
+def test_a_file_that_cannot_be_read_is_quarantined_not_a_crash(tmp_path, monkeypatch):
+    """An object that vanished after the listing (a file:// URI takes the path of an object
+    store: fetched to a local copy first), one the store will not stat, and one FFmpeg
+    refuses that cannot be read for the MP4 check (chmod 000; the tests run as root)."""
+    video = make_video(tmp_path / "v.mp4", num_frames=16)
+    listed = entry(video) | {"path": video.as_uri()}
+    video.unlink()
+    probed = probe_entry(listed)
+    assert (
+        probed["error"].startswith("cannot read the file (") and "No such file" in probed["error"]
+    )
+
+    cfg = config()
+    video = make_video(tmp_path / "w.mp4", num_frames=16)
+    (segment,) = plan_segments(probe_entry(entry(video) | {"path": video.as_uri()}), cfg.ingest)
+    video.unlink()  # between probe and decode
+    record = ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(tmp_path / "o"))
+    assert record["n_windows"] == 0 and record["error"].startswith("cannot read the file (")
+
+    too_long = SourceEntry(
+        path=(tmp_path / f"{'x' * 300}.mp4").as_uri(),
+        video_id="x",
+        label=0,
+        label_name="a",
+        split="train",
+    )
+    assert source_entry(too_long)["error"].startswith("cannot read the file (")
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(ingest_module.decode, "_top_boxes", unreadable)
+    probed = probe_entry(entry(make_text_file(tmp_path / "notes.mp4")))
+    assert probed["error"].startswith("not a recognised video format")
+
+
 def test_a_bug_in_the_probe_stage_fails_loudly(tmp_path, monkeypatch):
     def broken(path):
         raise ZeroDivisionError("a bug in vidray")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import stat
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,11 +176,15 @@ def probe(path: str | Path) -> VideoInfo:
 
 def _open(path: Path) -> av.container.InputContainer:
     """Open `path` for reading; it has a `_main_stream`."""
-    if not path.exists():
-        raise VideoError(f"{path}: file not found")
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise VideoError(f"{path}: file not found") from None
+    except OSError as e:  # a name too long, a folder on the way we may not enter
+        raise VideoError(f"{path}: cannot read it ({_reason(e)})") from e
+    if not stat.S_ISREG(st.st_mode):
         raise VideoError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     try:
         container = av.open(str(path), metadata_errors="ignore")
@@ -208,30 +213,13 @@ def _mp4_cut(path: Path) -> str | None:
     FFmpeg only says "invalid data" for an MP4 whose index (the ``moov`` box) is
     missing, which is what a download or copy cut short leaves when the index was
     written last; and it opens one cut right after a leading index, then finds no
-    frame. Both are told apart from a file that is not a video at all here.
+    frame. Both are told apart from a file that is not a video at all here. A file
+    that cannot be read (any more) gives None: the caller's own reason stands.
     """
-    size = path.stat().st_size
-    boxes: dict[bytes, tuple[int, int]] = {}  # type -> (offset, declared size) of the first
-    ends_inside = None
-    with path.open("rb") as file:
-        offset = 0
-        while offset + 8 <= size:
-            file.seek(offset)
-            header = file.read(16)
-            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
-            if length == 1 and len(header) == 16:  # a 64-bit size follows the type
-                length = int.from_bytes(header[8:16], "big")
-            elif length == 0:  # the box runs to the end of the file
-                length = size - offset
-            if not boxes and kind not in _MP4_FIRST_BOXES:
-                return None
-            if length < 8 or not kind.isascii() or not kind.decode().isprintable():
-                return None  # not a box: something else, or damage rather than a cut
-            boxes.setdefault(kind, (offset, length))
-            if offset + length > size:
-                ends_inside = kind.decode()
-                break
-            offset += length
+    try:
+        size, boxes, ends_inside = _top_boxes(path)
+    except OSError:
+        return None
     if not boxes:
         return None
     if ends_inside is not None:
@@ -250,6 +238,33 @@ def _mp4_cut(path: Path) -> str | None:
             "(a download or copy cut short); get the whole file again"
         )
     return None
+
+
+def _top_boxes(path: Path) -> tuple[int, dict[bytes, tuple[int, int]], str | None]:
+    """The file's size, the first box of each type at its top level as (offset, declared
+    size), and the type of a box the file ends inside, if any; no boxes when the file
+    does not start like an MP4/MOV or holds something that is not a box."""
+    size = path.stat().st_size
+    boxes: dict[bytes, tuple[int, int]] = {}
+    with path.open("rb") as file:
+        offset = 0
+        while offset + 8 <= size:
+            file.seek(offset)
+            header = file.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:  # a 64-bit size follows the type
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:  # the box runs to the end of the file
+                length = size - offset
+            if not boxes and kind not in _MP4_FIRST_BOXES:
+                return size, {}, None
+            if length < 8 or not kind.isascii() or not kind.decode().isprintable():
+                return size, {}, None  # not a box: something else, or damage, not a cut
+            boxes.setdefault(kind, (offset, length))
+            if offset + length > size:
+                return size, boxes, kind.decode()
+            offset += length
+    return size, boxes, None
 
 
 def _moving_streams(container: av.container.InputContainer) -> list[av.video.VideoStream]:

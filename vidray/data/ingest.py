@@ -184,10 +184,31 @@ def _manifest_row(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return row
 
 
-def _media_reason(error: Exception, local: Path) -> str:
-    """A media error's one line without the file's name: the manifest row has the path,
-    and for a file in an object store the name is that of a local temporary copy."""
-    return str(error).removeprefix(f"{local}: ")
+def _media_reason(error: Exception, *names: str | Path | None) -> str:
+    """A media error's one line without the file's name (the source's, or for a file in
+    an object store that of its local temporary copy): the manifest row has the path."""
+    reason = str(error)
+    for name in names:
+        if name is not None:
+            reason = reason.removeprefix(f"{name}: ")
+    return reason
+
+
+def _cannot_read(error: OSError) -> str:
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"cannot read the file ({first})"
+
+
+@contextlib.contextmanager
+def _local_source(path: str) -> Iterator[Path]:
+    """``storage.local_file(path)``, where a file that cannot be fetched (deleted since it
+    was listed, access denied) is a VideoError, quarantined like any unreadable file."""
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(storage.local_file(path))
+        except OSError as exc:
+            raise VideoError(f"{path}: {_cannot_read(exc)}") from exc
+        yield local
 
 
 # ----------------------------------------------------------------------------- check
@@ -275,19 +296,28 @@ def _check_same_dataset(info: dict[str, Any], *, source: str, layout: str, outpu
 def source_entry(source: SourceEntry) -> dict[str, Any]:
     """A listed file as the stages carry it: its listing fields, and its size and mtime
     now (None when it is gone), which tell a changed file from one already ingested."""
-    size, mtime = storage.stat(source.path) or (None, None)
+    try:
+        size, mtime = storage.stat(source.path) or (None, None)
+    except OSError as exc:  # an object store that denies access: quarantined, not a crash
+        return dict(
+            asdict(source),
+            size=None,
+            mtime=None,
+            error=source.error or _cannot_read(exc),
+        )
     return dict(asdict(source), size=size, mtime=mtime)
 
 
 def probe_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """Stage 1: probe one file. Adds its VideoInfo fields, or ``error`` when unreadable."""
     out = dict(entry, duration=None, fps=None, width=None, height=None, num_frames=None)
-    with storage.local_file(entry["path"]) as local:
-        try:
+    local = None
+    try:
+        with _local_source(entry["path"]) as local:
             info = decode.probe(local)
-        except _MEDIA_ERRORS as exc:
-            out["error"] = _media_reason(exc, local)
-            return out
+    except _MEDIA_ERRORS as exc:
+        out["error"] = _media_reason(exc, entry["path"], local)
+        return out
     out.update(
         duration=info.duration,
         fps=info.fps,
@@ -539,22 +569,18 @@ def ingest_segment(
     )
     errors: list[str] = []
     padded = 0
+    local = None
     try:
-        with storage.local_file(segment["path"]) as local:
-            try:
-                windows = _segment_windows(
-                    dict(segment, path=str(local)), ingest=ingest, errors=errors
-                )
-                for window, extra in windows:
-                    row = encode_window(
-                        segment, window, ingest=ingest, flow=flow, estimator=estimator
-                    )
-                    writer.add({**row, **extra})
-                    padded = max(padded, window.padded)
-                    if on_window is not None:
-                        on_window()
-            except _MEDIA_ERRORS as exc:
-                errors.append(_media_reason(exc, local))
+        with _local_source(segment["path"]) as local:
+            windows = _segment_windows(dict(segment, path=str(local)), ingest=ingest, errors=errors)
+            for window, extra in windows:
+                row = encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
+                writer.add({**row, **extra})
+                padded = max(padded, window.padded)
+                if on_window is not None:
+                    on_window()
+    except _MEDIA_ERRORS as exc:  # the windows before the error are kept
+        errors.append(_media_reason(exc, segment["path"], local))
     except BaseException:
         writer.abort()
         raise
