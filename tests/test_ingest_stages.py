@@ -4,6 +4,9 @@ finishes, and `check_ingest`, which runs before Ray starts."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,9 +29,10 @@ from vidray.data.ingest import (
     run_ingest,
     source_entry,
 )
+from vidray.data.lock import OutputLock
 from vidray.data.manifest import read_journal
 from vidray.data.sources import SourceEntry
-from vidray.errors import VidrayError
+from vidray.errors import Interrupted, VidrayError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,3 +246,50 @@ def test_max_upscale_below_one_is_refused(tmp_path):
         check_ingest(
             config(f"ingest.input={tmp_path}", "ingest.output=o", "ingest.max_upscale=0.5")
         )
+
+
+# ------------------------------------------------------------- one run at a time
+
+
+def test_a_second_ingest_into_an_output_in_use_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_video(Path("videos/a/v.mp4"), num_frames=16)
+    cfg = config("ingest.input=videos", "ingest.output=data")
+    lock = tmp_path / "data" / "_lock"
+    with OutputLock(str(tmp_path / "data")):  # the first run, still going
+        with pytest.raises(VidrayError) as caught:
+            run_ingest(cfg)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith(f"{tmp_path / 'data'} is being ingested by another run (pid ")
+        assert message.endswith(f"if that run is dead, delete {lock} and run again")
+        assert sorted(p.name for p in Path("data").iterdir()) == ["_lock"]  # its lock, kept
+    assert not lock.exists()
+
+    (tmp_path / "bucket").mkdir()
+    uri = (tmp_path / "bucket").as_uri()  # as an object store: a write if absent, read back
+    with OutputLock(uri), pytest.raises(VidrayError, match=r"delete file://.*/_lock"):
+        OutputLock(uri).acquire()
+    assert not (tmp_path / "bucket" / "_lock").exists()
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_and_released_on_ctrl_c(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_video(Path("videos/a/v.mp4"), num_frames=16)
+    killed = subprocess.Popen([sys.executable, "-c", ""])
+    killed.wait()  # gone, as after kill -9: its lock stays
+    Path("data").mkdir()
+    Path("data/_lock").write_text(
+        f'{{"pid": {killed.pid}, "host": "{socket.gethostname()}", "token": "x"}}'
+    )
+
+    def ctrl_c(run):
+        assert json.loads(Path("data/_lock").read_text())["pid"] == os.getpid()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest_module._Run, "ingest_videos", ctrl_c)
+    lines: list[str] = []
+    with pytest.raises(Interrupted):
+        run_ingest(config("ingest.input=videos", "ingest.output=data"), log=lines.append)
+    assert f"ingest: {tmp_path / 'data' / '_lock'} was left by process {killed.pid}" in lines[0]
+    assert not Path("data/_lock").exists()

@@ -120,6 +120,27 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         stream.write(data)
 
 
+def write_new(path: str | Path, data: bytes) -> bool:
+    """Create file ``path`` holding ``data`` unless there is one; whether it was created.
+
+    Locally one exclusive create (O_CREAT|O_EXCL): of two callers exactly one wins.
+    An object store gets a check and an upload, so two callers within one round
+    trip may both write; the caller reads the file back to see whose it is.
+    """
+    if not is_uri(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        return True
+    if is_file(path):
+        return False
+    write_bytes(path, data)
+    return True
+
+
 def upload(local: Path, dest: str | Path) -> None:
     """Move a finished local file to ``dest``, which appears only once complete."""
     if not is_uri(dest):

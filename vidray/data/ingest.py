@@ -22,7 +22,9 @@ An output holds one dataset: the input and layout named in its dataset.yaml.
 ``ingest.mode`` says what a run does to it: ``add`` ingests new and changed
 files and keeps every video it holds, also those no longer in the input (they
 are reported); ``prune`` deletes those; ``replace`` deletes the whole dataset
-first, and is the only mode that accepts another input or layout.
+first, and is the only mode that accepts another input or layout. One run at a
+time writes to an output: the second is refused while the first holds its lock
+(`vidray.data.lock`).
 
 The stage functions (`probe_entry`, `ingest_segment`) are plain functions,
 testable without Ray; `run_ingest` only wires them.
@@ -51,6 +53,7 @@ import av
 from vidray import storage
 from vidray.config import Config, FlowConfig, IngestConfig
 from vidray.data import decode
+from vidray.data.lock import OutputLock
 from vidray.data.manifest import (
     DATASET_FILE,
     MANIFEST_FILE,
@@ -797,18 +800,21 @@ def run_ingest(cfg: Config, *, log: Callable[[str], None] = print) -> IngestSumm
     """Ingest ``cfg.ingest.input`` into ``cfg.ingest.output``; needs a running Ray.
 
     Raises:
-        VidrayError: what `check_ingest` finds, before anything is written.
+        VidrayError: what `check_ingest` finds, before anything is written, or
+            another run holding the output (`vidray.data.lock`).
         Interrupted: the user stopped it (Ctrl-C, or SIGTERM turned into
             KeyboardInterrupt); every video finished is in the manifest, every
             finished segment of the others in the journal, for the next run.
     """
-    run = _Run(cfg, _check(cfg), log)
-    try:
-        run.start()
-        run.ingest_videos()
-        return run.finish()
-    except KeyboardInterrupt:
-        raise Interrupted(run.stop()) from None
+    checked = _check(cfg)
+    with OutputLock(checked.output, log=log):
+        run = _Run(cfg, checked, log)
+        try:
+            run.start()
+            run.ingest_videos()
+            return run.finish()
+        except KeyboardInterrupt:
+            raise Interrupted(run.stop()) from None
 
 
 class _Run:
