@@ -293,3 +293,25 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_released_on_ctrl_c(tmp_path,
         run_ingest(config("ingest.input=videos", "ingest.output=data"), log=lines.append)
     assert f"ingest: {tmp_path / 'data' / '_lock'} was left by process {killed.pid}" in lines[0]
     assert not Path("data/_lock").exists()
+
+
+def test_an_interrupt_whose_record_fails_is_still_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_video(Path("videos/a/v.mp4"), num_frames=16)
+
+    def ctrl_c(run):
+        raise KeyboardInterrupt
+
+    def disk_full(output, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ingest_module._Run, "ingest_videos", ctrl_c)
+    monkeypatch.setattr(ingest_module, "write_manifest", disk_full)
+    with pytest.raises(Interrupted) as caught:
+        run_ingest(config("ingest.input=videos", "ingest.output=data"), log=lambda line: None)
+    assert str(caught.value) == (
+        "interrupted; the manifest could not be updated (OSError: [Errno 28] No space left on "
+        f"device), the finished segments are recorded in {tmp_path / 'data' / '_journal'}; run "
+        "the same command again to continue"
+    )
+    assert not Path("data/_lock").exists()

@@ -56,6 +56,7 @@ from vidray.data import decode
 from vidray.data.lock import OutputLock
 from vidray.data.manifest import (
     DATASET_FILE,
+    JOURNAL_DIR,
     MANIFEST_FILE,
     STORAGE_KEYS,
     TMP_DIR,
@@ -1001,14 +1002,18 @@ class _Run:
             return progress_line(**last, seconds=time.monotonic() - started)
 
         last_save = time.monotonic()
+        rows = iter(results.iter_rows())
         try:
             with Heartbeat(line, self.log, _PROGRESS_EVERY_S):
-                for result in results.iter_rows():
+                for result in rows:
                     self._add(dict(result))
                     if time.monotonic() - last_save >= _MANIFEST_EVERY_S:
                         write_manifest(self.output, self.ledger.rows())
                         last_save = time.monotonic()
         finally:
+            # Stops Ray Data's execution and cancels its tasks: after an interrupt none
+            # writes while `stop` reads the journal, nor after the lock is released.
+            rows.close()
             ray.kill(progress)
 
     def _add(self, record: dict[str, Any]) -> None:
@@ -1056,7 +1061,20 @@ class _Run:
         return self.summary
 
     def stop(self) -> str:
-        """Record what an interrupted run finished; the one line that says so."""
+        """Record what an interrupted run finished; the one line that says so, also when
+        recording fails (the journal still holds every finished segment)."""
+        try:
+            return self._record_stop()
+        except Exception as exc:  # a full disk, a lost connection: still the one line
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            return (
+                f"interrupted; the manifest could not be updated ({type(exc).__name__}: "
+                f"{reason}), the finished segments are recorded in "
+                f"{storage.join(self.output, JOURNAL_DIR)}; run the same command again to "
+                "continue"
+            )
+
+    def _record_stop(self) -> str:
         if self.stage == "starting":
             return "interrupted before any video was ingested; run the same command again"
         if self.stage == "ingesting":
