@@ -306,6 +306,9 @@ def test_storage_parameters_cannot_change_in_one_output(ray_local, tmp_path):
     ingest(root.parent, tmp_path / "out")
     with pytest.raises(VidrayError, match=r"ingested with ingest.fps=10.0, not 5.0"):
         ingest(root.parent, tmp_path / "out", "ingest.fps=5")
+    # The split of every stored window would be the old one.
+    with pytest.raises(VidrayError, match=r"ingested with ingest.val_fraction=0.2, not 0.5: "):
+        ingest(root.parent, tmp_path / "out", "ingest.val_fraction=0.5")
 
 
 def test_nothing_ingestible_exits_non_zero_with_one_line(ray_local, tmp_path, capsys):
@@ -360,6 +363,15 @@ def test_csv_layout_with_missing_file_and_missing_label(ray_local, tmp_path):
     assert read_dataset_info(output)["classes"] == ["run", "walk"]
     assert {m["split"] for m in manifest.values() if m["status"] == "ok"} == {"train", "val"}
 
+    listing.write_text(
+        listing.read_text().replace("clips/x.mp4,walk,train", "clips/x.mp4,walk,val")
+    )
+    again = ingest(listing, output, layout="csv")
+    assert (again.ingested, again.skipped) == (1, 1)  # x moved to val: its windows too
+    x = next(m for m in check_consistent(output) if m["video_id"] == "clips/x")
+    table = pq.read_table(output / "windows" / x["shards"][0], columns=["split"])
+    assert x["split"] == "val" and set(table["split"].to_pylist()) == {"val"}
+
 
 def test_malformed_csv_names_the_file_and_line(ray_local, tmp_path):
     listing = tmp_path / "labels.csv"
@@ -388,6 +400,8 @@ def test_ucf101_layout_uses_the_split_lists(ray_local, tmp_path):
     summary = ingest(root, output, layout="ucf101")
     manifest = {m["video_id"]: m for m in check_consistent(output)}
     assert summary.ingested == 4 and summary.quarantined == 2
+    with pytest.raises(VidrayError, match=r"ingested with ingest.split=1, not 2: "):
+        ingest(root, output, "ingest.split=2", layout="ucf101")
     ok = {k: (m["split"], m["label"]) for k, m in manifest.items() if m["status"] == "ok"}
     assert ok == {
         "ApplyLipstick/v_ApplyLipstick_g01_c01": ("train", 0),

@@ -23,6 +23,7 @@ from vidray.data.ingest import (
     IngestProgress,
     check_ingest,
     ingest_segment,
+    ingest_task,
     plan_segments,
     probe_entry,
     progress_line,
@@ -155,6 +156,36 @@ def test_each_finished_segment_is_recorded_once_its_shard_is_in_place(tmp_path):
     shard = pq.read_table(output / "windows" / record["shard"], columns=["window_idx"])
     assert shard["window_idx"].to_pylist() == [2, 3]
     assert read_journal(output, known=[record["shard"]]) == []
+
+
+def test_a_retried_task_does_not_ingest_a_recorded_segment_again(tmp_path):
+    """Ray runs a task again after its worker died: the segments it finished before are
+    in the journal with their shards, and are returned as they are."""
+    cfg = config("flow.backend=none")
+    output = tmp_path / "out"
+    (segment,) = segments(make_video(tmp_path / "v.mp4", num_frames=16), cfg)
+    first = ingest_task(
+        {"segments": [segment]}, ingest=cfg.ingest, flow=cfg.flow, output=str(output)
+    )
+    shard = output / "windows" / segment["shard"]
+    stamp = (shard.stat().st_ino, shard.stat().st_mtime_ns)
+    windows: list[int] = []
+
+    def again(segment: dict) -> dict:
+        return ingest_segment(
+            segment,
+            ingest=cfg.ingest,
+            flow=cfg.flow,
+            output=str(output),
+            on_window=lambda: windows.append(1),
+        )
+
+    assert again(segment) == first[0] and windows == []
+    assert (shard.stat().st_ino, shard.stat().st_mtime_ns) == stamp
+    assert again(dict(segment, label_name="b"))["label_name"] == "b"  # another row: redone
+    assert len(windows) == 2
+    shard.unlink()  # the record's shard is gone: redone
+    assert again(segment)["n_windows"] == 2 and shard.exists() and len(windows) == 4
 
 
 # ------------------------------------------------------------- progress

@@ -61,10 +61,11 @@ from vidray.data.manifest import (
     STORAGE_KEYS,
     TMP_DIR,
     WINDOWS_DIR,
-    check_storage_compatible,
+    check_same_parameters,
     clear_journal,
     read_dataset_info,
     read_journal,
+    read_journal_record,
     read_manifest,
     remove_dataset,
     write_dataset_info,
@@ -78,6 +79,7 @@ from vidray.data.sources import (
     SourceListing,
     has_video_files,
     list_sources,
+    split_settings,
 )
 from vidray.errors import Interrupted, VideoError, VidrayError
 
@@ -233,7 +235,8 @@ def check_ingest(cfg: Config) -> None:
     """Find what would make ``vidray ingest`` fail before it does anything, without Ray
     and without writing: the config values, an input that lists at least one video,
     and an output that is new or holds the dataset of the same input and layout
-    (unless ``ingest.mode=replace``), ingested with the same storage parameters.
+    (unless ``ingest.mode=replace``), ingested with the same storage parameters and
+    split settings (``ingest.split``, ``ingest.val_fraction``, ``ingest.test_fraction``).
 
     Raises:
         VidrayError: one line naming the problem and the fix.
@@ -256,7 +259,7 @@ def _check(cfg: Config) -> _Checked:
         info = read_dataset_info(output)
         if ingest.mode != "replace":
             _check_same_dataset(info, source=source, layout=ingest.layout, output=output)
-            check_storage_compatible(output, info, _storage(cfg))
+            check_same_parameters(output, info, {**_storage(cfg), **_splits(cfg)})
     listing = list_sources(
         ingest.input,
         layout=ingest.layout,
@@ -562,7 +565,12 @@ def ingest_segment(
     written, padding, shard size, and any media error (a file that breaks part-way
     keeps the windows before the break). Any other exception is a bug: it is
     raised, no shard or record is left. ``on_window`` is called after each window.
+    A segment the journal already records (Ray runs a task again after its worker
+    died) is not ingested again: its record is returned.
     """
+    done = read_journal_record(output, segment["shard"])
+    if done is not None and _records(done, segment) and _shard_in_place(output, done):
+        return done
     import cv2
 
     # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
@@ -594,7 +602,7 @@ def ingest_segment(
     else:
         writer.abort()
     record = {
-        **{key: segment.get(key) for key in (*_VIDEO_FIELDS, *_SEGMENT_FIELDS)},
+        **_recorded_fields(segment),
         "n_windows": writer.num_rows,
         "padded": padded,
         "bytes": size,
@@ -602,6 +610,22 @@ def ingest_segment(
     }
     write_journal_record(output, record)
     return record
+
+
+def _recorded_fields(segment: dict[str, Any]) -> dict[str, Any]:
+    """What a journal record says about its segment and video."""
+    return {key: segment.get(key) for key in (*_VIDEO_FIELDS, *_SEGMENT_FIELDS)}
+
+
+def _records(record: dict[str, Any], segment: dict[str, Any]) -> bool:
+    """Whether a journal record is of this very segment (same file, place and labels)."""
+    return all(record.get(key) == value for key, value in _recorded_fields(segment).items())
+
+
+def _shard_in_place(output: str, record: dict[str, Any]) -> bool:
+    return record["n_windows"] == 0 or storage.is_file(
+        storage.join(output, WINDOWS_DIR, record["shard"])
+    )
 
 
 def _segment_windows(
@@ -712,6 +736,13 @@ def _small_source_note(width: int, height: int, ingest: IngestConfig) -> str | N
 def _storage(cfg: Config) -> dict[str, Any]:
     flat = cfg.flat()
     return {key: flat[key] for key in STORAGE_KEYS}
+
+
+def _splits(cfg: Config) -> dict[str, Any]:
+    """The settings that put each video in its split, as dataset.yaml records them."""
+    return {
+        f"ingest.{name}": getattr(cfg.ingest, name) for name in split_settings(cfg.ingest.layout)
+    }
 
 
 class _Ledger:
@@ -919,7 +950,7 @@ class _Run:
             else:
                 prefix = _shard_prefix(entry) + "-"
                 for record in journal.get(vid, []):
-                    if record["shard"].startswith(prefix) and self._shard_exists(record):
+                    if record["shard"].startswith(prefix) and _shard_in_place(self.output, record):
                         self.records[vid][record["shard"]] = record
                 if _complete(self.records[vid].values()):
                     row = _video_row(list(self.records.pop(vid).values()), self.ingest)
@@ -944,14 +975,10 @@ class _Run:
             and (old["size"], old["mtime"]) == (entry["size"], entry["mtime"])
             and old["path"] == entry["path"]
             and old["label_name"] == entry["label_name"]
+            and old["split"] == entry["split"]
             and all(
                 storage.is_file(storage.join(self.output, WINDOWS_DIR, s)) for s in old["shards"]
             )
-        )
-
-    def _shard_exists(self, record: dict[str, Any]) -> bool:
-        return record["n_windows"] == 0 or storage.is_file(
-            storage.join(self.output, WINDOWS_DIR, record["shard"])
         )
 
     def _plan(self, probed: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1111,6 +1138,7 @@ class _Run:
                 "layout": self.ingest.layout,
                 "input": self.checked.input,
                 "storage": _storage(self.cfg),
+                "splits": _splits(self.cfg),
                 "videos": len(ok),
                 "windows": sum(row["n_windows"] for row in ok),
             },

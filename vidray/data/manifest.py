@@ -94,19 +94,28 @@ def write_manifest(output: str | Path, rows: list[dict[str, Any]]) -> str:
     return path
 
 
+def _journal_name(shard: str) -> str:
+    return Path(shard).with_suffix(".json").name
+
+
 def write_journal_record(output: str | Path, record: dict[str, Any]) -> None:
     """Record one finished segment (``record["shard"]`` names it), written whole."""
     directory = storage.join(output, JOURNAL_DIR)
     storage.makedirs(directory)
-    name = Path(record["shard"]).with_suffix(".json").name
+    name = _journal_name(record["shard"])
     storage.write_bytes(storage.join(directory, name), json.dumps(record).encode())
+
+
+def read_journal_record(output: str | Path, shard: str) -> dict[str, Any] | None:
+    """The journal record of the segment whose shard is ``shard``, or None."""
+    return _journal_record(storage.join(output, JOURNAL_DIR, _journal_name(shard)))
 
 
 def read_journal(output: str | Path, *, known: Iterable[str] = ()) -> list[dict[str, Any]]:
     """The segments recorded in the journal, except those whose shard is in ``known``
     (already in the manifest: reading them again would only cost requests)."""
     directory = storage.join(output, JOURNAL_DIR)
-    skip = {Path(shard).with_suffix(".json").name for shard in known}
+    skip = {_journal_name(shard) for shard in known}
     names = [
         name
         for name in storage.list_files(directory)
@@ -179,15 +188,17 @@ def write_dataset_info(output: str | Path, info: dict[str, Any]) -> None:
     storage.write_bytes(storage.join(output, DATASET_FILE), text.encode())
 
 
-def check_storage_compatible(
+def check_same_parameters(
     output: str | Path, info: dict[str, Any], parameters: dict[str, Any]
 ) -> None:
-    """Refuse to mix shards written with different storage parameters in one output
-    whose dataset.yaml is ``info``."""
-    previous = info.get("storage") or {}
-    for key in STORAGE_KEYS:
-        if key in previous and previous[key] != parameters[key]:
+    """Refuse to mix, in one output whose dataset.yaml is ``info``, shards written with
+    other storage parameters, or videos split by other settings: ``parameters`` are
+    this run's (``ingest.fps``, ``ingest.val_fraction``, ...). A key the dataset.yaml
+    does not hold (written before it was recorded) is not compared."""
+    previous = {**(info.get("storage") or {}), **(info.get("splits") or {})}
+    for key, value in parameters.items():
+        if key in previous and previous[key] != value:
             raise VidrayError(
-                f"{output} was ingested with {key}={previous[key]}, not {parameters[key]}: "
+                f"{output} was ingested with {key}={previous[key]}, not {value}: "
                 "use a new --output, the same value, or ingest.mode=replace to start it afresh"
             )

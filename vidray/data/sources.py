@@ -127,6 +127,17 @@ class _Row:
     error: str | None = None
 
 
+def split_settings(layout: str) -> tuple[str, ...]:
+    """The `list_sources` arguments that decide which split a video of ``layout`` is in:
+    UCF101's official split, none for AVA's (its annotation files name it), the
+    held-out fractions for the layouts where a video may name no split."""
+    if layout == "ucf101":
+        return ("split",)
+    if layout == "ava":
+        return ()
+    return ("val_fraction", "test_fraction")
+
+
 def list_sources(
     input_path: str,
     *,
