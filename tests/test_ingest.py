@@ -211,7 +211,7 @@ def test_high_and_low_fps_share_the_base_rate(hostile_output):
     assert rows["beta/slow"]["n_windows"] == 3
 
 
-def test_rerun_skips_done_files_and_retries_quarantined_ones(ray_local, tmp_path):
+def test_rerun_skips_done_files_retries_quarantined_ones_and_keeps_broken_ones(ray_local, tmp_path):
     root = tmp_path / "videos"
     (root / "a").mkdir(parents=True)
     (root / "b").mkdir()
@@ -231,6 +231,18 @@ def test_rerun_skips_done_files_and_retries_quarantined_ones(ray_local, tmp_path
     assert {k: after[k] for k in before} == before  # done shards untouched
     assert len(after) == len(before) + 1
     check_consistent(output)
+
+    make_text_file(root / "a" / "v0.mp4")  # an ingested file, overwritten with junk
+    third = ingest(root, output)
+    assert (third.skipped, third.quarantined, third.kept_earlier, third.ok) == (4, 0, 1, 5)
+    report = third.report().splitlines()
+    assert report[0].endswith("0 quarantined, 1 kept at their earlier version of 5 files")
+    assert any(
+        line.startswith("ingest: changed, now failing, earlier version kept 1x: not a recognised")
+        for line in report
+    )
+    row = next(m for m in check_consistent(output) if m["video_id"] == "a/v0")
+    assert row["status"] == "ok" and row["error"].endswith("earlier from this file are kept")
 
 
 def test_a_changed_file_is_re_ingested_and_a_deleted_one_kept_until_pruned(ray_local, tmp_path):

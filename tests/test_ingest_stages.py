@@ -31,7 +31,12 @@ from vidray.data.ingest import (
     source_entry,
 )
 from vidray.data.lock import OutputLock
-from vidray.data.manifest import read_journal
+from vidray.data.manifest import (
+    read_dataset_info,
+    read_journal,
+    read_manifest,
+    write_dataset_info,
+)
 from vidray.data.sources import SourceEntry
 from vidray.errors import Interrupted, VidrayError
 
@@ -346,3 +351,26 @@ def test_an_interrupt_whose_record_fails_is_still_one_line(tmp_path, monkeypatch
         "the same command again to continue"
     )
     assert not Path("data/_lock").exists()
+
+
+def test_replace_deletes_a_dataset_whose_manifest_is_unreadable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_video(Path("videos/a/v.mp4"), num_frames=16)
+    Path("data").mkdir()
+    write_dataset_info("data", {"input": str(tmp_path / "elsewhere"), "layout": "folders"})
+    Path("data/manifest.parquet").write_bytes(b"not parquet")  # a disk that filled up
+
+    def ctrl_c(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest_module._Run, "ingest_videos", ctrl_c)
+    lines: list[str] = []
+    cfg = config("ingest.input=videos", "ingest.output=data", "ingest.mode=replace")
+    with pytest.raises(Interrupted):
+        run_ingest(cfg, log=lines.append)
+    assert (
+        f"ingest: ingest.mode=replace: deleted the dataset in {tmp_path / 'data'} (its manifest "
+        "was unreadable); starting it afresh"
+    ) in lines
+    assert read_manifest("data") == []
+    assert read_dataset_info("data")["input"] == str(tmp_path / "videos")

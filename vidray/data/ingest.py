@@ -123,18 +123,22 @@ class IngestSummary:
     pruned: bool = False  # ... and were deleted (ingest.mode=prune)
     small: int = 0  # ingested below the short side: ingest.max_upscale capped them
     resumed: int = 0  # segments an interrupted run finished, reused, not ingested again
-    reasons: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)  # why files were quarantined
+    # Changed files that now fail: the windows of their earlier version stay, and why.
+    kept_earlier: int = 0
+    kept_reasons: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> int:
-        return self.ingested + self.skipped
+        return self.ingested + self.skipped + self.kept_earlier
 
     def report(self) -> str:
         rate = self.windows / self.seconds if self.seconds > 0 else 0.0
         resumed = f" (with {self.resumed} segments done before)" if self.resumed else ""
+        kept = f", {self.kept_earlier} kept at their earlier version" if self.kept_earlier else ""
         lines = [
             f"ingest: {self.ingested} ingested{resumed}, {self.skipped} already done, "
-            f"{self.quarantined} quarantined of {self.listed} files",
+            f"{self.quarantined} quarantined{kept} of {self.listed} files",
             f"ingest: {self.windows} windows, {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
             f"({rate:.1f} windows/s) -> {self.output}",
         ]
@@ -155,6 +159,8 @@ class IngestSummary:
             )
         for reason, count in self.reasons.most_common(5):
             lines.append(f"ingest: quarantined {count}x: {reason}")
+        for reason, count in self.kept_reasons.most_common(5):
+            lines.append(f"ingest: changed, now failing, earlier version kept {count}x: {reason}")
         return "\n".join(lines)
 
 
@@ -780,16 +786,20 @@ class _Ledger:
             if row["status"] == "ok" or vid in self.listed
         }
         for vid, row in self.settled.items():
-            earlier = self.previous.get(vid)
-            if row["status"] != "ok" and earlier is not None and earlier["status"] == "ok":
+            if row["status"] != "ok" and self.ok_before(vid):
                 row = dict(
-                    earlier,
+                    self.previous[vid],
                     error=f"{row['error']}; the windows ingested earlier from this file are kept",
                 )
             rows[vid] = row
         for vid in self.gone() if prune else []:
             del rows[vid]
         return [*rows.values(), *self.duplicates]
+
+    def ok_before(self, video_id: str) -> bool:
+        """Whether the earlier run ingested the video."""
+        row = self.previous.get(video_id)
+        return row is not None and row["status"] == "ok"
 
     def ok_listed(self) -> int:
         return sum(
@@ -873,12 +883,15 @@ class _Run:
         if self.ingest.mode == "replace" and (
             info is not None or storage.is_file(storage.join(output, MANIFEST_FILE))
         ):
-            earlier = sum(row["status"] == "ok" for row in read_manifest(output))
+            try:
+                earlier = f"{sum(row['status'] == 'ok' for row in read_manifest(output))} videos"
+            except VidrayError:  # an unreadable manifest is deleted with the rest
+                earlier = "its manifest was unreadable"
             remove_dataset(output)
             info = None
             self.log(
-                f"ingest: ingest.mode=replace: deleted the dataset in {output} ({earlier} "
-                "videos); starting it afresh"
+                f"ingest: ingest.mode=replace: deleted the dataset in {output} ({earlier}); "
+                "starting it afresh"
             )
         storage.makedirs(output)
         shutil.rmtree(scratch_dir(output), ignore_errors=True)  # leftovers of a killed run
@@ -1061,7 +1074,10 @@ class _Run:
             self.ledger.duplicates.append(row)
         else:
             self.ledger.settled[row["video_id"]] = row
-        if row["status"] != "ok":
+        if row["status"] != "ok" and not duplicate and self.ledger.ok_before(row["video_id"]):
+            self.summary.kept_earlier += 1  # its row and windows stay (`_Ledger.rows`)
+            self.summary.kept_reasons[row["error"]] += 1
+        elif row["status"] != "ok":
             self.summary.quarantined += 1
             self.summary.reasons[row["error"]] += 1
         elif earlier:
