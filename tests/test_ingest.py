@@ -63,7 +63,8 @@ def shard_rows(output: Path):
 
 
 def check_consistent(output: Path):
-    """Every ok manifest row's windows are in the shards, and nothing else is."""
+    """Every ok manifest row's windows are in the shards, and nothing else is; nothing
+    temporary (shards being written, the journal, the lock) is left."""
     manifest = read_manifest(output)
     rows = shard_rows(output)
     per_video = {}
@@ -71,7 +72,8 @@ def check_consistent(output: Path):
         per_video[row["video_id"]] = per_video.get(row["video_id"], 0) + 1
     ok = {m["video_id"]: m["n_windows"] for m in manifest if m["status"] == "ok"}
     assert per_video == ok
-    assert not list((output / "windows").glob("*.tmp"))
+    assert not list(output.rglob("*.tmp"))
+    assert not any((output / name).exists() for name in ("_tmp", "_journal", "_lock"))
     return manifest
 
 

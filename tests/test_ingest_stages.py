@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -205,13 +206,19 @@ def test_progress_lines_keep_coming_while_no_video_finishes():
     progress.finished("short", 0)
     started = time.monotonic()
     lines: list[str] = []
+    three = threading.Event()
+
+    def log(text: str) -> None:
+        lines.append(text)
+        if len(lines) == 3:
+            three.set()
+
     with Heartbeat(
         lambda: progress_line(**progress.snapshot(), seconds=time.monotonic() - started),
-        lines.append,
-        every=0.05,
+        log,
+        every=0.01,
     ):
-        time.sleep(0.4)
-    assert len(lines) >= 3
+        assert three.wait(timeout=60), "the heartbeat stopped"
     assert all(text.startswith("ingest: 1/2 videos done, 1 in flight, 3 windows") for text in lines)
     assert progress_line(done=1, total=32, running=4, windows=90, seconds=605) == (
         "ingest: 1/32 videos done, 4 in flight, 90 windows (0.1/s), 10m05s elapsed"
