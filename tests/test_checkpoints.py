@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from untrained import save_untrained
 
 from vidray.config import load_config
 from vidray.errors import VidrayError
 from vidray.models import build
-from vidray.train.checkpoints import STATE_FILE, load_checkpoint
+from vidray.train.checkpoints import FORMAT, META_FILE, STATE_FILE, check_resumable, load_checkpoint
 
 
 class _RunsCode:
@@ -64,3 +65,41 @@ def test_a_folder_without_state_is_not_a_checkpoint(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(VidrayError, match="is not a vidray checkpoint"):
         load_checkpoint(tmp_path / "empty")
+
+
+def with_meta(checkpoint: Path, **changes) -> Path:
+    """``checkpoint`` with its meta.yaml changed: a key set to None is removed."""
+    meta = yaml.safe_load((checkpoint / META_FILE).read_text())
+    meta.update(changes)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    (checkpoint / META_FILE).write_text(yaml.safe_dump(meta, sort_keys=False))
+    return checkpoint
+
+
+def resumable(checkpoint: Path, epochs: int) -> dict:
+    model = build("simple3d", num_classes=3, width=4)
+    return check_resumable(checkpoint, model=model, classes=["a", "b", "c"], epochs=epochs)
+
+
+def test_a_checkpoint_of_epoch_2_resumes_a_run_of_3_epochs(checkpoint):
+    meta = resumable(with_meta(checkpoint, epoch=2), epochs=3)
+    assert (meta["format"], meta["epoch"]) == (FORMAT, 2)
+    state, _ = load_checkpoint(checkpoint)
+    assert state["format"] == FORMAT
+
+
+def test_a_checkpoint_that_counts_epochs_from_0_is_refused(checkpoint):
+    """Before format 2, ``epoch`` was the last epoch's index: resuming would redo one."""
+    with pytest.raises(VidrayError, match=r"was written by an older vidray: its epochs count "):
+        resumable(with_meta(checkpoint, format=None, epoch=1), epochs=3)
+
+
+@pytest.mark.parametrize("done", [3, 5])
+def test_a_checkpoint_with_every_epoch_done_asks_for_more_epochs(checkpoint, done):
+    """Not a Ray start-up that trains nothing and fails with "no checkpoint"."""
+    with pytest.raises(VidrayError) as info:
+        resumable(with_meta(checkpoint, epoch=done), epochs=3)
+    assert str(info.value) == (
+        f"train.resume_from={checkpoint} has already trained {done} epochs and "
+        f"train.epochs=3: raise train.epochs above {done} to continue"
+    )

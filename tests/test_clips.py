@@ -1,9 +1,10 @@
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from vidray.config import ClipConfig
-from vidray.data.clips import ClipSampler
+from vidray.data.clips import ClipSampler, EpochReader, ShardReader
 from vidray.data.shards import encode_images
 from vidray.errors import VidrayError
 
@@ -82,7 +83,7 @@ def test_flip_negates_flow_x():
     row = _coded_window(20, 30)
     stored = np.stack([np.frombuffer(f, np.uint8).reshape(20, 30, 3) for f in row["frames"]])
     stored_flow = np.stack([np.frombuffer(f, np.uint8).reshape(20, 30, 2) for f in row["flow"]])
-    batch = sampler(pa.Table.from_pylist([row] * 64))
+    batch = sampler(pa.Table.from_pylist([row] * 64), np.random.default_rng(0))
     flipped = 0
     for frames, flow in zip(batch["frames"], batch["flow"], strict=True):
         # where the clip was cut: frame, row and column codes are the same either way
@@ -224,3 +225,41 @@ def test_undefined_view_counts_are_one_line_errors(views, message):
     with pytest.raises(VidrayError, match=message) as info:
         ClipSampler(ClipConfig(T=2, stride=1, crop=16), flow_L=0, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
+    """Seeded training draws the shard order and every shard's clips from (seed, epoch,
+    shard) alone: a run resumed at epoch 3 (a new driver, a fresh reader) reads what an
+    uninterrupted run reads in its third epoch. Each epoch reads every window once, in
+    a new order and with new clips."""
+    files = []
+    for shard in range(12):
+        files.append(str(tmp_path / f"shard_{shard:02d}.parquet"))
+        pq.write_table(
+            pa.Table.from_pylist([{**_coded_window(20, 30), "video_key": shard}]), files[-1]
+        )
+    sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16, hflip=False), flow_L=0, train=True)
+
+    def reader(seed: int = 3) -> EpochReader:
+        return EpochReader(
+            ShardReader(sampler), tuple(files), shards_per_task=2, seed=seed, clock=None
+        )
+
+    def epoch(reader: EpochReader, number: int) -> list[tuple[int, int, int, int]]:
+        """(shard, first frame, top, left) of every clip, in the order read."""
+        return [
+            (int(key), *view)
+            for slot in range(reader.groups)
+            for batch in reader.read(slot, number)
+            for key, view in zip(batch["video_key"], _views(batch["frames"]), strict=True)
+        ]
+
+    continuous = reader()
+    run = [epoch(continuous, number) for number in (1, 2, 3)]
+    assert epoch(reader(), 3) == run[2]
+    for clips in run:
+        assert sorted(shard for shard, *_ in clips) == list(range(12))
+    orders = [[shard for shard, *_ in clips] for clips in run]
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    assert sorted(run[0]) != sorted(run[1])  # new clips, not only a new order
+    assert epoch(reader(seed=4), 1) != run[0]

@@ -158,7 +158,9 @@ def test_a_storage_uri_pyarrow_cannot_open_is_a_clear_error(ray_local, motion_da
 
 
 @pytest.mark.slow
-def test_resuming_another_model_or_class_list_is_a_clear_error(trained, motion_data, tmp_path):
+def test_resuming_another_model_or_class_list_or_a_finished_run_is_a_clear_error(
+    trained, motion_data, tmp_path
+):
     _, first = trained
     wider = tiny_config(
         motion_data, tmp_path, "model.width=16", f"train.resume_from={first.last_checkpoint}"
@@ -172,6 +174,10 @@ def test_resuming_another_model_or_class_list_is_a_clear_error(trained, motion_d
     (other / "meta.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(VidrayError, match=r"was trained on classes \['a', 'b', 'c', 'd'\]"):
         run_training(tiny_config(motion_data, tmp_path, f"train.resume_from={other}"))
+    # Its last checkpoint has done all train.epochs=2: found before Ray trains nothing.
+    done = tiny_config(motion_data, tmp_path, f"train.resume_from={first.last_checkpoint}")
+    with pytest.raises(VidrayError, match=r"has already trained 2 epochs and train.epochs=2: "):
+        run_training(done)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 from test_train import tiny_config
+from test_train_interrupt import wait_for_checkpoint
 
 from vidray.train.driver import run_training
 
@@ -27,7 +28,9 @@ def wait_for(path, timeout: float) -> None:
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, motion_data, tmp_path):
     debug = tmp_path / "debug"
     debug.mkdir()
-    cfg = tiny_config(motion_data, tmp_path, "train.epochs=3", "train.max_failures=1")
+    cfg = tiny_config(
+        motion_data, tmp_path, "train.epochs=3", "train.max_failures=1", "train.run_name=faults"
+    )
     outcome: dict = {}
 
     def train() -> None:
@@ -41,8 +44,8 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, motion_data, 
     thread.start()
     wait_for(debug / "rank1.pid", timeout=240)
     pid = int((debug / "rank1.pid").read_text())
-    # Both ranks have reported epoch 1; give the controller a moment to register it.
-    time.sleep(2)
+    # Both ranks have reported epoch 1; the kill comes once the controller registered it.
+    wait_for_checkpoint(tmp_path / "runs" / "faults", timeout=120)
     os.kill(pid, signal.SIGKILL)
     (debug / "release").touch()  # the restarted workers must not pause again
     thread.join(timeout=420)

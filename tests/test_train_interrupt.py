@@ -25,10 +25,12 @@ from test_train import KNOBS, TINY, tiny_config
 
 from vidray.errors import Interrupted
 from vidray.train.checkpoints import load_checkpoint
-from vidray.train.driver import run_training
+from vidray.train.driver import interrupted, run_training
 from vidray.train.schedule import lr_factor
 
-ONE_WORKER = ["train.epochs=6", "train.num_workers=1", "train.cpus_per_worker=1", *KNOBS]
+# More epochs than either run gets through before it is stopped, however fast the machine.
+EPOCHS = 20
+ONE_WORKER = [f"train.epochs={EPOCHS}", "train.num_workers=1", "train.cpus_per_worker=1", *KNOBS]
 
 
 def wait_for_checkpoint(run_dir: Path, timeout: float) -> None:
@@ -45,6 +47,16 @@ def wait_for_checkpoint(run_dir: Path, timeout: float) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"no checkpoint in {run_dir} after {timeout} s")
+
+
+def wait_for_file(path: Path, timeout: float, until: threading.Event) -> bool:
+    """Whether ``path`` appeared within ``timeout`` s, unless ``until`` is set first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if until.is_set() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def resume_path(line: str) -> str:
@@ -89,40 +101,55 @@ def test_ctrl_c_then_sigterm_keep_the_checkpoints_and_resuming_continues(
     (line,) = [s for s in stderr.splitlines() if s.startswith("python -m pipelines.train: ")]
     kept = resume_path(line)
     done = int(Path(kept).name.removeprefix("epoch_"))
-    assert f": interrupted after epoch {done}/6; last checkpoint {kept}; resume with" in line
-    assert Path(kept).parent == tmp_path / "runs" / "stopped" and done < 6
+    assert f": interrupted after epoch {done}/{EPOCHS}; last checkpoint {kept}; resume with" in line
+    assert Path(kept).parent == tmp_path / "runs" / "stopped"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (first,) = client.search_runs([client.get_experiment_by_name("vidray").experiment_id])
     assert first.info.status == "KILLED" and first.info.end_time is not None
 
     # Resumed by URI, then stopped by a job manager's SIGTERM, which the CLI turns into
-    # Ctrl-C (as here), after the resumed run's first checkpoint.
+    # Ctrl-C (as here), once the resumed run's first epoch is checkpointed. The worker
+    # waits at the start of the next epoch, so the signal always comes while the run
+    # trains: never after the fit returned (nor after the handler is restored).
     monkeypatch.chdir(tmp_path)
+    resumed_dir = tmp_path / "uri_runs" / "resumed"
     cfg = tiny_config(
         motion_data,
         tmp_path,
         *ONE_WORKER,
         "train.run_name=resumed",
         f"train.resume_from=file://{kept}",
-        f"train.storage_path=file://{tmp_path / 'uri_runs'}",
+        f"train.storage_path=file://{resumed_dir.parent}",
     )
-    stop = threading.Thread(
-        target=lambda: (
-            wait_for_checkpoint(tmp_path / "uri_runs" / "resumed", timeout=300),
-            os.kill(os.getpid(), signal.SIGTERM),
-        ),
-        daemon=True,
-    )
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    fit_over, sent = threading.Event(), threading.Event()
+
+    def stop_while_paused() -> None:
+        try:
+            if wait_for_file(debug / "rank0.pid", timeout=300, until=fit_over):
+                wait_for_checkpoint(resumed_dir, timeout=120)
+                os.kill(os.getpid(), signal.SIGTERM)
+                sent.set()
+        finally:
+            if not sent.is_set():  # let the run go on; the test fails below
+                (debug / "release").touch()
+
+    stop = threading.Thread(target=stop_while_paused)
+    paused = {"dir": str(debug), "pause_epoch": done + 2, "pause_seconds": 600}
     before = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         stop.start()
         with pytest.raises(Interrupted) as stopped:
-            run_training(cfg)
+            run_training(cfg, debug=paused)
     finally:
+        fit_over.set()
+        stop.join(timeout=600)
         signal.signal(signal.SIGTERM, before)
+    assert not stop.is_alive() and sent.is_set()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not Ray's
     again = resume_path(str(stopped.value))
-    assert again.startswith(f"file://{tmp_path / 'uri_runs' / 'resumed'}/epoch_")
+    assert again == f"file://{resumed_dir}/epoch_{done + 1:03d}"
     runs = client.search_runs([first.info.experiment_id])
     (resumed,) = [r for r in runs if r.info.run_id != first.info.run_id]
     assert resumed.data.tags["vidray.resumed_from"] == f"file://{kept}"
@@ -130,13 +157,25 @@ def test_ctrl_c_then_sigterm_keep_the_checkpoints_and_resuming_continues(
 
     # The resumed run's epochs continue the first run's count, LR schedule and steps.
     losses = history(client, resumed.info.run_id, "train/loss")
-    assert min(losses) == done + 1
+    assert list(losses) == [done + 1]
     per_epoch = int(first.data.params["data.steps_per_epoch"])
     lr = history(client, resumed.info.run_id, "train/lr")[done + 1]
-    assert lr == pytest.approx(cfg.optim.lr * lr_factor(cfg.optim, done + 1 / per_epoch, 6))
+    assert lr == pytest.approx(cfg.optim.lr * lr_factor(cfg.optim, done + 1 / per_epoch, EPOCHS))
     state, _ = load_checkpoint(kept)
     steps = history(client, resumed.info.run_id, "train/global_step")
     assert steps[done + 1] > state["global_step"]
     last, meta = load_checkpoint(again)
     assert again.endswith(f"epoch_{meta['epoch']:03d}")
     assert last["global_step"] == steps[meta["epoch"]]
+
+
+def test_a_run_record_that_cannot_be_read_still_gives_one_line(tmp_path):
+    """Storage that fails, or Ray's record of the checkpoints cut short mid-write: the
+    interrupt is still one line saying where the checkpoints are, not a traceback."""
+    run_dir = tmp_path / "runs" / "cut"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint_manager_snapshot.json").write_text('{"checkpoints": [')
+    line = str(interrupted(str(run_dir), epochs=3, resumed_from=""))
+    assert "\n" not in line
+    assert line.startswith(f"interrupted; the checkpoints are under {run_dir} (its record")
+    assert line.endswith("resume with train.resume_from=<the last epoch_NNN folder there>")

@@ -43,7 +43,9 @@ from vidray.errors import VidrayError
 _BASE_COLUMNS = ["video_key", "label", "height", "width", "frames_codec", "frames"]
 _FLOW_COLUMNS = ["flow_codec", "flow"]
 SPATIAL_VIEWS = (1, 3)
-SEED_COLUMN = "seed_draw"  # training: a uniform draw per shard and epoch that seeds its clips
+# What a draw from (train.seed, epoch) is for: numpy spawn keys, so these streams share
+# no seed with each other nor with the loop's local shuffle ([seed, epoch, rank]).
+SHARD_ORDER, SHARD_CLIPS = 0, 1
 
 
 def check_views(temporal_views: int, spatial_views: int) -> None:
@@ -85,7 +87,7 @@ class ClipSampler:
 
     Stateless apart from its parameters, so Ray Data can ship it to workers;
     ``train=True`` draws offsets, crops and flips from the generator it is given
-    (`read_clips` seeds one per shard and epoch), else from fresh entropy. In evaluation,
+    (`EpochReader` seeds one per shard and epoch), else from fresh entropy. In evaluation,
     ``temporal_views`` x ``spatial_views`` deterministic clips come from each
     window (see `temporal_offsets`, `spatial_offsets`); ``video_ids=True`` adds
     the string ``video_id`` of every clip (for reports; training leaves it out).
@@ -298,18 +300,101 @@ class ShardReader:
     One task reads a group of shards with pyarrow. Ray's own `read_parquet`
     starts a read task per file, which costs ~60 ms each: at one shard per
     video segment that overhead, paid every epoch, exceeded the reading itself.
-    In training each shard comes with a draw (`SEED_COLUMN`) that seeds its clips.
+    Called on a batch, a training sampler draws from fresh entropy; seeded training
+    reads through `EpochReader`.
     """
 
     sampler: Any  # ClipSampler, or any callable (Table, rng) -> batch with a `columns` list
     batch_rows: int = 32
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        draws = batch.get(SEED_COLUMN)
-        # A draw in [0, 1) carries 53 random bits; as an integer it seeds numpy.
-        seeds = None if draws is None else [int(d * 2**53) for d in draws]
-        yield from clips_from_shards(
-            batch["path"], self.sampler, batch_rows=self.batch_rows, seeds=seeds
+        yield from self.read(batch["path"])
+
+    def read(
+        self, paths: Iterable[str], seeds: Iterable[int] | None = None
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """The clips of ``paths``; each shard's drawn from its seed, if given."""
+        yield from clips_from_shards(paths, self.sampler, batch_rows=self.batch_rows, seeds=seeds)
+
+
+def shard_group_order(seed: int, epoch: int, groups: int) -> list[int]:
+    """The order in which seeded training reads its ``groups`` shard groups in ``epoch``."""
+    draws = np.random.SeedSequence([seed, epoch], spawn_key=(SHARD_ORDER,))
+    return np.random.default_rng(draws).permutation(groups).tolist()
+
+
+def shard_clip_seed(seed: int, epoch: int, shard: int) -> int:
+    """The seed of the clips drawn in ``epoch`` from shard number ``shard`` (its place
+    among the split's sorted shards)."""
+    draws = np.random.SeedSequence([seed, epoch], spawn_key=(SHARD_CLIPS, shard))
+    return int(draws.generate_state(1, np.uint64)[0])
+
+
+class EpochClock:
+    """The epoch a training run is in, held by a Ray actor (`start_epoch_clock`): the
+    training loop sets it before it reads an epoch's clips, and the read tasks of a
+    seeded training split (`EpochReader`) ask it which epoch they draw for.
+
+    Only the loop knows the real epoch: a run resumed from a checkpoint
+    (``train.resume_from``, a resumed sweep, a restarted worker group) goes on at
+    epoch k. Ray Data's own per-execution seeds count the executions of one Dataset
+    object instead, from 0 again in every new driver and worker group, so a resumed
+    epoch k would draw epoch 1's shard order and clips again.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def start_epoch_clock() -> Any:
+    """A new `EpochClock` actor (needs a running Ray); it lives as long as its handle."""
+    import ray
+
+    # No CPU: it only answers, and a trial's or a small cluster's CPUs are all spoken for.
+    return ray.remote(EpochClock).options(num_cpus=0).remote()
+
+
+@dataclass(frozen=True)
+class EpochReader:
+    """Ray Data stage of seeded training: slots -> the clips of the shard groups that
+    take those slots in the epoch ``clock`` says.
+
+    The shards are read in groups of ``shards_per_task`` (one read task each, as
+    `ShardReader` explains); group order and each shard's clips follow from
+    (``seed``, epoch, shard) alone (`shard_group_order`, `shard_clip_seed`), so an
+    epoch reads the same in every run with that seed, whether it runs on, resumes
+    from a checkpoint or restarts its workers.
+    """
+
+    reader: ShardReader
+    files: tuple[str, ...]  # the split's shards, sorted
+    shards_per_task: int
+    seed: int
+    clock: Any  # an EpochClock actor
+
+    @property
+    def groups(self) -> int:
+        return math.ceil(len(self.files) / self.shards_per_task)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        import ray
+
+        epoch = ray.get(self.clock.get.remote())
+        for slot in batch["slot"]:
+            yield from self.read(int(slot), epoch)
+
+    def read(self, slot: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        """The clips of the shard group read ``slot``-th in ``epoch``."""
+        first = shard_group_order(self.seed, epoch, self.groups)[slot] * self.shards_per_task
+        shards = range(first, min(first + self.shards_per_task, len(self.files)))
+        yield from self.reader.read(
+            [self.files[s] for s in shards], [shard_clip_seed(self.seed, epoch, s) for s in shards]
         )
 
 
@@ -321,6 +406,7 @@ def read_clips(
     flow_L: int,
     train: bool,
     seed: int | None = None,
+    clock: Any = None,
     shards_per_task: int = 16,
     temporal_views: int = 1,
     spatial_views: int = 1,
@@ -330,10 +416,10 @@ def read_clips(
 
     Each execution (each epoch) re-derives the clips, so training sees new
     offsets, crops and flips every epoch; in training the shard groups also
-    come in a new order. With a ``seed`` both follow from it and the epoch, so
-    two runs with one seed read the same clips. Evaluation may ask for several
-    views per window and for the ``video_id`` of every clip, as
-    `iter_clip_batches` does.
+    come in a new order. With a ``seed`` both follow from it and the epoch
+    ``clock`` says (`read_samples`), so two runs with one seed read the same
+    clips. Evaluation may ask for several views per window and for the
+    ``video_id`` of every clip, as `iter_clip_batches` does.
     """
     sampler = ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids)
     views = temporal_views * spatial_views
@@ -344,6 +430,7 @@ def read_clips(
         reader=reader,
         train=train,
         seed=seed,
+        clock=clock,
         shards_per_task=shards_per_task,
     )
 
@@ -355,28 +442,34 @@ def read_samples(
     reader: ShardReader,
     train: bool,
     seed: int | None = None,
+    clock: Any = None,
     shards_per_task: int = 16,
 ) -> Any:
     """A Ray Dataset of what ``reader``'s sampler derives from one split's shards: groups
     of ``shards_per_task`` shards per read task, in a new order every training epoch.
 
-    In training every shard also gets a draw (`SEED_COLUMN`) that seeds its clips. Ray
-    Data derives the block order and the draws from ``seed`` and the execution's index,
-    which counts the epochs: new every epoch, the same in every run with that seed
-    (without a seed, from fresh entropy).
+    With a ``seed``, training draws the order and every shard's clips from the seed, the
+    epoch ``clock`` says (an `EpochClock` the training loop sets) and the shard
+    (`EpochReader`): new every epoch, the same in every run with that seed, resumed or
+    not. Without one they come from fresh entropy.
     """
     import ray
-    from ray.data import RandomSeedConfig
-    from ray.data.expressions import random
 
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
     files = window_files(data_dir, split=split)
-    ds = ray.data.from_items(
-        [{"path": f} for f in files], override_num_blocks=math.ceil(len(files) / shards_per_task)
-    )
+    groups = math.ceil(len(files) / shards_per_task)
+    if train and seed is not None:
+        if clock is None:
+            raise ValueError("a seeded training read needs the EpochClock the loop sets")
+        slots = ray.data.from_items(
+            [{"slot": g} for g in range(groups)], override_num_blocks=groups
+        )
+        return slots.map_batches(
+            EpochReader(reader, tuple(files), shards_per_task, seed, clock), batch_size=1
+        )
+    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=groups)
     if train:
-        ds = ds.randomize_block_order(seed=RandomSeedConfig(seed, reseed_after_execution=True))
-        ds = ds.with_column(SEED_COLUMN, random(seed=seed, reseed_after_execution=True))
+        ds = ds.randomize_block_order()
     return ds.map_batches(reader, batch_size=shards_per_task)
 
 

@@ -238,11 +238,12 @@ def keyframe_sampler(cfg: Config, *, train: bool, video_ids: bool = False) -> Ke
     )
 
 
-def read_keyframes(cfg: Config, *, split: str, train: bool) -> Any:
-    """A Ray Dataset of detection clips of one split (needs a running Ray)."""
+def read_keyframes(cfg: Config, *, split: str, train: bool, clock: Any = None) -> Any:
+    """A Ray Dataset of detection clips of one split (needs a running Ray); training
+    draws from ``train.seed`` and the epoch ``clock`` says (`read_samples`)."""
     reader = ShardReader(keyframe_sampler(cfg, train=train), batch_rows=8)
     return read_samples(
-        cfg.train.data, split=split, reader=reader, train=train, seed=cfg.train.seed
+        cfg.train.data, split=split, reader=reader, train=train, seed=cfg.train.seed, clock=clock
     )
 
 

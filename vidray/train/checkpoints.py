@@ -1,6 +1,10 @@
 """Checkpoints: one directory holding ``state.pt`` (weights, optimiser, LR
 scheduler, epoch, global step, RNG) and ``meta.yaml`` (config, classes, MLflow
-run), readable without Ray."""
+run), readable without Ray.
+
+Both files carry ``format`` (`FORMAT`): 2 since ``epoch`` counts the epochs done
+(1 after the first); checkpoints without it numbered the last epoch from 0.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from vidray.errors import VidrayError
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.yaml"
+FORMAT = 2
 
 
 def save_checkpoint(
@@ -40,6 +45,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
+            "format": FORMAT,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler,
@@ -50,6 +56,7 @@ def save_checkpoint(
         directory / STATE_FILE,
     )
     meta = {
+        "format": FORMAT,
         "epoch": epoch,
         "global_step": scheduler["global_step"],
         "run_id": run_id,
@@ -93,12 +100,20 @@ def _load_state(path: Path, *, shown: str) -> dict[str, Any]:
         raise VidrayError(f"{shown} is damaged or incomplete ({reason})") from None
 
 
-def check_resumable(directory: str | Path, *, model: nn.Module, classes: list[str]) -> dict:
-    """The meta of checkpoint ``directory`` if ``model`` can continue from it, else a
-    one-line error naming what differs (checked in the driver, before workers start)."""
+def check_resumable(
+    directory: str | Path, *, model: nn.Module, classes: list[str], epochs: int
+) -> dict:
+    """The meta of checkpoint ``directory`` if ``model`` can continue from it up to
+    ``epochs`` (``train.epochs``), else a one-line error naming what differs (checked in
+    the driver, before workers start)."""
     if not storage.exists(directory):
         raise VidrayError(f"train.resume_from={directory}: no such checkpoint directory")
     state, meta = load_checkpoint(directory)
+    if meta.get("format") != FORMAT:
+        raise VidrayError(
+            f"train.resume_from={directory} was written by an older vidray: its epochs count "
+            "from 0; start a new run (vidray evaluate still reads it)"
+        )
     if meta["classes"] != classes:
         raise VidrayError(
             f"train.resume_from={directory} was trained on classes {meta['classes']}, "
@@ -113,5 +128,10 @@ def check_resumable(directory: str | Path, *, model: nn.Module, classes: list[st
             f"train.resume_from={directory} holds a {name!r} model that does not fit the "
             f"configured one (first difference: {differs[0][0] if differs else 'keys'}): "
             "use the checkpoint's model.* settings"
+        )
+    if meta["epoch"] >= epochs:
+        raise VidrayError(
+            f"train.resume_from={directory} has already trained {meta['epoch']} epochs and "
+            f"train.epochs={epochs}: raise train.epochs above {meta['epoch']} to continue"
         )
     return meta

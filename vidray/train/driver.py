@@ -31,6 +31,7 @@ from torch import nn
 
 from vidray import storage, tracking
 from vidray.config import Config
+from vidray.data.clips import start_epoch_clock
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.errors import Interrupted, VidrayError
 from vidray.models import entry
@@ -113,7 +114,9 @@ def check_data(cfg: Config, info: dict[str, Any]) -> None:
         raise VidrayError(f"train.seed must be >= 0, got {cfg.train.seed}")
     model = check_model(cfg, num_classes=len(info["classes"]))
     if cfg.train.resume_from:
-        check_resumable(cfg.train.resume_from, model=model, classes=info["classes"])
+        check_resumable(
+            cfg.train.resume_from, model=model, classes=info["classes"], epochs=cfg.train.epochs
+        )
 
 
 def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
@@ -290,13 +293,21 @@ def checkpoint_path(run_dir: str, checkpoint: Any) -> str:
 def interrupted(run_dir: str, *, epochs: int, resumed_from: str) -> Interrupted:
     """What an interrupted run kept, and how to continue: the last checkpoint Ray
     registered in ``run_dir`` (it keeps the latest on disk), or the one the run
-    resumed from when it registered none."""
+    resumed from when it registered none. If Ray's record cannot be read (storage
+    down, a record half written), the line still says where the checkpoints are."""
     from ray.train import Result
 
     try:
         latest = Result.from_path(run_dir)
+        epoch = latest.metrics["epoch"] if latest.checkpoint is not None else None
     except RuntimeError:  # no run directory or no checkpoint record yet
-        latest = None
+        latest = epoch = None
+    except Exception as exc:  # storage, pyarrow, Ray: the user gets one line whatever failed
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return Interrupted(
+            f"interrupted; the checkpoints are under {run_dir} (its record of them could not "
+            f"be read: {reason}); resume with train.resume_from=<the last epoch_NNN folder there>"
+        )
     if latest is None or latest.checkpoint is None:
         if resumed_from:
             return Interrupted(
@@ -308,7 +319,7 @@ def interrupted(run_dir: str, *, epochs: int, resumed_from: str) -> Interrupted:
         )
     path = checkpoint_path(run_dir, latest.checkpoint)
     return Interrupted(
-        f"interrupted after epoch {latest.metrics['epoch']}/{epochs}; last checkpoint {path}; "
+        f"interrupted after epoch {epoch}/{epochs}; last checkpoint {path}; "
         f"resume with train.resume_from={path}"
     )
 
@@ -360,15 +371,18 @@ def run_training(
             **ray_resources(),
         },
     )
-    # Clips reach the loop in one order every run: with train.seed fixed, a run's
-    # numbers repeat (on one worker; several take blocks as they come).
-    in_order = DataConfig.default_ingest_options()
-    in_order.preserve_order = True
+    ingest = DataConfig.default_ingest_options()
+    # Blocks in order make a one-worker CPU run repeat its numbers exactly (train.seed).
+    # Nothing else can: several workers take blocks as they come, and GPU kernels are
+    # not bitwise deterministic. There, the order would only cost throughput: a slow
+    # read task holds back every block behind it.
+    ingest.preserve_order = cfg.train.num_workers == 1 and not cfg.train.use_gpu
+    clock = start_epoch_clock()  # ends with its last handle, the trainer's
     t0 = time.monotonic()
     status = "FAILED"
     try:
         datasets = {
-            "train": task.dataset(cfg, "train", train=True),
+            "train": task.dataset(cfg, "train", train=True, clock=clock),
             "val": task.dataset(cfg, cfg.train.val_split, train=False),
         }
         trainer = TorchTrainer(
@@ -383,6 +397,7 @@ def run_training(
                 # Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)
                 # (deprecated, ray#49454): the loop loads it on a first start.
                 "resume_from": resume,
+                "epoch_clock": clock,
                 "debug": debug,
             },
             scaling_config=ScalingConfig(
@@ -408,7 +423,7 @@ def run_training(
             # frame-mAP need every clip of the split).
             dataset_config=DataConfig(
                 datasets_to_split=["train"],
-                execution_options={"train": in_order, "val": in_order},
+                execution_options={"train": ingest, "val": ingest},
             ),
         )
         try:

@@ -3,6 +3,7 @@
     seed the model init (train.seed); restore model, optimiser, LR schedule, epoch
         (a restart or train.resume_from)
     for epoch 1, 2, ... (numbered from 1 wherever a user reads them):
+        rank 0: set the epoch clock (the read tasks draw the epoch's clips from it)
         train shard (Ray Data, new clips each epoch, seeded) -> DDP forward/backward,
             gradient accumulation, clipping, bf16 autocast, LR set every step
         all-reduce train loss / accuracy
@@ -161,9 +162,9 @@ class DebugHooks:
     """Test-only hooks, off unless the driver passes ``debug={"dir": ...}``.
 
     - ``pause_epoch``: at the start of that epoch each rank writes its pid to
-      ``rank<r>.pid`` and waits (up to a minute) for a ``release`` file, so a
-      test can kill a worker mid-run; a restarted worker finds ``release`` and
-      goes on.
+      ``rank<r>.pid`` and waits (up to ``pause_seconds``, default a minute) for a
+      ``release`` file, so a test can kill a worker or stop the run at a known
+      point; a restarted worker finds ``release`` and goes on.
     - at the end of training each rank writes ``rank<r>.checksum`` (`param_checksum`)
       and ``rank<r>.node``, the id of the Ray node it ran on.
     """
@@ -171,13 +172,14 @@ class DebugHooks:
     def __init__(self, debug: dict[str, Any] | None, rank: int) -> None:
         self.dir = Path(debug["dir"]) if debug else None
         self.pause_epoch = (debug or {}).get("pause_epoch")
+        self.pause_seconds = (debug or {}).get("pause_seconds", 60)
         self.rank = rank
 
     def epoch_start(self, epoch: int) -> None:
         if self.dir is None or epoch != self.pause_epoch:
             return
         (self.dir / f"rank{self.rank}.pid").write_text(str(os.getpid()))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.pause_seconds
         while not (self.dir / "release").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
 
@@ -239,8 +241,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous; CUDA only
+    clock = loop_config["epoch_clock"]
     for epoch in range(done + 1, cfg.train.epochs + 1):
         hooks.epoch_start(epoch)
+        if rank == 0:
+            # Before the first batch is asked for: the epoch's read tasks start only once
+            # every rank, this one included, asks (Ray Data's streaming split).
+            ray.get(clock.set.remote(epoch))
         t0 = time.monotonic()
         seed = shuffle_seed(cfg.train.seed, epoch, rank)
         batches = task.batches(train_shard, cfg, train=True, pin=pin, seed=seed)

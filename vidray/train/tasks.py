@@ -10,7 +10,7 @@ AVA protocol, `vidray.detect.frame_map`); checkpoints ranked by val frame-mAP.
 
     task = task_of(cfg)
     model = task.build(cfg, num_classes)
-    ds = task.dataset(cfg, split, train=True)                 # driver, Ray Data
+    ds = task.dataset(cfg, split, train=True, clock=clock)    # driver, Ray Data
     for batch in task.batches(shard, cfg, train=True, pin=False, seed=s):   # worker
         loss, hits, n = task.loss(model, batch, cfg, device)
     metrics = task.validate(model, val_shard, cfg, device, classes)
@@ -82,7 +82,9 @@ class Classify:
         spec = InputSpec(frames=cfg.clip.T, crop=cfg.clip.crop, flow=cfg.flow.L)
         return (example_input(spec, device=device),)
 
-    def dataset(self, cfg: Config, split: str, *, train: bool) -> Any:
+    def dataset(self, cfg: Config, split: str, *, train: bool, clock: Any = None) -> Any:
+        """The clips of ``split``; training draws them from ``train.seed`` and the epoch
+        ``clock`` (an `EpochClock` actor) says."""
         from vidray.data.clips import read_clips
 
         return read_clips(
@@ -92,6 +94,7 @@ class Classify:
             flow_L=cfg.flow.L,
             train=train,
             seed=cfg.train.seed,
+            clock=clock,
         )
 
     def batches(
@@ -164,10 +167,10 @@ class Detect:
         box = torch.tensor([[0.0, 0.0, 0.0, size / 2, size / 2]], device=device)
         return clip, box
 
-    def dataset(self, cfg: Config, split: str, *, train: bool) -> Any:
+    def dataset(self, cfg: Config, split: str, *, train: bool, clock: Any = None) -> Any:
         from vidray.detect.clips import read_keyframes
 
-        return read_keyframes(cfg, split=split, train=train)
+        return read_keyframes(cfg, split=split, train=train, clock=clock)
 
     def batches(
         self, shard: Any, cfg: Config, *, train: bool, pin: bool, seed: int | None = None
