@@ -61,13 +61,8 @@ import benchutil as bu
 
 from vidray.config import Config
 from vidray.data import decode
-from vidray.data.ingest import (
-    ingest_segment,
-    plan_segments,
-    probe_entry,
-    run_ingest,
-    source_entry,
-)
+from vidray.data.ingest import run_ingest
+from vidray.data.segments import ingest_segment, plan_segments, probe_entry, source_entry
 from vidray.data.shards import ShardWriter, encode_images
 from vidray.data.sources import list_sources
 

@@ -18,25 +18,24 @@ import pytest
 from media import SMALL, make_text_file, make_truncated, make_video, make_zero_byte
 
 from vidray.config import load_config
+from vidray.data import decode
 from vidray.data import ingest as ingest_module
-from vidray.data.ingest import (
-    Heartbeat,
-    IngestProgress,
-    check_ingest,
-    ingest_segment,
-    ingest_task,
-    plan_segments,
-    probe_entry,
-    progress_line,
-    run_ingest,
-    source_entry,
-)
+from vidray.data import segments as stages
+from vidray.data.ingest import check_ingest, run_ingest
 from vidray.data.lock import OutputLock
 from vidray.data.manifest import (
     read_dataset_info,
     read_journal,
     read_manifest,
     write_dataset_info,
+)
+from vidray.data.progress import Heartbeat, IngestProgress, progress_line
+from vidray.data.segments import (
+    ingest_segment,
+    ingest_task,
+    plan_segments,
+    probe_entry,
+    source_entry,
 )
 from vidray.data.sources import SourceEntry
 from vidray.errors import Interrupted, VidrayError
@@ -100,7 +99,7 @@ def test_a_file_that_cannot_be_read_is_quarantined_not_a_crash(tmp_path, monkeyp
     def unreadable(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(ingest_module.decode, "_top_boxes", unreadable)
+    monkeypatch.setattr(decode, "_top_boxes", unreadable)
     probed = probe_entry(entry(make_text_file(tmp_path / "notes.mp4")))
     assert probed["error"].startswith("not a recognised video format")
 
@@ -109,7 +108,7 @@ def test_a_bug_in_the_probe_stage_fails_loudly(tmp_path, monkeypatch):
     def broken(path):
         raise ZeroDivisionError("a bug in vidray")
 
-    monkeypatch.setattr(ingest_module.decode, "probe", broken)
+    monkeypatch.setattr(decode, "probe", broken)
     with pytest.raises(ZeroDivisionError, match="a bug in vidray"):
         probe_entry(entry(make_video(tmp_path / "v.mp4", num_frames=16)))
 
@@ -132,7 +131,7 @@ def test_a_bug_in_the_decode_stage_fails_loudly_and_leaves_nothing(tmp_path, mon
     def broken(*args, **kwargs):
         raise TypeError("a bug in vidray")
 
-    monkeypatch.setattr(ingest_module, "encode_window", broken)
+    monkeypatch.setattr(stages, "encode_window", broken)
     with pytest.raises(TypeError, match="a bug in vidray"):
         ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(output))
     assert not list(output.rglob("*.parquet")) and not list(output.rglob("*.tmp"))

@@ -10,7 +10,7 @@ at the end. A shard that neither names is an orphan of a crashed run and is
 deleted by the next complete one. ``dataset.yaml`` holds what a reader needs to
 interpret the shards (classes, base fps, window size, codecs, flow bound), and
 the input and layout the dataset comes from, which later runs into the same
-output must share (`vidray.data.ingest.check_ingest`).
+output must share (`vidray.data.ingest_check.check_ingest`).
 """
 
 from __future__ import annotations
