@@ -1,8 +1,10 @@
 """The trials table from a real Tune ResultGrid with a trial in each state Tune leaves
 one in, and real MLflow runs: a trivial function trainable on the session's local Ray,
-no training."""
+no training. What stopped a trial early is read from the same rows."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import yaml
@@ -10,7 +12,7 @@ from ray import tune
 
 from vidray import tracking
 from vidray.config import load_config
-from vidray.tune.report import trial_dirname, trial_rows
+from vidray.tune.report import stopped_by, trial_dirname, trial_rows
 from vidray.tune.space import load_sweep
 
 EPOCHS = 3
@@ -18,10 +20,14 @@ NEVER = {"cpu": 64}  # more than the local Ray has: the trial is created and nev
 
 
 class Settled(tune.Callback):
-    """The trials that have ended, finished or failed."""
+    """The trials that have ended (finished, failed or stopped), and those that reported."""
 
     def __init__(self) -> None:
         self.indices: set[int] = set()
+        self.reported: set[int] = set()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.reported.add(trial.config["index"])
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.indices.add(trial.config["index"])
@@ -31,41 +37,51 @@ class Settled(tune.Callback):
 
 
 class EndOnceSettled(tune.Stopper):
-    """Ends the experiment once trials 0 and 1 have ended: 2 and 3 can never start."""
+    """Stops trial 2 on its first result, as a scheduler stops a trial; ends the
+    experiment, as the time budget does, once trials 0, 1 and 2 have ended and trial 3
+    has reported: 3 is cut between two results, and 4 and 5 can never start."""
 
     def __init__(self, settled: Settled) -> None:
         self.settled = settled
 
     def __call__(self, trial_id, result) -> bool:
-        return False
+        return result["config"]["index"] == 2
 
     def stop_all(self) -> bool:
-        return {0, 1} <= self.settled.indices
+        return {0, 1, 2} <= self.settled.indices and 3 in self.settled.reported
 
 
 def test_every_state_tune_leaves_a_trial_in_gives_a_row(ray_local, tmp_path):
-    """Trials 2 and 3 were created and never started: Tune gives them no config and
-    no metrics. Trial 2 has an MLflow run (a trial cut before its first report), 3 none."""
+    """Trial 2 was stopped on its first result (as ASHA stops one), trial 3 cut between
+    two (as the time budget cuts one); both have runs. Trials 4 and 5 were created and
+    never started: Tune gives them no config and no metrics. Trial 4 has an MLflow run
+    (a trial cut before its first report), 5 none. (Those that cannot start come last:
+    Tune starts trials in order and waits on the first that does not fit.) What stopped
+    each is named only where it is known: a trial stopped on a result under FIFO, or
+    one cut without a budget, has no name."""
     path = tmp_path / "sweep.yaml"
-    space = {"clip.T": {"grid": [1, 2, 3, 4]}}
+    space = {"clip.T": {"grid": [1, 2, 3, 4, 5, 6]}}
     path.write_text(yaml.safe_dump({"train": {"epochs": EPOCHS}, "space": space}))
     sweep = load_sweep(path)
-    trials = [{"clip.T": t} for t in (1, 2, 3, 4)]
+    trials = [{"clip.T": t} for t in (1, 2, 3, 4, 5, 6)]
 
     # Defined here, so that Ray ships it by value: its workers cannot import tests/.
     def report_epochs(config: dict) -> None:
-        """Trial 0 reports every epoch; trial 1 fails after its first report."""
-        for epoch in range(1, EPOCHS + 1):
-            tune.report({"val/video_top1": epoch / 4, "epoch": epoch})
+        """Trial 0 reports every epoch; trial 1 fails after its first report; trial 3
+        reports until it is cut."""
+        for epoch in range(1, (10**6 if config["index"] == 3 else EPOCHS) + 1):
+            tune.report({"val/video_top1": min(epoch, EPOCHS) / 4, "epoch": epoch})
             if config["index"] == 1:
                 raise RuntimeError("trial 1 broke")
+            if config["index"] == 3:
+                time.sleep(0.05)
 
     settled = Settled()
     grid = tune.Tuner(
         tune.with_resources(
-            report_epochs, lambda config: NEVER if config["index"] >= 2 else {"cpu": 0.01}
+            report_epochs, lambda config: NEVER if config["index"] >= 4 else {"cpu": 0.01}
         ),
-        param_space={"index": tune.grid_search([0, 1, 2, 3])},
+        param_space={"index": tune.grid_search(list(range(6)))},
         tune_config=tune.TuneConfig(trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name="states",
@@ -80,19 +96,41 @@ def test_every_state_tune_leaves_a_trial_in_gives_a_row(ray_local, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(None, ["mlflow.experiment=rows"])
     runs = {}
-    for index, status in [(0, "FINISHED"), (1, "FAILED"), (2, "RUNNING")]:
+    for index, status in [
+        (0, "FINISHED"),
+        (1, "FAILED"),
+        (2, "RUNNING"),
+        (3, "RUNNING"),
+        (4, "RUNNING"),
+    ]:
         run_id = tracking.start_run(cfg, uri=uri, run_name=f"trial{index}")
         if status != "RUNNING":
             tracking.end_run(uri, run_id, status=status)
         runs[index] = tracking.client(uri).get_run(run_id)
 
-    rows = trial_rows(grid, trials, sweep, runs)
-    assert [(r.index, r.status, len(r.curve)) for r in rows] == [
-        (0, "finished", 3),
-        (1, "failed", 1),
-        (2, "stopped early", 0),
-        (3, "not run", 0),
-    ]
+    rows = {row.index: row for row in trial_rows(grid, trials, sweep, runs)}
+    assert {i: (r.status, len(r.curve)) for i, r in rows.items() if i != 3} == {
+        0: ("finished", 3),
+        1: ("failed", 1),
+        2: ("stopped early", 1),
+        4: ("stopped early", 0),
+        5: ("not run", 0),
+    }
+    assert rows[3].status == "stopped early" and len(rows[3].curve) >= 1
     assert rows[0].best == pytest.approx(0.75) and rows[0].run_id == runs[0].info.run_id
     assert rows[1].error == "RuntimeError: trial 1 broke"
-    assert rows[3].run_id == "" and rows[3].best is None
+    assert rows[5].run_id == "" and rows[5].best is None
+
+    early = [2, 3, 4]
+    assert [rows[i].stopped_on_result for i in early] == [True, False, False]
+    stoppers = {
+        (scheduler, budget): [stopped_by(rows[i], scheduler, budget) for i in early]
+        for scheduler in ("asha", "fifo")
+        for budget in (True, False)
+    }
+    assert stoppers == {
+        ("asha", True): ["asha", "time_budget", "time_budget"],
+        ("asha", False): ["asha", "", ""],
+        ("fifo", True): ["", "time_budget", "time_budget"],
+        ("fifo", False): ["", "", ""],
+    }

@@ -23,6 +23,10 @@ class TrialRow:
     best: float | None = None
     run_id: str = ""  # the trial's MLflow run
     error: str = ""
+    # Tune's last result of the trial says done: it returned, or the scheduler stopped
+    # it on that result. The time budget (or an interrupt) cuts a trial between two
+    # results, or before its first, and leaves no such mark.
+    stopped_on_result: bool = False
 
     @property
     def label(self) -> str:
@@ -57,6 +61,7 @@ def trial_rows(
     for index, overrides in enumerate(trials):
         result = results.get(index)
         frame = result.metrics_dataframe if result is not None else None
+        last = (result.metrics or {}) if result is not None else {}
         curve = []
         if frame is not None and metric in frame:
             curve = [float(v) for v in frame[metric] if not math.isnan(float(v))]
@@ -85,10 +90,19 @@ def trial_rows(
                 best=(max(curve, key=lambda v: sign * v) if curve else None),
                 run_id=run.info.run_id if run is not None else "",
                 error=_reason(error) if error is not None else "",
+                stopped_on_result=bool(last.get("done")),
             )
         )
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best or 0.0), r.index))
     return rows
+
+
+def stopped_by(row: TrialRow, scheduler: str, budget_reached: bool) -> str:
+    """What stopped a trial that stopped early, where that is known ("" where not):
+    ASHA stops a trial on one of its results, the time budget cuts one between two."""
+    if row.stopped_on_result:
+        return "asha" if scheduler == "asha" else ""
+    return "time_budget" if budget_reached else ""
 
 
 def _reason(error: BaseException) -> str:

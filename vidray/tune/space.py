@@ -47,7 +47,8 @@ class SweepConfig:
     mode: Literal["max", "min"] = "max"
     num_samples: int = 1  # draws of the random keys per grid point
     max_concurrent_trials: int = 1
-    time_budget_s: float = 0.0  # stop starting and running trials after this (0 = no limit)
+    # seconds from the first epoch a trial reports; then every trial stops (0 = no limit)
+    time_budget_s: float = 0.0
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1  # epochs every trial gets before ASHA may stop it
     reduction_factor: int = 2  # ASHA keeps the top 1/reduction_factor at each rung

@@ -16,13 +16,15 @@ a relative ``--data`` and the default ``sqlite:///mlflow.db`` mean what they
 mean where the user typed the command. The trial list and the parent run id are
 kept in ``<output>/sweep.json``; ``sweep.resume=true`` (``--resume``) restores
 the Tune experiment with ``Tuner.restore``: finished trials are not re-run, an
-interrupted one continues from its last epoch checkpoint. Ctrl-C or SIGTERM
-stops Tune between two steps with its state saved, ends the runs as KILLED
-and raises `Interrupted` with the command that resumes.
+interrupted one continues from its last epoch checkpoint. A sweep stopped before
+Tune saved any state resumes as a new Tune experiment under its recorded parent
+run. Ctrl-C or SIGTERM stops Tune between two steps with its state saved, ends
+the runs as KILLED and raises `Interrupted` with how to resume.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -44,6 +46,7 @@ from vidray.tune.report import (
     TrialRow,
     format_table,
     plot_sweep,
+    stopped_by,
     trial_dirname,
     trial_rows,
     write_best_config,
@@ -52,6 +55,7 @@ from vidray.tune.report import (
 from vidray.tune.space import Sweep, describe_space, expand, trial_name
 
 STATE_FILE = "sweep.json"
+TUNE_STATE = "experiment_state-*.json"  # what Tune saves in its experiment, and restores
 # The trial function only waits on its trainer. Tune refuses an empty resource
 # bundle, and any CPU it held would be missing for the trial's Ray Data readers
 # (a sweep on 2 cores then hangs); a byte of memory is a bundle that holds no CPU,
@@ -120,6 +124,7 @@ class SweepPlan:
     root: str  # train.storage_path, absolute: Tune's experiments live here
     output: Path  # trials table, plot, best config and sweep.json, absolute
     parent_run_id: str = ""  # the parent run a resumed sweep continues
+    restore: bool = False  # Tune saved the experiment's state: --resume restores it
 
     @property
     def experiment(self) -> str:
@@ -169,7 +174,7 @@ def check_sweep(sweep: Sweep) -> SweepPlan:
         root=root,
         output=sweep.output_dir().resolve(),
     )
-    parent = _check_state(plan)
+    parent, restore = _check_state(plan)
     configs = []
     for index, trial in enumerate(trials):
         try:
@@ -180,23 +185,33 @@ def check_sweep(sweep: Sweep) -> SweepPlan:
         except VidrayError as exc:
             raise VidrayError(f"trial {index} ({trial_name(trial)}): {exc}") from None
         configs.append(cfg)
-    return replace(plan, configs=configs, parent_run_id=parent)
+    return replace(plan, configs=configs, parent_run_id=parent, restore=restore)
 
 
-def _check_state(plan: SweepPlan) -> str:
-    """The parent run of the sweep ``--resume`` continues ("" for a new sweep)."""
+def _check_state(plan: SweepPlan) -> tuple[str, bool]:
+    """The parent run of the sweep ``--resume`` continues ("" for a new sweep), and
+    whether Tune saved a state of it to restore.
+
+    A new sweep finds nothing of an earlier one of its name: not its state file, its
+    Tune experiment, nor its trials' Ray Train runs, which a trial of the same index
+    would continue from their checkpoints (fixed run names, so that --resume finds
+    them). A sweep stopped after it recorded itself and before Tune saved a state
+    (Ctrl-C, or a failure, during Ray's start-up) resumes with none to restore.
+    """
     name = plan.sweep.sweep.name
     if not plan.sweep.sweep.resume:
-        if storage.exists(plan.experiment) or plan.state_file.exists():
+        found = [str(plan.state_file)] if plan.state_file.exists() else []
+        found += [path for path in (plan.experiment, plan.trials_path) if storage.exists(path)]
+        if found:
             raise VidrayError(
-                f"sweep {name!r} exists ({plan.experiment}): pass --resume to continue it, "
-                "or set sweep.name"
+                f"sweep {name!r} exists ({', '.join(found)}): pass --resume to continue it, "
+                "delete all of these to start it over, or set sweep.name"
             )
-        return ""
-    if not plan.state_file.is_file() or not storage.exists(plan.experiment):
+        return "", False
+    if not plan.state_file.is_file():
         raise VidrayError(
-            f"sweep {name!r} has nothing to resume ({plan.state_file} or {plan.experiment} "
-            "is missing): run it without --resume"
+            f"sweep {name!r} has nothing to resume ({plan.state_file} is missing): "
+            "run it without --resume"
         )
     state = json.loads(plan.state_file.read_text())
     if state["trials"] != plan.trials:
@@ -204,7 +219,8 @@ def _check_state(plan: SweepPlan) -> str:
             f"the sweep file now gives other trials than {plan.state_file} records: resume "
             "with the file it started with, or start a new sweep.name"
         )
-    return state["parent_run_id"]
+    saved = [f for f in storage.list_files(plan.experiment) if "/" not in f]
+    return state["parent_run_id"], bool(fnmatch.filter(saved, TUNE_STATE))
 
 
 def _trial(
@@ -245,14 +261,16 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     settings, uri = sweep.sweep, plan.tracking_uri
     parent = _open_parent(plan)
     print(f"tune: {len(plan.trials)} trials, scheduler {settings.scheduler}; parent run {parent}")
-    if not storage.is_uri(plan.root):
-        # Tune saves its experiment state at most this often; a driver killed just
-        # after a trial ends must find that trial recorded as done on --resume.
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # Tune saves its experiment state at most this often; a driver killed just after a
+    # trial ends must find that trial recorded as done on --resume. Set for this sweep
+    # only: the process may run other Tune experiments after it.
+    saves = {}
+    if not storage.is_uri(plan.root) and "TUNE_GLOBAL_CHECKPOINT_S" not in os.environ:
+        saves = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
     t0 = time.monotonic()
     status = "FAILED"
     try:
-        with _stop_on_signal() as stopped:
+        with _stop_on_signal() as stopped, _environ(saves):
             grid = _tuner(plan, parent).fit()
         if stopped.is_set():
             status = "KILLED"
@@ -260,18 +278,22 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         # The latest run of each trial (a resumed trial has one per attempt).
         runs = {int(r.data.tags[TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
         rows = trial_rows(grid, plan.trials, sweep, runs)
-        unfinished = sum(r.status in ("stopped early", "not run") for r in rows)
-        out_of_time = unfinished > 0 and 0 < settings.time_budget_s <= time.monotonic() - t0
-        if out_of_time:
+        # Only the time budget ends a sweep with trials cut between two results or never
+        # started (ASHA stops a trial on a result; an interrupt does not come here).
+        cut = [
+            r
+            for r in rows
+            if r.status == "not run" or (r.status == "stopped early" and not r.stopped_on_result)
+        ]
+        budget_reached = settings.time_budget_s > 0 and bool(cut)
+        if budget_reached:
+            unfinished = sum(r.status in ("stopped early", "not run") for r in rows)
             print(
                 f"tune: time budget of {settings.time_budget_s:g} s reached: "
                 f"{unfinished} of {len(rows)} trials stopped early or not run"
             )
             tracking.client(uri).set_tag(parent, BUDGET_TAG, "true")
-        # FIFO never stops a trial: one cut short met the budget. ASHA's are ASHA's,
-        # or the budget's when it was reached (the parent run's tag says so).
-        stopped_by = "time_budget" if out_of_time and settings.scheduler == "fifo" else None
-        _mark_children(uri, rows, stopped_by or settings.scheduler)
+        _mark_children(uri, rows, settings.scheduler, budget_reached)
         written = [
             write_table(plan.output / "trials.csv", rows, sweep),
             plot_sweep(plan.output / "sweep.png", rows, sweep),
@@ -303,11 +325,12 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         )
     except KeyboardInterrupt:
         # A second Ctrl-C, or one before Tune could take it: Tune's state is the one
-        # it saved last (at most TUNE_GLOBAL_CHECKPOINT_S old).
+        # it saved last (at most TUNE_GLOBAL_CHECKPOINT_S old), or none.
         status = "KILLED"
         raise _interrupted(plan, parent) from None
     finally:
-        tracking.end_run(uri, parent, status=status)
+        if status != "KILLED":  # `_interrupted` ended the parent run
+            tracking.end_run(uri, parent, status=status)
 
 
 def _open_parent(plan: SweepPlan) -> str:
@@ -344,6 +367,7 @@ def _tuner(plan: SweepPlan, parent: str) -> Any:
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from vidray.tune.budget import TimeBudget
     from vidray.tune.scheduler import FinishingASHA
 
     settings, trials = plan.sweep.sweep, plan.trials
@@ -357,7 +381,7 @@ def _tuner(plan: SweepPlan, parent: str) -> Any:
         ),
         TRIAL_DRIVER_RESOURCES,
     )
-    if settings.resume:
+    if plan.restore:
         return tune.Tuner.restore(
             plan.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
@@ -385,7 +409,6 @@ def _tuner(plan: SweepPlan, parent: str) -> Any:
             scheduler=scheduler,
             num_samples=1,
             max_concurrent_trials=settings.max_concurrent_trials,
-            time_budget_s=settings.time_budget_s or None,
             trial_dirname_creator=trial_dirname,
             # A stopped trial's process must end: Tune keeps a reusable one alive for
             # the next trial, and there the stopped trial's training thread went on,
@@ -393,7 +416,11 @@ def _tuner(plan: SweepPlan, parent: str) -> Any:
             # leaving it RUNNING when the next trial killed it mid-way).
             reuse_actors=False,
         ),
-        run_config=tune.RunConfig(name=settings.name, storage_path=plan.root),
+        run_config=tune.RunConfig(
+            name=settings.name,
+            storage_path=plan.root,
+            stop=TimeBudget(settings.time_budget_s) if settings.time_budget_s else None,
+        ),
     )
 
 
@@ -428,31 +455,51 @@ def _stop_on_signal() -> Iterator[threading.Event]:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    switch = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield stopped
+        with _environ({"TUNE_DISABLE_SIGINT_HANDLER": "1"}):
+            yield stopped
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
-        if switch is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER")
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = switch
         tune_log.setLevel(log_level)
 
 
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ while the block runs; what was there (or its absence)
+    afterwards."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _interrupted(plan: SweepPlan, parent: str) -> Interrupted:
-    """What an interrupted sweep kept and how to continue it, once the trial runs that
-    were still RUNNING have ended as KILLED."""
-    _close_interrupted(plan.tracking_uri, parent)
-    latest = {run.data.tags[TRIAL_TAG]: run for run in _trial_runs(plan.tracking_uri, parent)}
-    done = sum(run.info.status == "FINISHED" for run in latest.values())
+    """What an interrupted sweep kept and how to continue it, once the parent run and
+    the trial runs that were still RUNNING have ended as KILLED.
+
+    The line must come whatever state MLflow is in (a server gone, a locked database):
+    where it cannot be updated or read, the line says so instead of the count.
+    """
     options = [o for o in plan.sweep.overrides if not o.startswith("sweep.resume=")]
-    command = shlex.join(["vidray", "tune", "--config", plan.sweep.source, *options, "--resume"])
-    return Interrupted(
-        f"interrupted: {done} of {len(plan.trials)} trials finished; resume with {command}"
-    )
+    arguments = shlex.join(["--config", plan.sweep.source, *options, "--resume"])
+    # The command's name is not known here (vidray tune, python -m pipelines.tune).
+    how = f"to continue, run the same command with --resume ({arguments})"
+    try:
+        _close_interrupted(plan.tracking_uri, parent)
+        tracking.end_run(plan.tracking_uri, parent, status="KILLED")
+        latest = {run.data.tags[TRIAL_TAG]: run for run in _trial_runs(plan.tracking_uri, parent)}
+    except Exception as exc:  # whatever MLflow raised: the one line must still come
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Interrupted(f"interrupted (MLflow runs not updated: {first}); {how}")
+    done = sum(run.info.status == "FINISHED" for run in latest.values())
+    return Interrupted(f"interrupted: {done} of {len(plan.trials)} trials finished; {how}")
 
 
 def _trial_runs(uri: str, parent: str) -> list[Any]:
@@ -475,16 +522,19 @@ def _close_interrupted(uri: str, parent: str) -> None:
             tracking.end_run(uri, run.info.run_id, status="KILLED")
 
 
-def _mark_children(uri: str, rows: list[TrialRow], stopped_by: str) -> None:
+def _mark_children(uri: str, rows: list[TrialRow], scheduler: str, budget_reached: bool) -> None:
     """Every trial run ends with a status and an end time, whatever stopped it: Tune
-    stops a trial's process without letting `run_training` end its run."""
+    stops a trial's process without letting `run_training` end its run. A run cut short
+    names what cut it where that is known (`stopped_by`)."""
     client = tracking.client(uri)
     for row in rows:
         if not row.run_id:
             continue
         client.set_tag(row.run_id, "vidray.trial_status", row.status)
         if row.status == "stopped early":
-            client.set_tag(row.run_id, STOPPED_TAG, stopped_by)
+            stopper = stopped_by(row, scheduler, budget_reached)
+            if stopper:
+                client.set_tag(row.run_id, STOPPED_TAG, stopper)
             tracking.end_run(uri, row.run_id, status="KILLED")
         elif client.get_run(row.run_id).info.status == "RUNNING":
             tracking.end_run(uri, row.run_id, status="FAILED")
