@@ -3,6 +3,8 @@ and the MLflow `checkpoint` artifact get), and the score that makes Ray keep it.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from vidray.errors import VidrayError
@@ -76,11 +78,12 @@ def test_the_best_so_far_is_what_select_best_picks():
 
 
 def test_a_generated_run_name_never_reuses_a_run_folder(tmp_path):
-    """Ray Train continues the run it finds in a folder: two runs started in the same
-    second get two folders."""
-    names = []
-    for _ in range(3):
-        names.append(new_run_name(str(tmp_path), "simple3d"))
-        assert not (tmp_path / names[-1]).exists()
-        (tmp_path / names[-1]).mkdir()
+    """Ray Train continues the run it finds in a folder: runs started in the same second,
+    also at once from several threads, get a folder each (taken when named)."""
+    storage_path = tmp_path / "runs"  # created by the first name
+    with ThreadPoolExecutor(8) as pool:
+        names = list(pool.map(lambda _: new_run_name(str(storage_path), "simple3d"), range(8)))
+    names.append(new_run_name(str(storage_path), "simple3d"))
+    assert len(set(names)) == len(names)
     assert all(name.startswith("simple3d-") for name in names)
+    assert sorted(p.name for p in storage_path.iterdir()) == sorted(names)

@@ -152,31 +152,51 @@ def test_models_table_lists_every_family_with_its_size():
 # Nothing listens on the discard port: a command that reached Ray would fail to connect
 # instead of printing its one line, so these cases show the check ran before Ray.
 NO_RAY = {"RAY_ADDRESS": "127.0.0.1:9"}
+IMPORTS = {"PYTHONPROFILEIMPORTTIME": "1"}  # every module imported, listed on stderr
 SWEEP = REPO / "configs/tune/fusion_sweep_demo.yaml"
 
 
 def test_mistakes_that_need_no_cluster_are_found_before_ray_starts(
     tmp_path, motion_videos, motion_data
 ):
+    """Each is one line, from a check that runs before Ray. Those of the data and the
+    settings come before torch is imported too (seconds of a laptop's start-up); only a
+    model's own checks and a sweep's trials need it."""
     data = ["train", "--data", str(motion_data), "clip.crop=48"]
     cases = [
-        (["ingest", "--input", "missing", "--output", "out"], "missing"),
-        (["ingest", "--input", str(motion_videos), "--output", "out", "ingest.fps=0"], "fps"),
-        (["train"], "train.data is not set"),
-        (["train", "--data", "out"], "out"),
-        ([*data, "model.name=simple_3d"], "did you mean 'simple3d'"),
-        ([*data, "optim.lr=-0.1"], "optim.lr"),
-        ([*data, "clip.T=16", "clip.stride=2"], "spans 31 frames"),
-        (["tune", "--config", str(SWEEP), "--data", "out"], "out"),
-        (["tune", "--config", str(SWEEP), "--data", str(motion_data), "clip.stride=2"], "spans"),
+        (["ingest", "--input", "missing", "--output", "out"], "missing", False),
+        (
+            ["ingest", "--input", str(motion_videos), "--output", "out", "ingest.fps=0"],
+            "fps",
+            False,
+        ),
+        (["train"], "train.data is not set", False),
+        (["train", "--data", "out"], "out", False),
+        ([*data, "model.name=simple_3d"], "did you mean 'simple3d'", False),
+        ([*data, "optim.lr=-0.1"], "optim.lr", False),
+        ([*data, "clip.T=16", "clip.stride=2"], "spans 31 frames", False),
+        ([*data, "model.depth=50"], "takes no argument depth", True),
+        (["tune", "--config", str(SWEEP), "--data", "out"], "out", True),
+        (
+            ["tune", "--config", str(SWEEP), "--data", str(motion_data), "clip.stride=2"],
+            "spans",
+            True,
+        ),
     ]
-    for args, words in cases:
+    for args, words, needs_torch in cases:
         start = time.monotonic()
-        out = run_module("vidray.cli", *args, cwd=tmp_path, timeout=120, env=NO_RAY)
+        out = run_module("vidray.cli", *args, cwd=tmp_path, timeout=120, env=IMPORTS | NO_RAY)
         seconds = time.monotonic() - start
         assert out.returncode == 2, (args, out.stderr)
-        (line,) = out.stderr.splitlines()
+        imported = {
+            line.rsplit("|", 1)[1].strip()
+            for line in out.stderr.splitlines()
+            if line.startswith("import time:")
+        }
+        (line,) = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
         assert line.startswith(f"vidray {args[0]}: error: ") and words in line, line
+        assert ("torch" in imported) == needs_torch, args
+        assert "ray" not in imported, args
         assert not (tmp_path / "out").exists()  # nothing was made
         print(f"{' '.join(args)}: {seconds:.1f} s")
 

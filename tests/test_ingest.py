@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -458,6 +459,27 @@ def test_flat_layout_is_unlabeled(ray_local, tmp_path):
 # ------------------------------------------------------------------ stopped and killed runs
 
 
+def end_session(sid: int) -> None:
+    """Kill what is left of session ``sid`` and return once none of it runs. Ray's workers
+    go on for up to a minute after their driver is killed (they wait for the GCS to come
+    back), and a segment one of them finishes meanwhile records itself."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError):  # ended meanwhile
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.getsid(int(entry)) == sid and state != "Z":
+                    running.append(int(entry))
+        if not running:
+            return
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    raise AssertionError(f"processes of session {sid} still run after 60 s")
+
+
 @pytest.mark.slow
 def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
     ray_local, tmp_path, monkeypatch, capsys
@@ -485,6 +507,7 @@ def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its Ray processes are found by their session id
         )
 
     def shards() -> set[str]:
@@ -524,6 +547,7 @@ def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
     wait_for(len(after_stop) + 2, killed)
     killed.kill()
     killed.wait()
+    end_session(killed.pid)  # its workers too: the journal is read once nothing writes
     for shard in (output / "windows").glob("*"):
         assert shard.suffix == ".parquet"
         pq.read_table(shard)  # every visible shard is complete
@@ -570,7 +594,7 @@ def test_unset_input_says_how_to_set_it(tmp_path):
 
 
 def test_short_segments_are_packed_and_long_ones_run_alone():
-    from vidray.data.ingest import pack_segments
+    from vidray.data.segments import pack_segments
 
     segments = [{"id": i, "windows": w} for i, w in enumerate([2, 2, 2, 8, 3, 8, 1])]
     tasks = pack_segments(segments, windows_per_task=8)

@@ -1,8 +1,12 @@
+from typing import get_args
+
 import pytest
 import torch
 
+from vidray.config import ModelName, load_config
 from vidray.errors import VidrayError
-from vidray.models import available, build, entry
+from vidray.models import InputSpec, available, build, entry
+from vidray.models.registry import register
 
 
 def test_simple3d_returns_logits_per_clip():
@@ -23,6 +27,21 @@ def test_unknown_model_name_suggests_the_closest():
         VidrayError, match=r"unknown model 'simple_3d' \(did you mean 'simple3d'\?\)"
     ):
         build("simple_3d", num_classes=3)
+
+
+def test_the_config_names_every_family_of_the_zoo_and_no_other():
+    """`model.name` is checked when the config loads, before torch is imported."""
+    assert sorted(get_args(ModelName)) == available()
+    with pytest.raises(
+        VidrayError, match=r"model.name must be one of .* \(did you mean 'slowfast_r50'\?\)"
+    ):
+        load_config(None, ["model.name=slowfast50"])
+
+
+def test_a_family_missing_from_the_config_is_not_registered():
+    with pytest.raises(ValueError, match=r"not in vidray\.config\.ModelName"):
+        register("unlisted", paper="-", input=InputSpec(frames=1, crop=8))(lambda **_: None)
+    assert "unlisted" not in available()
 
 
 def test_unknown_argument_lists_the_valid_ones():

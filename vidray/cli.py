@@ -58,7 +58,7 @@ def _ingest(cfg: Config) -> int:
 
 
 def _check_ingest(cfg: Config) -> None:
-    from vidray.data.ingest import check_ingest
+    from vidray.data.ingest_check import check_ingest
 
     check_ingest(cfg)
 
@@ -72,6 +72,9 @@ def _train(cfg: Config) -> int:
 
 
 def _check_training(cfg: Config) -> None:
+    from vidray.train.preflight import check_settings
+
+    check_settings(cfg)  # before torch is imported: most mistakes cost no seconds
     from vidray.train.driver import check_training
 
     check_training(cfg)

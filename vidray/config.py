@@ -28,6 +28,28 @@ from vidray.errors import VidrayError
 
 FramesCodec = Literal["raw", "jpeg"]
 FlowBackend = Literal["dis", "farneback", "tvl1", "raft", "none"]
+# The families of the model zoo, named here so that a config names a model that exists
+# without importing torch (a typo costs no seconds); `vidray.models.register` refuses a
+# family missing from this list, so the two cannot drift apart.
+ModelName = Literal[
+    "simple3d",
+    "single_frame",
+    "late_fusion_fc",
+    "late_fusion_pool",
+    "early_fusion",
+    "slow_fusion",
+    "c3d",
+    "two_stream",
+    "cnn_lstm",
+    "recurrent_conv",
+    "r3d_18",
+    "mc3_18",
+    "r2plus1d_18",
+    "i3d",
+    "i3d_nl",
+    "slowfast_r50",
+    "slowfast_r101",
+]
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,7 @@ class ModelConfig:
     the family's arguments (`vidray.models.build`).
     """
 
-    name: str = "simple3d"  # a family of the zoo (`vidray models` lists them)
+    name: ModelName = "simple3d"  # a family of the zoo (`vidray models` lists them)
     width: int | None = None  # channels of the first stage; later stages scale with it
     depth: int | None = None  # ResNet depth (18, 50, ...) where the family has one
     dropout: float | None = None  # before the classifier
@@ -315,8 +337,10 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     if origin is Literal:
         allowed = get_args(kind)
         if value not in allowed:
+            close = difflib.get_close_matches(str(value), map(str, allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise VidrayError(
-                f"config: {key} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+                f"config: {key} must be one of {', '.join(map(str, allowed))}, got {value!r}{hint}"
             )
         return value
     if origin in (typing.Union, types.UnionType):

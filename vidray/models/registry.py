@@ -14,9 +14,11 @@ import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 from torch import nn
 
+from vidray.config import ModelName
 from vidray.errors import VidrayError
 
 
@@ -44,6 +46,8 @@ def register(name: str, *, paper: str, input: InputSpec) -> Callable:
     """Class or function decorator adding a builder ``(*, num_classes, ...) -> nn.Module``."""
 
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name not in get_args(ModelName):
+            raise ValueError(f"model {name!r} is not in vidray.config.ModelName: add it there")
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelEntry(name, builder, paper, input)

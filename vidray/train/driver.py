@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import tempfile
 import threading
@@ -32,13 +33,14 @@ from torch import nn
 from vidray import storage, tracking
 from vidray.config import Config
 from vidray.data.clips import start_epoch_clock
-from vidray.data.manifest import read_dataset_info, read_manifest
+from vidray.data.manifest import read_dataset_info
 from vidray.errors import Interrupted, VidrayError
 from vidray.models import entry
 from vidray.models.weights import check_weights_source
 from vidray.train.checkpoints import check_resumable
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
+from vidray.train.preflight import check_settings, check_settings_against, labeled_split_counts
 from vidray.train.selection import SCORE, select_best
 from vidray.train.tasks import task_of
 
@@ -76,42 +78,9 @@ class TrainResult:
 
 
 def check_data(cfg: Config, info: dict[str, Any]) -> None:
-    """Errors a user can make that would otherwise surface inside a worker, an hour later."""
-    storage = info["storage"]
-    windows = storage["ingest.window_frames"]
-    span = (cfg.clip.T - 1) * cfg.clip.stride + 1
-    if cfg.clip.T < 1 or cfg.clip.stride < 1:
-        raise VidrayError(
-            f"clip.T and clip.stride must be >= 1, got {cfg.clip.T}, {cfg.clip.stride}"
-        )
-    if span > windows:
-        raise VidrayError(
-            f"clip.T={cfg.clip.T} at clip.stride={cfg.clip.stride} spans {span} frames, "
-            f"but {cfg.train.data} stores windows of {windows}: lower clip.T or clip.stride"
-        )
-    short_side = storage["ingest.short_side"]
-    if cfg.train.task == "detect":
-        if info.get("layout") != "ava":
-            raise VidrayError(
-                f"train.task=detect needs keyframe rows, but {cfg.train.data} was ingested "
-                f"with layout {info.get('layout')!r}: ingest with layout ava"
-            )
-    elif short_side and cfg.clip.crop > short_side:
-        raise VidrayError(
-            f"clip.crop={cfg.clip.crop} exceeds the stored short side {short_side}: lower clip.crop"
-        )
-    if cfg.flow.L and storage["flow.backend"] == "none":
-        raise VidrayError(f"flow.L={cfg.flow.L} needs flow, but {cfg.train.data} has none")
-    if cfg.flow.L > windows - 1:
-        raise VidrayError(f"flow.L={cfg.flow.L} exceeds the {windows - 1} flow fields per window")
-    if len(info["classes"]) < 2:
-        raise VidrayError(f"{cfg.train.data} has {len(info['classes'])} classes; training needs 2+")
-    if cfg.optim.lr < 0:
-        raise VidrayError(f"optim.lr must be >= 0, got {cfg.optim.lr}")
-    if cfg.train.grad_accum < 1:
-        raise VidrayError(f"train.grad_accum must be >= 1, got {cfg.train.grad_accum}")
-    if cfg.train.seed < 0:
-        raise VidrayError(f"train.seed must be >= 0, got {cfg.train.seed}")
+    """`check_settings` on the resolved clip, then the model on it and the checkpoint to
+    resume: errors that would otherwise surface inside a worker, an hour later."""
+    check_settings_against(cfg, info)
     model = check_model(cfg, num_classes=len(info["classes"]))
     if cfg.train.resume_from:
         check_resumable(
@@ -172,55 +141,31 @@ def ray_resources() -> dict[str, float]:
     return {"ray.cpus": resources.get("CPU", 0), "ray.gpus": resources.get("GPU", 0)}
 
 
-def split_counts(data: str, classes: list[str], labeled: tuple[str, ...]) -> dict[str, int]:
-    """Windows per split, from the manifest (no shard is opened), after checking
-    that every video's label is one of the dataset's ``classes`` and that the
-    ``labeled`` splits (those trained or validated on) have no unlabeled video."""
-    counts: dict[str, int] = {}
-    for row in read_manifest(data):
-        if row["status"] != "ok":
-            continue
-        label = row["label"]
-        if label < 0 and row["split"] in labeled:
-            raise VidrayError(
-                f"{data}: video {row['video_id']} in split {row['split']!r} has no label; "
-                "training and validation need labeled videos"
-            )
-        if label >= len(classes) or (label >= 0 and row["label_name"] != classes[label]):
-            raise VidrayError(
-                f"{data}: video {row['video_id']} has label {label} ({row['label_name']!r}), "
-                f"but dataset.yaml lists {len(classes)} classes: the manifest and dataset.yaml "
-                "disagree, re-ingest into a new output"
-            )
-        counts[row["split"]] = counts.get(row["split"], 0) + row["n_windows"]
-    return counts
-
-
-def labeled_split_counts(cfg: Config, info: dict[str, Any]) -> dict[str, int]:
-    """`split_counts` of the training data, after checking that the splits trained and
-    validated on hold windows."""
-    # Detection rows carry their labels per box; only classification labels videos.
-    labeled = ("train", cfg.train.val_split) if cfg.train.task == "classify" else ()
-    counts = split_counts(cfg.train.data, info["classes"], labeled)
-    if not counts.get("train"):
-        raise VidrayError(f"{cfg.train.data} has no windows in split 'train' (splits: {counts})")
-    if not counts.get(cfg.train.val_split):
-        raise VidrayError(
-            f"{cfg.train.data} has no windows in split '{cfg.train.val_split}' "
-            f"(splits: {counts}): set train.val_split"
-        )
-    return counts
-
-
 def new_run_name(storage_path: str, model: str) -> str:
     """``<model>-<date>-<time>``, made unique under ``storage_path``: Ray Train resumes a
-    run folder it finds, so two runs started in the same second must not share one."""
+    run folder it finds, so two runs started in the same second must not share one.
+
+    On a local ``storage_path`` the name's (empty) folder is created here, exclusively,
+    so two runs started at once on one machine cannot both take it. An object store
+    has no exclusive create; there a name is only checked to be free.
+    """
     stamp = f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
     name, n = stamp, 1
-    while storage.exists(storage.join(storage_path, name)):
+    while not _claim(storage.join(storage_path, name)):
         n += 1
         name = f"{stamp}-{n}"
     return name
+
+
+def _claim(run_dir: str) -> bool:
+    """Whether ``run_dir`` was free; a local one is now created, as one atomic step."""
+    if storage.is_uri(run_dir):
+        return not storage.exists(run_dir)
+    try:
+        os.makedirs(run_dir)
+    except FileExistsError:
+        return False
+    return True
 
 
 def check_training(cfg: Config) -> Config:
@@ -228,28 +173,14 @@ def check_training(cfg: Config) -> Config:
     other directories) and the clip parameters the model declares filled in.
 
     Everything a user can get wrong before any cluster work is found here in
-    seconds, without Ray or MLflow: a missing or wrong ``train.data``, an unknown
-    model or argument, a negative rate, a clip the stored windows or the model
-    cannot give, splits without windows or labels, a checkpoint that cannot be
-    resumed, a storage URI pyarrow cannot open.
+    seconds, without Ray or MLflow: first what `check_settings` finds without torch
+    (a missing or wrong ``train.data``, a negative rate, a clip longer than the
+    stored windows, splits without windows or labels), then an unknown model
+    argument, a clip the model cannot take, a checkpoint that cannot be resumed.
     """
-    if not cfg.train.data:
-        raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
-    train = cfg.train
-    cfg = resolve_inputs(
-        replace(
-            cfg,
-            train=replace(
-                train,
-                data=storage.resolve(train.data),
-                storage_path=storage.resolve(train.storage_path),
-                resume_from=storage.resolve(train.resume_from) if train.resume_from else "",
-            ),
-        )
-    )
-    info = read_dataset_info(cfg.train.data)
+    cfg, info = check_settings(cfg)
+    cfg = resolve_inputs(cfg)
     check_data(cfg, info)
-    labeled_split_counts(cfg, info)
     return cfg
 
 
