@@ -17,12 +17,12 @@ import yaml
 from media import frame_index, make_video
 
 from vidray.config import load_config
+from vidray.data.ava_files import read_annotations, read_excluded, read_label_map
 from vidray.data.decode import iter_frames, iter_keyframe_windows
 from vidray.data.ingest import run_ingest
 from vidray.data.manifest import read_manifest
 from vidray.data.shards import decode_images
 from vidray.data.synthetic_ava import write_ava_dataset
-from vidray.detect.ava_files import read_annotations, read_excluded, read_label_map
 from vidray.errors import VidrayError
 
 
@@ -193,3 +193,19 @@ def test_a_folder_without_ava_files_is_a_clear_error(tmp_path):
     )
     with pytest.raises(VidrayError, match=r"not an AVA layout"):
         list_sources(str(tmp_path), layout="ava")
+
+
+def test_every_video_extension_ingest_knows_is_found_in_an_ava_folder(tmp_path):
+    """AVA's videos come as .mp4, .mkv and .webm; ingest lists any video file the other
+    layouts list (an .m4v was silently missing before)."""
+    from vidray.data.sources import list_sources
+
+    dataset = write_ava_dataset(tmp_path / "ava")
+    renamed = {}
+    for (video_id, path), extension in zip(
+        sorted(dataset.videos.items()), [".m4v", ".MOV", ".mkv", ".mp4"], strict=False
+    ):
+        renamed[video_id] = path.rename(path.with_suffix(extension)).name
+    listing = list_sources(str(dataset.root), layout="ava")
+    found = {entry.video_id: entry.path.rsplit("/", 1)[1] for entry in listing.entries}
+    assert {vid: found.get(vid) for vid in renamed} == renamed

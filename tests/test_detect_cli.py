@@ -24,16 +24,16 @@ from untrained import save_untrained
 
 from vidray.cli import main
 from vidray.config import load_config
-from vidray.data.decode import iter_frames, output_size, probe
-from vidray.data.synthetic import write_video
-from vidray.data.synthetic_ava import ACTIONS, write_ava_dataset
-from vidray.detect.ava_files import (
+from vidray.data.ava_files import (
     box_to_pixels,
     read_detections,
     read_label_map,
     read_proposals,
     write_proposals,
 )
+from vidray.data.decode import iter_frames, output_size, probe
+from vidray.data.synthetic import write_video
+from vidray.data.synthetic_ava import ACTIONS, write_ava_dataset
 from vidray.detect.persons import COCO_CLASSES, COCO_PERSON
 from vidray.detect.render import place_label
 from vidray.train.tasks import task_of

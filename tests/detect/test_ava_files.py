@@ -10,8 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from vidray.data.synthetic_ava import ACTIONS, write_ava_dataset
-from vidray.detect.ava_files import (
+from vidray.data.ava_files import (
     AVA_KEYFRAME_SECONDS,
     AVA_TIME_OFFSET,
     Box,
@@ -35,6 +34,7 @@ from vidray.detect.ava_files import (
     write_label_map,
     write_proposals,
 )
+from vidray.data.synthetic_ava import ACTIONS, write_ava_dataset
 from vidray.errors import VidrayError
 
 # As in ava_action_list_v2.2.pbtxt.

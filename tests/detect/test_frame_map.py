@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vidray.detect.ava_files import Box, Detection, Label, LabeledBox, LabelMap
-from vidray.detect.frame_map import average_precision, box_iou, frame_map
+from vidray.data.ava_files import Box, Detection, Label, LabeledBox, LabelMap, box_iou
+from vidray.detect.frame_map import average_precision, frame_map
 from vidray.errors import VidrayError
 
 A = Box(0.1, 0.1, 0.4, 0.9)

@@ -24,13 +24,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vidray.detect.ava_files import (
+from vidray.data.ava_files import (
     Problem,
     read_annotations,
     read_excluded,
     read_label_map,
     read_proposals,
 )
+from vidray.data.sources import VIDEO_EXTENSIONS
 from vidray.errors import VidrayError
 
 LABEL_MAP = "ava_action_list_v2.2.pbtxt"
@@ -38,7 +39,6 @@ ANNOTATIONS = "ava_{split}_v2.2.csv"
 EXCLUDED = "ava_{split}_excluded_timestamps_v2.2.csv"
 PROPOSALS = "ava_{split}_predicted_boxes.csv"
 AVA_SPLITS = ("train", "val")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
 
 def list_ava(root: str) -> tuple[list[dict[str, Any]], list[str], list[int]]:

@@ -56,8 +56,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vidray.data.synthetic import _texture, write_video
-from vidray.detect.ava_files import (
+from vidray.data.ava_files import (
     AVA_TIME_OFFSET,
     Box,
     KeyframeKey,
@@ -65,12 +64,13 @@ from vidray.detect.ava_files import (
     LabeledBox,
     ScoredBox,
     box_from_pixels,
+    box_iou,
     write_annotations,
     write_excluded,
     write_label_map,
     write_proposals,
 )
-from vidray.detect.frame_map import box_iou
+from vidray.data.synthetic import _texture, write_video
 from vidray.errors import VidrayError
 
 __all__ = ["ACTIONS", "SyntheticAva", "write_ava_dataset"]

@@ -21,8 +21,8 @@ from torch import nn
 
 from vidray import tracking
 from vidray.config import Config
+from vidray.data.ava_files import Box, Detection, LabeledBox, read_label_map
 from vidray.data.manifest import read_dataset_info
-from vidray.detect.ava_files import Box, Detection, LabeledBox, read_label_map
 from vidray.detect.clips import action_ids
 from vidray.detect.frame_map import FrameMAP, frame_map
 from vidray.train.device import autocast

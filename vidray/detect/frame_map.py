@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vidray.detect.ava_files import Box, Detection, KeyframeKey, LabeledBox, LabelMap
+from vidray.data.ava_files import Box, Detection, KeyframeKey, LabeledBox, LabelMap, iou_matrix
 from vidray.errors import VidrayError
 
-__all__ = ["MATCHING", "FrameMAP", "average_precision", "box_iou", "frame_map"]
+__all__ = ["MATCHING", "FrameMAP", "average_precision", "frame_map"]
 
 MATCHING = ("voc", "greedy")
 
@@ -54,11 +54,6 @@ class FrameMAP:
     def by_name(self, label_map: LabelMap) -> dict[str, float]:
         """Per-class AP keyed by class name (for logging)."""
         return {label_map.name(i): ap for i, ap in self.per_class.items()}
-
-
-def box_iou(a: Box | Sequence[float], b: Box | Sequence[float]) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when both are empty."""
-    return float(_iou_matrix(np.asarray([a], float), np.asarray([b], float))[0, 0])
 
 
 def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_gt: int) -> float:
@@ -183,7 +178,7 @@ def _match(
     if not gt_boxes:
         return hits
     order = sorted(range(len(dets)), key=lambda i: -dets[i].score)  # stable: ties keep order
-    iou = _iou_matrix(np.asarray([d.box for d in dets], float), np.asarray(gt_boxes, float))
+    iou = iou_matrix(np.asarray([d.box for d in dets], float), np.asarray(gt_boxes, float))
     matched = np.zeros(len(gt_boxes), bool)
     for i in order:
         overlaps = iou[i] if matching == "voc" else np.where(matched, -1.0, iou[i])
@@ -191,16 +186,3 @@ def _match(
         if overlaps[best] >= iou_threshold and not matched[best]:
             matched[best] = hits[i] = True
     return hits
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) IoU of boxes a (N, 4) and b (M, 4)."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)

@@ -31,15 +31,15 @@ from torch import nn
 
 from vidray import storage
 from vidray.config import Config
-from vidray.data.decode import Window, iter_keyframe_windows, probe
-from vidray.data.sources import VIDEO_EXTENSIONS
-from vidray.detect.ava_files import (
+from vidray.data.ava_files import (
     Box,
     Detection,
     KeyframeKey,
     box_to_pixels,
     write_detections,
 )
+from vidray.data.decode import Window, iter_keyframe_windows, probe
+from vidray.data.sources import VIDEO_EXTENSIONS
 from vidray.detect.clips import frame_indices
 from vidray.detect.persons import PersonFinder, SuppliedProposals, person_finder
 from vidray.detect.render import render_detections

@@ -19,7 +19,7 @@ import torch
 from torchvision.models import get_model, get_model_weights
 
 from vidray.config import DetectConfig
-from vidray.detect.ava_files import ScoredBox, box_from_pixels, read_proposals
+from vidray.data.ava_files import ScoredBox, box_from_pixels, read_proposals
 from vidray.errors import VidrayError
 from vidray.models.weights import read_state_dict
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vidray.data.ava_files import Box, Detection, box_to_pixels
 from vidray.data.decode import iter_frames, probe
 from vidray.data.synthetic import write_video
-from vidray.detect.ava_files import Box, Detection, box_to_pixels
 
 TOP_ACTIONS = 3
 # Distinct, saturated RGB colours, one per box of a keyframe (cycled).
