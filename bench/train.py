@@ -68,7 +68,7 @@ from vidray.config import Config, load_config
 from vidray.data.clips import read_clips
 from vidray.data.ingest import run_ingest
 from vidray.data.manifest import read_dataset_info, read_manifest
-from vidray.train.device import channels_last_3d
+from vidray.device import channels_last_3d
 from vidray.train.driver import run_training, steps_per_epoch
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, make_optimizer, train_epoch

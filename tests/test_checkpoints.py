@@ -11,10 +11,10 @@ import torch
 import yaml
 from untrained import save_untrained
 
+from vidray.checkpoints import FORMAT, META_FILE, STATE_FILE, check_resumable, load_checkpoint
 from vidray.config import load_config
 from vidray.errors import VidrayError
 from vidray.models import build
-from vidray.train.checkpoints import FORMAT, META_FILE, STATE_FILE, check_resumable, load_checkpoint
 
 
 class _RunsCode:

@@ -22,9 +22,9 @@ from vidray import tracking
 from vidray.config import load_config
 from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import read_dataset_info, read_manifest
+from vidray.device import model_input
 from vidray.errors import VidrayError
 from vidray.train.evaluate import run_evaluation
-from vidray.train.inputs import model_input
 from vidray.train.loop import build_model
 
 TINY = ["model.name=simple3d", "model.width=8", "clip.T=4", "clip.stride=2", "clip.crop=48"]

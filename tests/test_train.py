@@ -16,9 +16,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from vidray.checkpoints import load_checkpoint
 from vidray.config import load_config
 from vidray.errors import VidrayError
-from vidray.train.checkpoints import load_checkpoint
 from vidray.train.driver import run_training
 from vidray.train.evaluate import run_evaluation
 

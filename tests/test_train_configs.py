@@ -20,8 +20,8 @@ from torchvision.models import get_model, get_model_weights, get_weight, list_mo
 from vidray.config import Config, load_config
 from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import STORAGE_KEYS, read_dataset_info
+from vidray.device import to_device
 from vidray.models import available
-from vidray.train.device import to_device
 from vidray.train.driver import check_data
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model

@@ -23,8 +23,8 @@ from commands import REPO
 from mlflow.tracking import MlflowClient
 from test_train import KNOBS, TINY, tiny_config
 
+from vidray.checkpoints import load_checkpoint
 from vidray.errors import Interrupted
-from vidray.train.checkpoints import load_checkpoint
 from vidray.train.driver import interrupted, run_training
 from vidray.train.schedule import lr_factor
 

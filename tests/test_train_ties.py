@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from vidray.checkpoints import load_checkpoint
 from vidray.config import load_config
 from vidray.data.ingest import run_ingest
 from vidray.data.synthetic import write_video
-from vidray.train.checkpoints import load_checkpoint
 from vidray.train.driver import run_training
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidray.checkpoints import save_checkpoint
 from vidray.config import Config
-from vidray.train.checkpoints import save_checkpoint
 
 
 def save_untrained(

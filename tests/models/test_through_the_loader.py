@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from vidray.config import load_config
 from vidray.data.clips import iter_clip_batches
+from vidray.device import model_input
 from vidray.models import available, entry
-from vidray.train.inputs import model_input, resolve_inputs
+from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model
 
 # Stored windows are 16 frames of short side 64 (conftest's motion_data).

@@ -25,8 +25,7 @@ from vidray.data.ava_files import Box, Detection, LabeledBox, read_label_map
 from vidray.data.manifest import read_dataset_info
 from vidray.detect.clips import action_ids
 from vidray.detect.frame_map import FrameMAP, frame_map
-from vidray.train.device import autocast
-from vidray.train.inputs import frames_to_input
+from vidray.device import autocast, frames_to_input
 
 KeyframeKey = tuple[int, int]  # (video_key, keyframe second)
 

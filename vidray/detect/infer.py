@@ -43,9 +43,9 @@ from vidray.data.sources import VIDEO_EXTENSIONS
 from vidray.detect.clips import frame_indices
 from vidray.detect.persons import PersonFinder, SuppliedProposals, person_finder
 from vidray.detect.render import render_detections
+from vidray.device import frames_to_input
 from vidray.errors import VidrayError
 from vidray.train.evaluate import load_model
-from vidray.train.inputs import frames_to_input
 
 KEYFRAMES_PER_BATCH = 8  # clips per forward pass of the action head
 COMBINED_FILE = "detections.csv"

@@ -37,11 +37,11 @@ from torch.func import functional_call
 from torchvision.ops import roi_align
 
 from vidray import storage
+from vidray.checkpoints import load_checkpoint
 from vidray.errors import VidrayError
 from vidray.models.registry import build, entry
 from vidray.models.trunk3d import init_weights
 from vidray.models.weights import read_state_dict
-from vidray.train.checkpoints import load_checkpoint
 
 FeatureMaps = Callable[[nn.Module, Tensor], Sequence[Tensor]]
 

@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from vidray import storage, tracking
+from vidray.checkpoints import check_resumable
 from vidray.config import Config
 from vidray.data.clips import start_epoch_clock
 from vidray.data.manifest import read_dataset_info
 from vidray.errors import Interrupted, VidrayError
 from vidray.models import entry
 from vidray.models.weights import check_weights_source
-from vidray.train.checkpoints import check_resumable
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
 from vidray.train.preflight import check_settings, check_settings_against, labeled_split_counts

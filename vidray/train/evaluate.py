@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from vidray import storage, tracking
+from vidray.checkpoints import load_checkpoint
 from vidray.config import Config
 from vidray.data.clips import check_views, iter_clip_batches, read_clips
+from vidray.device import model_input
 from vidray.errors import VidrayError
 from vidray.train import report as files
-from vidray.train.checkpoints import load_checkpoint
-from vidray.train.inputs import model_input, resolve_inputs
+from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model
 from vidray.train.metrics import VideoPredictions, video_predictions
 

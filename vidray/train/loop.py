@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from vidray import tracking
+from vidray.checkpoints import load_checkpoint, save_checkpoint
 from vidray.config import Config, OptimConfig
-from vidray.train.checkpoints import load_checkpoint, save_checkpoint
-from vidray.train.device import channels_last_3d
+from vidray.device import channels_last_3d
 from vidray.train.schedule import Scheduler
 from vidray.train.selection import SCORE, BestSoFar, select_best
 from vidray.train.tasks import task_of

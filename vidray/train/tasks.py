@@ -29,11 +29,11 @@ from torch import nn
 
 from vidray import tracking
 from vidray.config import Config
+from vidray.device import autocast, frames_to_input, to_device
 from vidray.models import InputSpec, build
 from vidray.models.registry import arguments
 from vidray.models.summary import example_input
-from vidray.train.device import autocast, to_device
-from vidray.train.inputs import frames_to_input, model_kwargs
+from vidray.train.inputs import model_kwargs
 from vidray.train.metrics import classification_metrics
 
 
