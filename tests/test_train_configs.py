@@ -25,6 +25,7 @@ from vidray.models import available
 from vidray.train.driver import check_data
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model
+import vidray.detect  # noqa: F401  (registers train.task=detect, which slowfast_ava.yaml trains)
 from vidray.train.tasks import task_of
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -63,9 +63,16 @@ def _check_ingest(cfg: Config) -> None:
     check_ingest(cfg)
 
 
+def _register_tasks() -> None:
+    """Every training task, so that any ``train.task`` and any checkpoint is known
+    (`vidray.train.tasks`: each task's package registers it)."""
+    import vidray.detect  # noqa: F401  (registers train.task=detect)
+
+
 def _train(cfg: Config) -> int:
     from vidray.train.driver import run_training
 
+    _register_tasks()
     result = run_training(cfg)
     print(result.report())
     return 0
@@ -77,12 +84,14 @@ def _check_training(cfg: Config) -> None:
     check_settings(cfg)  # before torch is imported: most mistakes cost no seconds
     from vidray.train.driver import check_training
 
+    _register_tasks()
     check_training(cfg)
 
 
 def _evaluate(cfg: Config) -> int:
     from vidray.train.evaluate import run_evaluation
 
+    _register_tasks()
     report = run_evaluation(cfg)
     print(report.report())
     return 0

@@ -1,2 +1,4 @@
-"""Spatio-temporal action detection (AVA-style): the AVA files, frame-mAP, and later
-the detection ingest, heads and training that build on them."""
+"""Spatio-temporal action detection (AVA-style): person boxes and action scores on
+keyframes, frame-mAP, and the ``detect`` training task (registered on import)."""
+
+from vidray.detect import task  # noqa: F401  (importing it registers train.task=detect)

@@ -320,6 +320,7 @@ def run_training(
             train_loop_per_worker,
             train_loop_config={
                 "config": cfg.to_dict(),
+                "task": task,
                 "classes": classes,
                 "dataset": info,
                 "tracking_uri": uri,

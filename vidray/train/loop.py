@@ -40,7 +40,7 @@ from vidray.config import Config, OptimConfig
 from vidray.device import channels_last_3d
 from vidray.train.schedule import Scheduler
 from vidray.train.selection import SCORE, BestSoFar, select_best
-from vidray.train.tasks import task_of
+from vidray.train.tasks import Task, task_of
 
 
 def make_optimizer(cfg: OptimConfig, params: Any) -> torch.optim.Optimizer:
@@ -209,6 +209,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = Config.from_dict(loop_config["config"])
+    # The task travels by reference: unpickling it imported its package, which
+    # registered it in this process too (`task_of`, `build_model`).
+    task: Task = loop_config["task"]
     classes: list[str] = loop_config["classes"]
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
     # One line per epoch (below) says more than Ray Train's line per report.
@@ -230,7 +233,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # A restarted worker group gets the last reported checkpoint; a first start
     # gets train.resume_from (a path every worker can read), or nothing.
     checkpoint = ray.train.get_checkpoint()
-    task = task_of(cfg)
     best = best_so_far(checkpoint is not None and rank == 0, task.metric)
     if checkpoint is None and loop_config.get("resume_from"):
         checkpoint = ray.train.Checkpoint(loop_config["resume_from"])  # a path or a URI

@@ -1,12 +1,10 @@
 """What differs between training tasks; the loop and the driver are shared.
 
-``classify``: a clip -> class logits, cross-entropy; validation: clip and
-video accuracy (`vidray.train.metrics`); checkpoints ranked by val video top-1.
-
-``detect`` (AVA-style, keyframe rows of layout ava): a clip and the boxes on
-its keyframe -> per-box multi-label action logits, binary cross-entropy;
-validation: frame-mAP at IoU 0.5 of the boxes `detect.eval_boxes` names (the
-AVA protocol, `vidray.detect.frame_map`); checkpoints ranked by val frame-mAP.
+A task is registered by its package, as a model family is: ``classify`` here
+(a clip -> class logits, cross-entropy; validation: clip and video accuracy,
+`vidray.train.metrics`; checkpoints ranked by val video top-1), ``detect`` by
+`vidray.detect` when it is imported. train/ imports no task package: the
+driver hands its task to the workers, which import its package to unpickle it.
 
     task = task_of(cfg)
     model = task.build(cfg, num_classes)
@@ -20,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +27,8 @@ from torch import nn
 
 from vidray import tracking
 from vidray.config import Config
-from vidray.device import autocast, frames_to_input, to_device
+from vidray.device import autocast, to_device
+from vidray.errors import VidrayError
 from vidray.models import InputSpec, build
 from vidray.models.registry import arguments
 from vidray.models.summary import example_input
@@ -137,85 +136,46 @@ class Classify:
         return []
 
 
-@dataclass(frozen=True)
-class Detect:
-    name: str = "detect"
-    metric: str = tracking.VAL_FRAME_MAP
-    hits: str = tracking.TRAIN_BOX_TOP1  # boxes whose top-scoring action is one of theirs
+class Task(Protocol):
+    """What the loop and the driver ask of a task (`Classify` is the reference)."""
 
-    def build(self, cfg: Config, num_classes: int) -> nn.Module:
-        from vidray.models.detector import build_detector
+    name: str
+    metric: str  # checkpoints are ranked by it
+    hits: str  # the share of training items predicted right
 
-        kwargs = model_kwargs(cfg.model)
-        # model.pretrained is the backbone's classification checkpoint (e.g. Kinetics),
-        # model.dropout the head's; the rest shapes the backbone.
-        head = {"dropout": kwargs.pop("dropout")} if "dropout" in kwargs else {}
-        return build_detector(
-            cfg.model.name,
-            num_classes=num_classes,
-            pretrained_backbone=kwargs.pop("pretrained", ""),
-            roi_size=cfg.detect.roi_size,
-            **head,
-            **kwargs,
-        )
-
-    def example(self, cfg: Config, device: str) -> tuple[Any, ...]:
-        """A clip (at ``clip.crop`` square; detection reads whole frames of any size)
-        and one box on it."""
-        size = cfg.clip.crop
-        clip = torch.zeros(1, 3, cfg.clip.T, size, size, device=device)
-        box = torch.tensor([[0.0, 0.0, 0.0, size / 2, size / 2]], device=device)
-        return clip, box
-
-    def dataset(self, cfg: Config, split: str, *, train: bool, clock: Any = None) -> Any:
-        from vidray.detect.clips import read_keyframes
-
-        return read_keyframes(cfg, split=split, train=train, clock=clock)
-
+    def build(self, cfg: Config, num_classes: int) -> nn.Module: ...
+    def example(self, cfg: Config, device: str) -> tuple[Any, ...]: ...
+    def dataset(self, cfg: Config, split: str, *, train: bool, clock: Any = None) -> Any: ...
     def batches(
         self, shard: Any, cfg: Config, *, train: bool, pin: bool, seed: int | None = None
-    ) -> Any:
-        from vidray.detect.clips import collate
-
-        return shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
-            local_shuffle_seed=seed if train else None,
-            collate_fn=collate,
-            pin_memory=pin,
-        )
-
+    ) -> Any: ...
     def loss(
         self, model: nn.Module, batch: dict[str, Any], cfg: Config, device: torch.device
-    ) -> tuple[torch.Tensor, int, int]:
-        targets = batch["targets"].to(device, non_blocking=True)
-        clips = frames_to_input(batch["frames"].to(device, non_blocking=True))
-        with autocast(device, cfg.train.precision):
-            logits = model(clips, batch["boxes"].to(device, non_blocking=True))
-            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
-        if not len(targets):
-            return loss, 0, 0
-        top = logits.argmax(1)
-        return loss, int(targets[torch.arange(len(top)), top].sum()), len(targets)
-
+    ) -> tuple[torch.Tensor, int, int]: ...
     def validate(
         self, model: nn.Module, shard: Any, cfg: Config, device: torch.device, classes: list
-    ) -> dict[str, float]:
-        from vidray.detect.evaluate import detection_metrics
+    ) -> dict[str, float]: ...
+    def tables(self, metrics: dict[str, Any], directory: Path) -> list[Path]: ...
 
-        return detection_metrics(
-            model, self.batches(shard, cfg, train=False, pin=False), cfg, device, prefix="val"
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Make ``task`` the one ``train.task=<task.name>`` trains."""
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} registered twice")
+    _TASKS[task.name] = task
+    return task
+
+
+def task_of(cfg: Config) -> Task:
+    if cfg.train.task not in _TASKS:
+        raise VidrayError(
+            f"train.task={cfg.train.task} is not registered here (registered: "
+            f"{', '.join(sorted(_TASKS))}): import vidray.{cfg.train.task} first"
         )
-
-    def tables(self, metrics: dict[str, Any], directory: Path) -> list[Path]:
-        """The best epoch's per-class AP table (``per_class_ap.csv``)."""
-        from vidray.detect.evaluate import write_ap_table
-
-        return [write_ap_table(directory / "per_class_ap.csv", metrics, prefix="val")]
+    return _TASKS[cfg.train.task]
 
 
-TASKS = {task.name: task for task in (Classify(), Detect())}
-
-
-def task_of(cfg: Config) -> Classify | Detect:
-    return TASKS[cfg.train.task]
+CLASSIFY = register_task(Classify())

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import vidray.detect  # noqa: F401  (registers train.task=detect: a sweep may train detectors)
 from vidray import storage, tracking
 from vidray.config import Config
 from vidray.errors import Interrupted, VidrayError
