@@ -73,6 +73,7 @@ from vidray.train.driver import run_training, steps_per_epoch
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, make_optimizer, train_epoch
 from vidray.train.schedule import Scheduler
+from vidray.train.tasks import task_of
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 SPLIT = "train"
@@ -188,7 +189,14 @@ class InProcessTrainer:
 
     def epoch(self, batches: Iterable[dict[str, torch.Tensor]]) -> int:
         totals, _ = train_epoch(
-            self.model, batches, self.optimizer, self.scheduler, 0, self.cfg, self.device
+            self.model,
+            batches,
+            self.optimizer,
+            self.scheduler,
+            0,
+            self.cfg,
+            self.device,
+            task=task_of(self.cfg),
         )
         return int(totals[2].item())
 

@@ -6,10 +6,12 @@ import json
 import sys
 
 import ray
+from probe import Probe
 from ray.cluster_utils import Cluster
 
 from vidray.config import load_config
 from vidray.runtime import quiet_ray_data
+from vidray.train import tasks
 from vidray.train.driver import run_training
 
 data, work = sys.argv[1], sys.argv[2]
@@ -36,7 +38,8 @@ cfg = load_config(
         f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
     ],
 )
-result = run_training(cfg, debug={"dir": work})
+tasks._TASKS["classify"] = Probe(dir=work)  # each rank's node and parameter hash
+result = run_training(cfg)
 head = ray.get_runtime_context().get_node_id()
 print(json.dumps({"run_id": result.run_id, "head": head, "checkpoint": result.checkpoint}))
 ray.shutdown()

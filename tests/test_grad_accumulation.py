@@ -21,6 +21,7 @@ from vidray.config import load_config
 from vidray.models import build
 from vidray.train.loop import make_optimizer, train_epoch
 from vidray.train.schedule import Scheduler
+from vidray.train.tasks import task_of
 
 BATCHES = 5
 
@@ -61,7 +62,8 @@ def _rank(rank: int, port: int, out: dict) -> None:
         model.register_comm_hook(dist.group.WORLD, counting_allreduce)
         optimizer = make_optimizer(cfg.optim, model.parameters())
         scheduler = Scheduler(optimizer, cfg.optim, epochs=1, steps_per_epoch=BATCHES)
-        train_epoch(model, batches, optimizer, scheduler, 0, cfg, torch.device("cpu"))
+        device = torch.device("cpu")
+        train_epoch(model, batches, optimizer, scheduler, 0, cfg, device, task=task_of(cfg))
         out[(rank, accum)] = {
             "reduces": len(reduces),
             "buckets": len(set(reduces)),

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import get_model, get_model_weights, get_weight, list_models
 
+import vidray.detect  # noqa: F401  (registers train.task=detect, which slowfast_ava.yaml trains)
 from vidray.config import Config, load_config
 from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import STORAGE_KEYS, read_dataset_info
@@ -25,7 +26,6 @@ from vidray.models import available
 from vidray.train.driver import check_data
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model
-import vidray.detect  # noqa: F401  (registers train.task=detect, which slowfast_ava.yaml trains)
 from vidray.train.tasks import task_of
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

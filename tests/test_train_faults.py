@@ -10,6 +10,7 @@ import time
 
 import pytest
 from mlflow.tracking import MlflowClient
+from probe import Probe, install
 from test_train import tiny_config
 from test_train_interrupt import wait_for_checkpoint
 
@@ -25,9 +26,13 @@ def wait_for(path, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, motion_data, tmp_path):
-    debug = tmp_path / "debug"
+def test_killed_worker_resumes_from_the_last_checkpoint(
+    ray_local, motion_data, tmp_path, monkeypatch
+):
+    debug = tmp_path / "probe"
     debug.mkdir()
+    # Workers pause at the start of epoch 2 (of three) until `release` (tests/probe.py).
+    install(monkeypatch, Probe(dir=str(debug), pause_epoch=2))
     cfg = tiny_config(
         motion_data, tmp_path, "train.epochs=3", "train.max_failures=1", "train.run_name=faults"
     )
@@ -35,8 +40,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, motion_data, 
 
     def train() -> None:
         try:
-            # Workers pause at the start of epoch 2 (of three) until `release`.
-            outcome["result"] = run_training(cfg, debug={"dir": str(debug), "pause_epoch": 2})
+            outcome["result"] = run_training(cfg)
         except BaseException as exc:  # re-raised in the test thread below
             outcome["error"] = exc
 
@@ -64,5 +68,5 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, motion_data, 
         for name in ("val/video_top1", "val/loss")
     )
     assert result.metrics["epoch"] == max((1, 2, 3), key=lambda e: (top1[e], -loss[e], e))
-    # A new worker process (its pid rewritten by the hook) ran epoch 2 again.
+    # A new worker process (its pid rewritten by the probe) ran epoch 2 again.
     assert int((debug / "rank1.pid").read_text()) != pid

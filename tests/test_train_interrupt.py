@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from commands import REPO
 from mlflow.tracking import MlflowClient
+from probe import Probe, install
 from test_train import KNOBS, TINY, tiny_config
 
 from vidray.checkpoints import load_checkpoint
@@ -121,8 +122,9 @@ def test_ctrl_c_then_sigterm_keep_the_checkpoints_and_resuming_continues(
         f"train.resume_from=file://{kept}",
         f"train.storage_path=file://{resumed_dir.parent}",
     )
-    debug = tmp_path / "debug"
+    debug = tmp_path / "probe"
     debug.mkdir()
+    install(monkeypatch, Probe(dir=str(debug), pause_epoch=done + 2, pause_seconds=600))
     fit_over, sent = threading.Event(), threading.Event()
 
     def stop_while_paused() -> None:
@@ -136,12 +138,11 @@ def test_ctrl_c_then_sigterm_keep_the_checkpoints_and_resuming_continues(
                 (debug / "release").touch()
 
     stop = threading.Thread(target=stop_while_paused)
-    paused = {"dir": str(debug), "pause_epoch": done + 2, "pause_seconds": 600}
     before = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         stop.start()
         with pytest.raises(Interrupted) as stopped:
-            run_training(cfg, debug=paused)
+            run_training(cfg)
     finally:
         fit_over.set()
         stop.join(timeout=600)

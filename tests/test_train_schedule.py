@@ -117,6 +117,7 @@ def _batches(n: int, size: int = 2) -> list[dict[str, torch.Tensor]]:
 )
 def test_train_epoch_steps_once_per_accumulated_group(overrides, steps):
     from vidray.train.loop import build_model, make_optimizer, train_epoch
+    from vidray.train.tasks import task_of
 
     cfg = load_config(
         None,
@@ -128,7 +129,7 @@ def test_train_epoch_steps_once_per_accumulated_group(overrides, steps):
     optimizer = make_optimizer(cfg.optim, model.parameters())
     scheduler = Scheduler(optimizer, cfg.optim, epochs=2, steps_per_epoch=steps)
     totals, first_lr = train_epoch(
-        model, _batches(5), optimizer, scheduler, 0, cfg, torch.device("cpu")
+        model, _batches(5), optimizer, scheduler, 0, cfg, torch.device("cpu"), task=task_of(cfg)
     )
     assert scheduler.global_step == steps
     assert first_lr == pytest.approx(cfg.optim.lr / steps)  # one step into a 1-epoch warm-up

@@ -28,8 +28,9 @@ from vidray import tracking
 from vidray.cli import run_command
 from vidray.config import Config, load_config
 from vidray.data.clips import window_files
+from vidray.tracking import BUDGET_TAG, STOPPED_TAG
 from vidray.tune.space import expand, load_sweep
-from vidray.tune.sweep import BUDGET_TAG, STATE_FILE, STOPPED_TAG, run_sweep
+from vidray.tune.sweep import STATE_FILE, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = 5  # seconds of training after the first epoch

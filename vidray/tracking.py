@@ -20,18 +20,43 @@ from typing import Any
 from vidray.config import Config, MlflowConfig
 from vidray.errors import VidrayError
 
-TRAIN_LOSS = "train/loss"
-TRAIN_CLIP_TOP1 = "train/clip_top1"
-VAL_LOSS = "val/loss"
-VAL_CLIP_TOP1 = "val/clip_top1"
-VAL_VIDEO_TOP1 = "val/video_top1"
-VAL_VIDEO_TOP5 = "val/video_top5"
-VAL_FRAME_MAP = "val/frame_map"  # detection: frame-mAP at IoU 0.5 (the AVA protocol)
+# Metrics: ``<split>/<name>`` (`split_metric`), step = the epoch.
+LOSS = "loss"
+CLIP_TOP1 = "clip_top1"
+VIDEO_TOP1 = "video_top1"
+VIDEO_TOP5 = "video_top5"
+MEAN_CLASS_ACC = "mean_class_acc"
+FRAME_MAP = "frame_map"  # detection: frame-mAP at IoU 0.5 (the AVA protocol)
+AP = "ap"  # detection: ``<split>/ap/<class>``, one per evaluated class
+
+
+def split_metric(split: str, name: str) -> str:
+    """A metric of one split's data: ``val/video_top1``, ``test/frame_map``."""
+    return f"{split}/{name}"
+
+
+TRAIN_LOSS = split_metric("train", LOSS)
+TRAIN_CLIP_TOP1 = split_metric("train", CLIP_TOP1)
+VAL_LOSS = split_metric("val", LOSS)
+VAL_CLIP_TOP1 = split_metric("val", CLIP_TOP1)
+VAL_VIDEO_TOP1 = split_metric("val", VIDEO_TOP1)
+VAL_FRAME_MAP = split_metric("val", FRAME_MAP)
 TRAIN_BOX_TOP1 = "train/box_top1"  # detection: boxes whose top-scoring action is theirs
 TRAIN_LR = "train/lr"  # the rate of the epoch's first optimiser step
 TRAIN_STEP = "train/global_step"  # optimiser steps so far, at the end of the epoch
 EPOCH_SECONDS = "time/epoch_s"
 CLIPS_PER_SECOND = "time/clips_per_s"
+
+# Tags.
+TASK_TAG = "vidray.task"  # what made the run: train, evaluate, tune
+RESUMED_FROM_TAG = "vidray.resumed_from"  # the checkpoint a resumed training run continues
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a sweep's trials in its run
+SWEEP_TAG = "vidray.sweep"  # a trial run's sweep name
+TRIAL_TAG = "vidray.trial"  # a trial run's index in its sweep
+TRIAL_STATUS_TAG = "vidray.trial_status"  # finished, failed, stopped early, not run
+STOPPED_TAG = "vidray.stopped_early"  # what stopped a trial: asha, or time_budget
+BUDGET_TAG = "vidray.time_budget_reached"  # on the parent run of a sweep the budget ended
+INTERRUPTED_TAG = "vidray.interrupted"  # a run Ctrl-C or SIGTERM ended (KILLED)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -87,6 +112,27 @@ def dataset_params(info: dict[str, Any]) -> dict[str, Any]:
         section, name = key.split(".", 1)
         params[f"data.{name}" if section == "ingest" else f"data.{section}_{name}"] = value
     return params
+
+
+def training_data_params(
+    info: dict[str, Any], windows: dict[str, int], *, steps_per_epoch: int
+) -> dict[str, Any]:
+    """`dataset_params`, and what a training run takes of the data: its size, the
+    windows of each split (``data.windows_val``) and the optimiser steps per epoch."""
+    return {
+        **dataset_params(info),
+        "data.videos": info["videos"],
+        "data.windows": info["windows"],
+        "data.classes": len(info["classes"]),
+        **{f"data.windows_{split}": n for split, n in windows.items()},
+        "data.steps_per_epoch": steps_per_epoch,
+    }
+
+
+def resource_params(resources: dict[str, float]) -> dict[str, float]:
+    """The cluster a run had (``ray.cluster_resources()``), so runs on different clusters
+    compare fairly."""
+    return {"ray.cpus": resources.get("CPU", 0), "ray.gpus": resources.get("GPU", 0)}
 
 
 def client(uri: str) -> Any:

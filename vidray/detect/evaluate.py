@@ -84,9 +84,13 @@ def detection_metrics(
     names = dict(zip(ids, read_dataset_info(cfg.train.data)["classes"], strict=True))
     truth, found = collect(model, batches, ids, device, precision=cfg.train.precision)
     result = score(truth, found, cfg)
+    per_class = {tracking.safe_name(names[a]): ap for a, ap in result.per_class.items()}
     return {
-        f"{prefix}/frame_map": result.mean_ap,
-        **{f"{prefix}/ap/{tracking.safe_name(names[a])}": ap for a, ap in result.per_class.items()},
+        tracking.split_metric(prefix, tracking.FRAME_MAP): result.mean_ap,
+        **{
+            tracking.split_metric(prefix, f"{tracking.AP}/{name}"): ap
+            for name, ap in per_class.items()
+        },
     }
 
 
@@ -99,7 +103,7 @@ def score(
 
 def write_ap_table(path: Path, metrics: dict[str, Any], *, prefix: str) -> Path:
     """The per-class APs in ``metrics`` as a CSV (class, AP), best first, mAP last."""
-    marker = f"{prefix}/ap/"
+    marker = tracking.split_metric(prefix, f"{tracking.AP}/")
     rows = sorted(
         ((k[len(marker) :], v) for k, v in metrics.items() if k.startswith(marker)),
         key=lambda item: -item[1],
@@ -108,5 +112,7 @@ def write_ap_table(path: Path, metrics: dict[str, Any], *, prefix: str) -> Path:
         writer = csv.writer(f)
         writer.writerow(["class", "ap"])
         writer.writerows(rows)
-        writer.writerow(["mean (frame-mAP)", metrics.get(f"{prefix}/frame_map")])
+        writer.writerow(
+            ["mean (frame-mAP)", metrics.get(tracking.split_metric(prefix, tracking.FRAME_MAP))]
+        )
     return path

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from vidray.errors import VidrayError
-from vidray.models.weights import read_state_dict
+from vidray.models.weights import init_weights, read_state_dict
 
 PAPER_WIDTH = 64  # torchvision's / He et al.'s stem width: the only width ImageNet weights fit
+IMAGENET_CROP = 224  # the crop the 2D trunk was designed (and pretrained) for
 
 # depth -> (block, blocks per stage), as in torchvision's resnet18/34/50
 DEPTHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]]] = {
@@ -45,22 +46,6 @@ DEPTHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]
 #   "tile":    channel 3t + c gets w[:, c] / T, for T stacked RGB frames, so a static clip gives
 #              exactly the RGB conv's response to its frame (the I3D inflation property, in 2D).
 StemInit = Literal["average", "tile"]
-
-
-def init_weights(module: nn.Module) -> None:
-    """The one weight initialisation of vidray's 2D models (torchvision's ResNet scheme).
-
-    Convs: He-normal over fan-out, bias zero; batch norms: identity. Linear and
-    recurrent layers keep PyTorch's defaults, as torchvision's ResNet fc does.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _stage(

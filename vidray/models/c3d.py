@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from vidray.models.registry import InputSpec, register
+from vidray.models.weights import HEAD_STD, init_weights
 
 # pool5's output at the paper's input; fc6 always reads this grid (see C3D.grid).
 _FC6_GRID = (1, 4, 4)
@@ -86,18 +87,9 @@ class C3D(nn.Module):
                 fc8=nn.Linear(fc, num_classes),
             )
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # Without batch norm, eleven layers only train from scratch with a variance-keeping
-        # init; this is torchvision's VGG init.
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        # Without batch norm, eleven layers only train from scratch with a variance-
+        # keeping init (torchvision's VGG init).
+        init_weights(self, linear_std=HEAD_STD)
 
     def forward(self, clip: Tensor) -> Tensor:
         return self.classifier(self.grid(self.features(clip)).flatten(1))

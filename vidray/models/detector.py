@@ -40,8 +40,7 @@ from vidray import storage
 from vidray.checkpoints import load_checkpoint
 from vidray.errors import VidrayError
 from vidray.models.registry import build, entry
-from vidray.models.trunk3d import init_weights
-from vidray.models.weights import read_state_dict
+from vidray.models.weights import HEAD_STD, init_weights, read_state_dict
 
 FeatureMaps = Callable[[nn.Module, Tensor], Sequence[Tensor]]
 
@@ -145,7 +144,7 @@ class ActionDetector(nn.Module):
         self.roi_size = roi_size
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
-        init_weights(self.fc)
+        init_weights(self.fc, linear_std=HEAD_STD)
 
     def roi_features(self, clips: Tensor, boxes: Tensor) -> Tensor:
         """(K, C): RoIAlign of each box on its own clip's map, max-pooled over the bins.

@@ -23,10 +23,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from vidray.errors import VidrayError
-from vidray.models.backbone2d import PAPER_WIDTH, ResNet2d, resnet2d, stack_time
+from vidray.models.backbone2d import IMAGENET_CROP, PAPER_WIDTH, ResNet2d, resnet2d, stack_time
 from vidray.models.registry import InputSpec, register
 
-CROP = 224  # the ImageNet crop the 2D trunk was designed (and pretrained) for
 FRAMES = 10  # Karpathy et al.'s T for the fused models (about a third of a second)
 PAPER = "Karpathy et al. 2014"
 
@@ -86,7 +85,9 @@ class FrameFusionNet(nn.Module):
         return self.head(self.features(clip))
 
 
-@register("single_frame", paper=f"{PAPER} (single-frame)", input=InputSpec(frames=1, crop=CROP))
+@register(
+    "single_frame", paper=f"{PAPER} (single-frame)", input=InputSpec(frames=1, crop=IMAGENET_CROP)
+)
 def single_frame(
     *,
     num_classes: int,
@@ -115,7 +116,9 @@ def single_frame(
 
 
 @register(
-    "late_fusion_pool", paper=f"{PAPER} (late fusion)", input=InputSpec(frames=FRAMES, crop=CROP)
+    "late_fusion_pool",
+    paper=f"{PAPER} (late fusion)",
+    input=InputSpec(frames=FRAMES, crop=IMAGENET_CROP),
 )
 def late_fusion_pool(
     *,
@@ -138,7 +141,9 @@ def late_fusion_pool(
 
 
 @register(
-    "late_fusion_fc", paper=f"{PAPER} (late fusion)", input=InputSpec(frames=FRAMES, crop=CROP)
+    "late_fusion_fc",
+    paper=f"{PAPER} (late fusion)",
+    input=InputSpec(frames=FRAMES, crop=IMAGENET_CROP),
 )
 def late_fusion_fc(
     *,
@@ -167,7 +172,9 @@ def late_fusion_fc(
 
 
 @register(
-    "early_fusion", paper=f"{PAPER} (early fusion)", input=InputSpec(frames=FRAMES, crop=CROP)
+    "early_fusion",
+    paper=f"{PAPER} (early fusion)",
+    input=InputSpec(frames=FRAMES, crop=IMAGENET_CROP),
 )
 def early_fusion(
     *,

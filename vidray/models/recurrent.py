@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from vidray.errors import VidrayError
-from vidray.models.backbone2d import PAPER_WIDTH, ResNet2d, fold_time, init_weights, resnet2d
+from vidray.models.backbone2d import IMAGENET_CROP, PAPER_WIDTH, ResNet2d, fold_time, resnet2d
 from vidray.models.registry import InputSpec, register
+from vidray.models.weights import init_weights
 
-CROP = 224  # the ImageNet crop the 2D trunk was designed (and pretrained) for
 FRAMES = 16  # LRCN's clip length (Donahue et al. 2015)
 
 
@@ -120,7 +120,7 @@ class RecurrentConvNet(nn.Module):
 @register(
     "cnn_lstm",
     paper="Donahue et al. 2015 (LRCN); Baccouche et al. 2011",
-    input=InputSpec(frames=FRAMES, crop=CROP),
+    input=InputSpec(frames=FRAMES, crop=IMAGENET_CROP),
 )
 def cnn_lstm(
     *,
@@ -157,7 +157,7 @@ def cnn_lstm(
 @register(
     "recurrent_conv",
     paper="Ballas et al. 2016 (GRU-RCN)",
-    input=InputSpec(frames=FRAMES, crop=CROP),
+    input=InputSpec(frames=FRAMES, crop=IMAGENET_CROP),
 )
 def recurrent_conv(
     *,

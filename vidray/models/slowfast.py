@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from vidray.errors import VidrayError
 from vidray.models.registry import InputSpec, register
-from vidray.models.trunk3d import Head, PathwaySpec, SameConv3d, build_pathway, init_weights
+from vidray.models.trunk3d import Head, PathwaySpec, SameConv3d, build_pathway
+from vidray.models.weights import HEAD_STD, init_weights
 
 PAPER = "SlowFast, Feichtenhofer et al. 2019"
 SLOW_KERNELS = ((1,), (1,), (3,), (3,))  # non-degenerate in time only in res4, res5
@@ -85,7 +86,7 @@ class SlowFast(nn.Module):
         )
         self.fast = build_pathway(fast, in_channels=in_channels)
         self.head = Head(slow.out_channels()[-1] + fast.out_channels()[-1], num_classes, dropout)
-        init_weights(self)
+        init_weights(self, linear_std=HEAD_STD)
 
     def features(self, clip: Tensor) -> tuple[Tensor, Tensor]:
         """The slow and fast maps after res5, (B, C, T', H', W') each, before the head's pool.

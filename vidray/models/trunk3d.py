@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from vidray.errors import VidrayError
 from vidray.models.nonlocal_block import MODES, NonLocalMode, insert_nonlocal
+from vidray.models.weights import HEAD_STD, init_weights
 
 TimePadding = Literal["zeros", "replicate"]
 TIME_PADDINGS: tuple[TimePadding, ...] = ("zeros", "replicate")
@@ -318,24 +319,6 @@ class Head(nn.Module):
         return self.fc(self.dropout(pooled))
 
 
-def init_weights(model: nn.Module) -> None:
-    """The one initialisation of every 3D ResNet here (He et al. 2015 for convs).
-
-    Norm layers reset themselves, so a norm that must start at zero (the output BN
-    of a non-local block, which makes the block the identity) keeps that property.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.Conv3d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm3d):
-            m.reset_parameters()
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.01)
-            nn.init.zeros_(m.bias)
-
-
 class ResNet3d(nn.Module):
     """One pathway and a head: stem, layer1..layer4, head.
 
@@ -355,7 +338,7 @@ class ResNet3d(nn.Module):
             self.add_module(name, stage)
         self.head = Head(spec.out_channels()[-1], num_classes, dropout)
         self.spec = spec
-        init_weights(self)
+        init_weights(self, linear_std=HEAD_STD)
 
     def features(self, clip: Tensor) -> Tensor:
         for name in self.STAGES:

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidray.errors import VidrayError
-from vidray.models.backbone2d import PAPER_WIDTH, ResNet2d, init_weights, resnet2d
+from vidray.models.backbone2d import IMAGENET_CROP, PAPER_WIDTH, ResNet2d, resnet2d
 from vidray.models.registry import InputSpec, register
+from vidray.models.weights import init_weights
 
 FLOW = 10  # L, the paper's flow stack (20 input channels)
-CROP = 224
 
 
 def _classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -132,7 +132,7 @@ class TwoStreamNet(nn.Module):
 @register(
     "two_stream",
     paper="Simonyan & Zisserman 2014; conv fusion: Feichtenhofer et al. 2016",
-    input=InputSpec(frames=1, crop=CROP, flow=FLOW),
+    input=InputSpec(frames=1, crop=IMAGENET_CROP, flow=FLOW),
 )
 def two_stream(
     *,

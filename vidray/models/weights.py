@@ -1,4 +1,5 @@
-"""Reading pretrained weights: a local state_dict file, or a torchvision weights name.
+"""Weights: the one initialisation of a network trained from scratch, and pretrained
+weights read from a local state_dict file or a torchvision weights name.
 
     read_state_dict("/models/resnet50.pt")                         # torch.save(model.state_dict())
     read_state_dict("ResNet50_Weights.IMAGENET1K_V2")              # torchvision's registry
@@ -14,10 +15,34 @@ import pickle
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models import WeightsEnum, get_weight
 
 from vidray.errors import VidrayError
+
+# The std of a classifier's weights in the 3D networks (PySlowFast's heads, C3D's
+# VGG-style classifier); torchvision's 2D ResNets keep PyTorch's default there.
+HEAD_STD = 0.01
+
+
+def init_weights(module: nn.Module, *, linear_std: float | None = None) -> None:
+    """The weight initialisation of every network here (He et al. 2015, as torchvision).
+
+    Convolutions, 2D and 3D: He-normal over fan-out, bias zero. Norm layers reset
+    themselves: the identity, except one made to start at zero (a non-local block's
+    last), which stays zero. Linear layers: N(0, ``linear_std``) with zero bias where
+    it is given, else PyTorch's default.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, std=linear_std)
+            nn.init.zeros_(m.bias)
 
 
 def read_state_dict(source: str, *, enum: type[WeightsEnum] | None = None) -> dict[str, Tensor]:

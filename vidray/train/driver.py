@@ -133,14 +133,6 @@ def steps_per_epoch(cfg: Config, train_windows: int) -> int:
     return max(1, math.ceil(batches / cfg.train.grad_accum))
 
 
-def ray_resources() -> dict[str, float]:
-    """The cluster's CPUs and GPUs, logged so runs on different clusters compare fairly."""
-    import ray
-
-    resources = ray.cluster_resources()
-    return {"ray.cpus": resources.get("CPU", 0), "ray.gpus": resources.get("GPU", 0)}
-
-
 def new_run_name(storage_path: str, model: str) -> str:
     """``<model>-<date>-<time>``, made unique under ``storage_path``: Ray Train resumes a
     run folder it finds, so two runs started in the same second must not share one.
@@ -260,15 +252,15 @@ def run_training(
     *,
     tags: dict[str, str] | None = None,
     callbacks: Sequence[Any] = (),
-    debug: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.train.data``; needs a running Ray.
 
     ``tags`` go on the MLflow run (a sweep nests its trials with
     ``mlflow.parentRunId``); ``callbacks`` are Ray Train callbacks (a Tune trial
-    passes the one that reports each epoch to Tune). ``debug`` is for tests
-    only (see `vidray.train.loop.DebugHooks`). Raises `Interrupted` on Ctrl-C.
+    passes the one that reports each epoch to Tune). Raises `Interrupted` on
+    Ctrl-C.
     """
+    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -281,25 +273,20 @@ def run_training(
     tracking.check_reachable(uri)
     run_name = cfg.train.run_name or new_run_name(cfg.train.storage_path, cfg.model.name)
     run_dir = storage.join(cfg.train.storage_path, run_name)  # Ray Train's: RunConfig(name)
-    tags = {"vidray.task": "train", **(tags or {})}
+    tags = {tracking.TASK_TAG: "train", **(tags or {})}
     resume = cfg.train.resume_from
     if resume:
         # A resumed run is a new MLflow run (its params, e.g. train.epochs, may differ)
         # whose metrics continue at the next epoch; the tag links it to the first.
-        tags["vidray.resumed_from"] = resume
+        tags[tracking.RESUMED_FROM_TAG] = resume
     run_id = tracking.start_run(cfg, uri=uri, run_name=run_name, tags=tags)
     per_epoch = steps_per_epoch(cfg, counts["train"])
     tracking.log_params(
         uri,
         run_id,
         {
-            **tracking.dataset_params(info),
-            "data.videos": info["videos"],
-            "data.windows": info["windows"],
-            "data.classes": len(classes),
-            **{f"data.windows_{split}": n for split, n in counts.items()},
-            "data.steps_per_epoch": per_epoch,
-            **ray_resources(),
+            **tracking.training_data_params(info, counts, steps_per_epoch=per_epoch),
+            **tracking.resource_params(ray.cluster_resources()),
         },
     )
     ingest = DataConfig.default_ingest_options()
@@ -330,7 +317,6 @@ def run_training(
                 # (deprecated, ray#49454): the loop loads it on a first start.
                 "resume_from": resume,
                 "epoch_clock": clock,
-                "debug": debug,
             },
             scaling_config=ScalingConfig(
                 num_workers=cfg.train.num_workers,

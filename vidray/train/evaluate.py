@@ -38,7 +38,6 @@ from vidray.train.loop import build_model
 from vidray.train.metrics import VideoPredictions, video_predictions
 
 CLIPS_PER_BATCH = 32
-METRICS = ("video_top1", "video_top5", "clip_top1", "mean_class_acc")
 
 
 @dataclass
@@ -55,9 +54,9 @@ class EvalReport:
         m = {k.rsplit("/", 1)[-1]: v for k, v in self.metrics.items()}
         return (
             f"evaluate [{self.split}]: {self.videos} videos, {self.clips} clips "
-            f"({self.views} per window): video top-1 {m['video_top1']:.3f}, "
-            f"top-5 {m['video_top5']:.3f}, mean class {m['mean_class_acc']:.3f}, "
-            f"clip top-1 {m['clip_top1']:.3f}; reports in {self.output}"
+            f"({self.views} per window): video top-1 {m[tracking.VIDEO_TOP1]:.3f}, "
+            f"top-5 {m[tracking.VIDEO_TOP5]:.3f}, mean class {m[tracking.MEAN_CLASS_ACC]:.3f}, "
+            f"clip top-1 {m[tracking.CLIP_TOP1]:.3f}; reports in {self.output}"
         )
 
 
@@ -224,7 +223,11 @@ def run_evaluation(cfg: Config) -> EvalReport:
         f"{cfg.eval.temporal_views}x{cfg.eval.spatial_views} views"
     )
     written = write_reports(output, result, video_ids, classes, title=title)
-    metrics = {f"eval/{split}/{name}": result.metrics[name] for name in METRICS}
+    # Under eval/: the training run's own val/ metrics stay as training logged them.
+    metrics = {
+        tracking.split_metric(f"eval/{split}", name): value
+        for name, value in result.metrics.items()
+    }
 
     run_id = meta.get("run_id")
     if run_id:

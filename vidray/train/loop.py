@@ -20,14 +20,11 @@ rank alone would wait forever for the others' buffer broadcast.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,6 +74,8 @@ def train_epoch(
     epochs_done: int,
     cfg: Config,
     device: torch.device,
+    *,
+    task: Task,
 ) -> tuple[torch.Tensor, float]:
     """One pass over this rank's shard: (loss sum, hits, count) and the first step's LR.
     ``epochs_done``: the epochs before this one (the schedule's progress at its start).
@@ -85,7 +84,6 @@ def train_epoch(
     local (DDP ``no_sync``) and are all-reduced once, on the batch that steps.
     """
     model.train()
-    task = task_of(cfg)
     accum = cfg.train.grad_accum
     totals = torch.zeros(3, dtype=torch.float64)
     first_lr = float("nan")
@@ -150,48 +148,6 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}"
 
 
-def param_checksum(model: nn.Module) -> str:
-    """A hash of every parameter's bytes: equal on all ranks iff the replicas are identical."""
-    digest = hashlib.sha256()
-    for param in model.parameters():
-        digest.update(param.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-class DebugHooks:
-    """Test-only hooks, off unless the driver passes ``debug={"dir": ...}``.
-
-    - ``pause_epoch``: at the start of that epoch each rank writes its pid to
-      ``rank<r>.pid`` and waits (up to ``pause_seconds``, default a minute) for a
-      ``release`` file, so a test can kill a worker or stop the run at a known
-      point; a restarted worker finds ``release`` and goes on.
-    - at the end of training each rank writes ``rank<r>.checksum`` (`param_checksum`)
-      and ``rank<r>.node``, the id of the Ray node it ran on.
-    """
-
-    def __init__(self, debug: dict[str, Any] | None, rank: int) -> None:
-        self.dir = Path(debug["dir"]) if debug else None
-        self.pause_epoch = (debug or {}).get("pause_epoch")
-        self.pause_seconds = (debug or {}).get("pause_seconds", 60)
-        self.rank = rank
-
-    def epoch_start(self, epoch: int) -> None:
-        if self.dir is None or epoch != self.pause_epoch:
-            return
-        (self.dir / f"rank{self.rank}.pid").write_text(str(os.getpid()))
-        deadline = time.monotonic() + self.pause_seconds
-        while not (self.dir / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-    def finished(self, model: nn.Module) -> None:
-        if self.dir is not None:
-            import ray
-
-            (self.dir / f"rank{self.rank}.checksum").write_text(param_checksum(model))
-            node = ray.get_runtime_context().get_node_id()
-            (self.dir / f"rank{self.rank}.node").write_text(node)
-
-
 def epoch_line(metrics: dict[str, float], epochs: int, *, hits: str, metric: str) -> str:
     """The progress line rank 0 prints after each epoch (``hits`` and ``metric``: the
     task's training accuracy and validation metric names)."""
@@ -218,14 +174,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    hooks = DebugHooks(loop_config.get("debug"), rank)
 
     # Workers share cores with Ray Data's readers: one intra-op thread each.
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
     # On the device before the optimiser exists, so restored optimiser state lands there too.
-    model = build_model(cfg, len(classes)).to(device)
+    model = task.build(cfg, len(classes)).to(device)
     if device.type == "cuda":
         model = channels_last_3d(model)
     optimizer = make_optimizer(cfg.optim, model.parameters())
@@ -245,7 +200,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous; CUDA only
     clock = loop_config["epoch_clock"]
     for epoch in range(done + 1, cfg.train.epochs + 1):
-        hooks.epoch_start(epoch)
         if rank == 0:
             # Before the first batch is asked for: the epoch's read tasks start only once
             # every rank, this one included, asks (Ray Data's streaming split).
@@ -253,7 +207,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         t0 = time.monotonic()
         seed = shuffle_seed(cfg.train.seed, epoch, rank)
         batches = task.batches(train_shard, cfg, train=True, pin=pin, seed=seed)
-        totals, first_lr = train_epoch(model, batches, optimizer, scheduler, epoch - 1, cfg, device)
+        totals, first_lr = train_epoch(
+            model, batches, optimizer, scheduler, epoch - 1, cfg, device, task=task
+        )
         if world > 1:
             torch.distributed.all_reduce(totals)
         seconds = time.monotonic() - t0
@@ -297,4 +253,3 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(line, file=sys.__stdout__, flush=True)
         else:
             ray.train.report(metrics)
-    hooks.finished(bare_model)

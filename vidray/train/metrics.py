@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vidray import tracking
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -74,12 +76,13 @@ def classification_metrics(
     probs = softmax(logits)
     nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
     _, vprobs, vlabels = video_scores(probs, labels, video_keys)
-    return {
-        f"{prefix}/loss": float(nll.mean()),
-        f"{prefix}/clip_top1": float(topk_correct(probs, labels, 1).mean()),
-        f"{prefix}/video_top1": float(topk_correct(vprobs, vlabels, 1).mean()),
-        f"{prefix}/video_top5": float(topk_correct(vprobs, vlabels, 5).mean()),
+    values = {
+        tracking.LOSS: float(nll.mean()),
+        tracking.CLIP_TOP1: float(topk_correct(probs, labels, 1).mean()),
+        tracking.VIDEO_TOP1: float(topk_correct(vprobs, vlabels, 1).mean()),
+        tracking.VIDEO_TOP5: float(topk_correct(vprobs, vlabels, 5).mean()),
     }
+    return {tracking.split_metric(prefix, name): value for name, value in values.items()}
 
 
 @dataclass
@@ -109,9 +112,9 @@ def video_predictions(
     keys, vprobs, vlabels = video_scores(probs, labels, video_keys)
     confusion = confusion_matrix(vlabels, vprobs.argmax(axis=1), num_classes)
     metrics = {
-        "clip_top1": float(topk_correct(probs, labels, 1).mean()),
-        "video_top1": float(topk_correct(vprobs, vlabels, 1).mean()),
-        "video_top5": float(topk_correct(vprobs, vlabels, 5).mean()),
-        "mean_class_acc": mean_class_accuracy(confusion),
+        tracking.CLIP_TOP1: float(topk_correct(probs, labels, 1).mean()),
+        tracking.VIDEO_TOP1: float(topk_correct(vprobs, vlabels, 1).mean()),
+        tracking.VIDEO_TOP5: float(topk_correct(vprobs, vlabels, 5).mean()),
+        tracking.MEAN_CLASS_ACC: mean_class_accuracy(confusion),
     }
     return VideoPredictions(keys, vlabels, vprobs, confusion, metrics)

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vidray import tracking
 from vidray.config import Config, RayConfig, apply_overrides, build_dataclass, read_config_file
 from vidray.errors import VidrayError
 from vidray.models import arguments, available, entry
@@ -43,7 +44,7 @@ class SweepConfig:
     """The ``sweep:`` section."""
 
     name: str = "sweep"  # the Tune experiment and the MLflow parent run
-    metric: str = "val/video_top1"  # what ASHA and the final ranking use
+    metric: str = tracking.VAL_VIDEO_TOP1  # what ASHA and the final ranking use
     mode: Literal["max", "min"] = "max"
     num_samples: int = 1  # draws of the random keys per grid point
     max_concurrent_trials: int = 1

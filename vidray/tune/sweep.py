@@ -62,9 +62,6 @@ TUNE_STATE = "experiment_state-*.json"  # what Tune saves in its experiment, and
 # (a sweep on 2 cores then hangs); a byte of memory is a bundle that holds no CPU,
 # so a trial gets exactly the resources `vidray train` would.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 1}
-TRIAL_TAG = "vidray.trial"
-STOPPED_TAG = "vidray.stopped_early"  # what stopped a trial: asha, or time_budget
-BUDGET_TAG = "vidray.time_budget_reached"  # on the parent run of a sweep the budget ended
 # Config keys that name a file or a folder (or a URI), made absolute in the driver.
 PATH_KEYS = (
     "train.data",
@@ -244,9 +241,9 @@ def _trial(
     run_training(
         cfg,
         tags={
-            "mlflow.parentRunId": parent_run_id,
-            "vidray.sweep": sweep_name,
-            TRIAL_TAG: str(index),
+            tracking.PARENT_RUN_TAG: parent_run_id,
+            tracking.SWEEP_TAG: sweep_name,
+            tracking.TRIAL_TAG: str(index),
         },
         callbacks=[TuneReportCallback()],
     )
@@ -277,7 +274,7 @@ def run_sweep(sweep: Sweep) -> SweepResult:
             status = "KILLED"
             raise _interrupted(plan, parent)
         # The latest run of each trial (a resumed trial has one per attempt).
-        runs = {int(r.data.tags[TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
+        runs = {int(r.data.tags[tracking.TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
         rows = trial_rows(grid, plan.trials, sweep, runs)
         # Only the time budget ends a sweep with trials cut between two results or never
         # started (ASHA stops a trial on a result; an interrupt does not come here).
@@ -293,7 +290,7 @@ def run_sweep(sweep: Sweep) -> SweepResult:
                 f"tune: time budget of {settings.time_budget_s:g} s reached: "
                 f"{unfinished} of {len(rows)} trials stopped early or not run"
             )
-            tracking.client(uri).set_tag(parent, BUDGET_TAG, "true")
+            tracking.client(uri).set_tag(parent, tracking.BUDGET_TAG, "true")
         _mark_children(uri, rows, settings.scheduler, budget_reached)
         written = [
             write_table(plan.output / "trials.csv", rows, sweep),
@@ -344,7 +341,7 @@ def _open_parent(plan: SweepPlan) -> str:
         tracking.client(uri).update_run(plan.parent_run_id, status="RUNNING")
         return plan.parent_run_id
     parent = tracking.start_run(
-        plan.base, uri=uri, run_name=settings.name, tags={"vidray.task": "tune"}
+        plan.base, uri=uri, run_name=settings.name, tags={tracking.TASK_TAG: "tune"}
     )
     tracking.log_params(
         uri,
@@ -495,7 +492,9 @@ def _interrupted(plan: SweepPlan, parent: str) -> Interrupted:
     try:
         _close_interrupted(plan.tracking_uri, parent)
         tracking.end_run(plan.tracking_uri, parent, status="KILLED")
-        latest = {run.data.tags[TRIAL_TAG]: run for run in _trial_runs(plan.tracking_uri, parent)}
+        latest = {
+            run.data.tags[tracking.TRIAL_TAG]: run for run in _trial_runs(plan.tracking_uri, parent)
+        }
     except Exception as exc:  # whatever MLflow raised: the one line must still come
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Interrupted(f"interrupted (MLflow runs not updated: {first}); {how}")
@@ -519,7 +518,7 @@ def _close_interrupted(uri: str, parent: str) -> None:
     the UI shows none live."""
     for run in _trial_runs(uri, parent):
         if run.info.status == "RUNNING":
-            tracking.client(uri).set_tag(run.info.run_id, "vidray.interrupted", "true")
+            tracking.client(uri).set_tag(run.info.run_id, tracking.INTERRUPTED_TAG, "true")
             tracking.end_run(uri, run.info.run_id, status="KILLED")
 
 
@@ -531,11 +530,11 @@ def _mark_children(uri: str, rows: list[TrialRow], scheduler: str, budget_reache
     for row in rows:
         if not row.run_id:
             continue
-        client.set_tag(row.run_id, "vidray.trial_status", row.status)
+        client.set_tag(row.run_id, tracking.TRIAL_STATUS_TAG, row.status)
         if row.status == "stopped early":
             stopper = stopped_by(row, scheduler, budget_reached)
             if stopper:
-                client.set_tag(row.run_id, STOPPED_TAG, stopper)
+                client.set_tag(row.run_id, tracking.STOPPED_TAG, stopper)
             tracking.end_run(uri, row.run_id, status="KILLED")
         elif client.get_run(row.run_id).info.status == "RUNNING":
             tracking.end_run(uri, row.run_id, status="FAILED")
