@@ -74,3 +74,9 @@ def channels_last_3d(model: nn.Module) -> nn.Module:
         if param.dim() == 5:
             param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
     return model
+
+
+def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device`` in eval mode, in the layout `to_device` gives its inputs."""
+    model = model.to(device).eval()
+    return channels_last_3d(model) if device.type == "cuda" else model

@@ -209,11 +209,7 @@ class ClipSampler:
             frames = full[:, top : top + crop, left : left + crop]
             flow = None if full_flow is None else full_flow[:, top : top + crop, left : left + crop]
             if flip:
-                frames = frames[:, :, ::-1]
-                if flow is not None:
-                    # Quantization is symmetric about 127.5, so negating x is 255 - q exactly.
-                    flow = flow[:, :, ::-1].copy()
-                    flow[..., 0] = 255 - flow[..., 0]
+                frames, flow, _ = hflip(frames, flow)
             clips.append(
                 (
                     np.ascontiguousarray(frames),
@@ -496,6 +492,22 @@ def iter_clip_batches(
         ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids),
         batch_rows=batch_rows,
     )
+
+
+def hflip(
+    frames: np.ndarray, flow: np.ndarray | None = None, boxes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A clip mirrored left to right: frames (T, H, W, C) and quantized flow
+    (T, H, W, 2) along W, with flow's x negated, and normalised (x1, y1, x2, y2)
+    boxes mirrored. The one flip of training, for clips and keyframes alike."""
+    frames = frames[:, :, ::-1]
+    if flow is not None:
+        # Quantization is symmetric about 127.5, so negating x is 255 - q exactly.
+        flow = flow[:, :, ::-1].copy()
+        flow[..., 0] = 255 - flow[..., 0]
+    if boxes is not None:
+        boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1)
+    return frames, flow, boxes
 
 
 def enlarged_size(height: int, width: int, crop: int) -> tuple[int, int]:

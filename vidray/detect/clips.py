@@ -24,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from vidray.config import ClipConfig, Config, DetectConfig
-from vidray.data.clips import ShardReader, clips_from_shards, read_samples, window_files
+from vidray.data.clips import ShardReader, clips_from_shards, hflip, read_samples, window_files
 from vidray.data.manifest import read_dataset_info
 from vidray.data.shards import decode_images
 from vidray.errors import VidrayError
@@ -111,10 +111,7 @@ class KeyframeSampler:
             if rng is not None:
                 chosen = _jitter(chosen, self.detect.box_jitter, rng)
                 if self.clip.hflip and rng.integers(0, 2):
-                    clip = clip[:, :, ::-1]
-                    chosen = np.stack(
-                        [1 - chosen[:, 2], chosen[:, 1], 1 - chosen[:, 0], chosen[:, 3]], 1
-                    )
+                    clip, _, chosen = hflip(clip, boxes=chosen)
             n = min(len(chosen), limit)
             boxes[r, :n] = chosen[:n]
             targets[r, :n] = multi_hot[:n]

@@ -30,12 +30,13 @@ from vidray import storage, tracking
 from vidray.checkpoints import load_checkpoint
 from vidray.config import Config
 from vidray.data.clips import check_views, iter_clip_batches, read_clips
-from vidray.device import model_input
+from vidray.device import for_inference
 from vidray.errors import VidrayError
 from vidray.train import report as files
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model
 from vidray.train.metrics import VideoPredictions, video_predictions
+from vidray.train.tasks import predict
 
 CLIPS_PER_BATCH = 32
 
@@ -60,27 +61,6 @@ class EvalReport:
         )
 
 
-@torch.no_grad()
-def predict_clips(model: nn.Module, batches: Any, device: torch.device) -> dict[str, np.ndarray]:
-    """Logits, labels, video keys and video ids of every clip in ``batches`` (numpy batches)."""
-    model.eval()
-    logits, labels, keys, ids = [], [], [], []
-    for batch in batches:
-        ids.append(batch.pop("video_id"))
-        tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
-        logits.append(model(model_input(tensors, device)).float().cpu().numpy())
-        labels.append(batch["label"])
-        keys.append(batch["video_key"])
-    if not logits:
-        return {}
-    return {
-        "logits": np.concatenate(logits),
-        "labels": np.concatenate(labels),
-        "keys": np.concatenate(keys),
-        "video_ids": np.concatenate(ids),
-    }
-
-
 def load_model(checkpoint: str | Path) -> tuple[nn.Module, Config, dict[str, Any]]:
     """The checkpoint's model (weights loaded, eval mode, on CPU), its config and meta."""
     state, meta = load_checkpoint(checkpoint)
@@ -96,10 +76,12 @@ class ClipPredictor:
     def __init__(self, checkpoint: str, use_gpu: bool) -> None:
         torch.set_num_threads(1)
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model = load_model(checkpoint)[0].to(self.device)
+        model, trained, _ = load_model(checkpoint)
+        self.model = for_inference(model, self.device)
+        self.precision = trained.train.precision
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = predict_clips(self.model, [dict(batch)], self.device)
+        out = predict(self.model, [batch], self.device, precision=self.precision)
         return {
             "logits": out["logits"],
             "label": out["labels"],
@@ -200,8 +182,9 @@ def run_evaluation(cfg: Config) -> EvalReport:
             spatial_views=cfg.eval.spatial_views,
             video_ids=True,
         )
-        out = predict_clips(model.to(device), batches, device)
-    if not out:
+        model = for_inference(model, device)
+        out = predict(model, batches, device, precision=trained.train.precision)
+    if not len(out.get("labels", ())):  # no batch at all, locally or on Ray
         raise VidrayError(f"{data} has no windows in split {split!r}")
     labels = out["labels"]
     if labels.min() < 0:

@@ -16,6 +16,7 @@ driver hands its task to the workers, which import its package to unpickle it.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,22 +41,28 @@ from vidray.train.metrics import classification_metrics
 def predict(
     model: nn.Module, batches: Any, device: torch.device, *, precision: str = "fp32"
 ) -> dict[str, np.ndarray]:
-    """Logits, labels and video keys of every clip in ``batches`` (torch batches)."""
+    """Logits, labels and video keys of every clip in ``batches``, and video ids where
+    the batches carry them: the one inference loop of validation and evaluation.
+
+    Batches may hold torch tensors (Ray Train's shards) or numpy arrays (Ray Data's
+    batches, the local reader). The model runs as in training: ``precision``, and on
+    CUDA channels-last clips (`vidray.device.to_device`; see `for_inference`).
+    """
     model.eval()
-    logits, labels, keys = [], [], []
+    found: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in batches:
+        batch = dict(batch)
+        if "video_id" in batch:  # strings: no tensor holds them
+            found["video_ids"].append(np.asarray(batch.pop("video_id")))
+        tensors = {k: torch.as_tensor(v) for k, v in batch.items()}
         with autocast(device, precision):
-            out = model(to_device(batch, device))
-        logits.append(out.float().cpu().numpy())
-        labels.append(np.asarray(batch["label"]))
-        keys.append(np.asarray(batch["video_key"]))
-    if not logits:
+            logits = model(to_device(tensors, device))
+        found["logits"].append(logits.float().cpu().numpy())
+        found["labels"].append(np.asarray(batch["label"]))
+        found["keys"].append(np.asarray(batch["video_key"]))
+    if not found:
         return {"logits": np.zeros((0, 0)), "labels": np.zeros(0, np.int64), "keys": np.zeros(0)}
-    return {
-        "logits": np.concatenate(logits),
-        "labels": np.concatenate(labels),
-        "keys": np.concatenate(keys),
-    }
+    return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
 @dataclass(frozen=True)
