@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vidray.config import ClipConfig
-from vidray.data.clips import ClipSampler, EpochReader, ShardReader
+from vidray.data.clips import ClipSampler, EpochReader, ShardReader, hflip
 from vidray.data.shards import encode_images
 from vidray.errors import VidrayError
 
@@ -263,3 +263,15 @@ def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
     assert orders[0] != orders[1] != orders[2] != orders[0]
     assert sorted(run[0]) != sorted(run[1])  # new clips, not only a new order
     assert epoch(reader(seed=4), 1) != run[0]
+
+
+def test_a_flipped_keyframe_box_still_holds_its_person():
+    """`hflip` mirrors normalised boxes with the frames: the pixels a box covers are the
+    same before and after (the flip detection training uses)."""
+    frames = np.zeros((2, 40, 100, 3), np.uint8)
+    box = np.array([[0.1, 0.25, 0.3, 0.75]], np.float32)  # x1, y1, x2, y2
+    frames[:, 10:30, 10:30] = 255
+    flipped, _, moved = hflip(frames, boxes=box)
+    x1, y1, x2, y2 = (moved[0] * [100, 40, 100, 40]).round().astype(int)
+    assert (x1, x2) == (70, 90) and (y1, y2) == (10, 30)
+    assert (flipped[:, y1:y2, x1:x2] == 255).all() and flipped.sum() == frames.sum()
