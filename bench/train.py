@@ -8,7 +8,7 @@ simple3d, width 16, T=8 at stride 2, crop 56; ``--model`` picks another family a
 its declared clip, ``--set key=value`` changes anything else):
 
 - **scaling**: the real training path, ``vidray.train.driver.run_training``, with
-  ``train.num_workers=1`` and then ``=2`` on the same data, each worker asking for
+  ``train.workers=1`` and then ``=2`` on the same data, each worker asking for
   ``--cpus-per-worker`` CPUs (default 0.5: two workers fit on 2 cores and leave room
   for Ray Data's readers). Clips/s is what the run logs to MLflow
   (``time/clips_per_s`` per epoch, read back with MlflowClient, SQLite in the work
@@ -136,7 +136,7 @@ def scaling_run(cfg: Config, workers: int, batch: int) -> dict[str, Any]:
     cfg = replace(
         cfg,
         train=replace(
-            cfg.train, num_workers=workers, batch_size=batch, run_name=f"bench-train-{workers}w"
+            cfg.train, workers=workers, batch_size=batch, run_name=f"bench-train-{workers}w"
         ),
     )
     result = run_training(cfg)
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["batch"],
                     r["batch"] * n,
                     steps_per_epoch(
-                        replace(cfg, train=replace(train, num_workers=n, batch_size=r["batch"])),
+                        replace(cfg, train=replace(train, workers=n, batch_size=r["batch"])),
                         counts[SPLIT],
                     ),
                     r["clips_per_epoch"],

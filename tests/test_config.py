@@ -1,6 +1,8 @@
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vidray.config import Config, load_config
 from vidray.errors import VidrayError
@@ -105,3 +107,33 @@ SHIPPED = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p.parent.name != "tune"])
 def test_shipped_configs_load(path: Path):
     load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("train.num_workers", "train.workers"), ("detect.max_boxes", "detection.max_boxes")],
+)
+def test_a_renamed_key_is_refused_with_its_new_name(tmp_path, old, new):
+    """Never read under the old name, from an override or a file."""
+    with pytest.raises(VidrayError, match=rf"config: '{re.escape(old)}' was renamed to '{new}'"):
+        load_config(None, [f"{old}=1"])
+    section, key = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({section: {key: 1}}))
+    with pytest.raises(VidrayError, match="was renamed to"):
+        load_config(path)
+
+
+def test_a_config_stored_under_the_old_names_loads_in_the_new():
+    """A checkpoint's meta.yaml from before the renames: a detector's model.pretrained
+    was its backbone's classification checkpoint."""
+    stored = {
+        "train": {"task": "detect", "num_workers": 3},
+        "detect": {"max_boxes": 7, "video": "clip.mp4"},
+        "model": {"name": "slowfast_r50", "pretrained": "runs/k400/epoch_010"},
+    }
+    cfg = Config.from_stored(stored)
+    assert (cfg.train.workers, cfg.detection.max_boxes, cfg.detect.video) == (3, 7, "clip.mp4")
+    assert cfg.detection.backbone_checkpoint == "runs/k400/epoch_010"
+    assert cfg.model.pretrained == ""
+    assert stored["train"] == {"task": "detect", "num_workers": 3}  # the input is not changed

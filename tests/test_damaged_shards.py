@@ -89,7 +89,7 @@ def test_training_on_a_damaged_shard_exits_2_with_one_line_naming_it(
             "clip.stride=2",
             "clip.crop=48",
             "train.epochs=1",
-            "train.num_workers=1",
+            "train.workers=1",
             "train.max_failures=0",
             f"train.data={data}",
             f"train.storage_path={tmp_path / 'runs'}",

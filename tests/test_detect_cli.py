@@ -122,7 +122,7 @@ def detect(video: Path, checkpoint: Path, *args: str) -> int:
             str(checkpoint),
             *args,
             f"detect.time_offset={OFFSET}",
-            f"detect.max_boxes={MAX_BOXES}",
+            f"detection.max_boxes={MAX_BOXES}",
         ]
     )
 

@@ -122,7 +122,7 @@ def test_ingest_and_train_jobs_succeed_on_the_cluster(job_client, tmp_path):
     status, logs = run_job(
         job_client,
         f"python -m pipelines.train --data {data} model.name=simple3d model.width=8 clip.T=4 "
-        "clip.crop=48 train.epochs=1 train.num_workers=1 train.cpus_per_worker=1 "
+        "clip.crop=48 train.epochs=1 train.workers=1 train.cpus_per_worker=1 "
         f"train.storage_path={tmp_path / 'runs'} mlflow.tracking_uri={uri} "
         "train.run_name=from-a-job",
     )

@@ -131,7 +131,7 @@ def test_ingest_and_train_with_every_file_on_s3(s3_env, tmp_path):
             "clip.T=4",
             "clip.crop=48",
             "train.epochs=1",
-            "train.num_workers=1",
+            "train.workers=1",
             "train.cpus_per_worker=1",
             f"train.storage_path=s3://{BUCKET}/runs",
             "train.run_name=on-s3",

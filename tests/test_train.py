@@ -31,7 +31,7 @@ TINY = [
     "clip.crop=48",
     "train.epochs=2",
     "train.batch_size=8",
-    "train.num_workers=2",
+    "train.workers=2",
     "train.cpus_per_worker=0.5",
 ]
 
@@ -86,7 +86,7 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
     assert run.info.run_name == "tiny-run"
     params = run.data.params
     assert params["model.name"] == "simple3d" and params["clip.T"] == "4"
-    assert params["train.num_workers"] == "2"
+    assert params["train.workers"] == "2"
     assert int(params["data.classes"]) == 4 and int(params["data.windows_train"]) > 0
     assert params["train.grad_accum"] == "2" and params["optim.schedule"] == "cosine"
     assert float(params["ray.cpus"]) == 2 and float(params["ray.gpus"]) == 0

@@ -31,7 +31,7 @@ from vidray.train.schedule import lr_factor
 
 # More epochs than either run gets through before it is stopped, however fast the machine.
 EPOCHS = 20
-ONE_WORKER = [f"train.epochs={EPOCHS}", "train.num_workers=1", "train.cpus_per_worker=1", *KNOBS]
+ONE_WORKER = [f"train.epochs={EPOCHS}", "train.workers=1", "train.cpus_per_worker=1", *KNOBS]
 
 
 def wait_for_checkpoint(run_dir: Path, timeout: float) -> None:

@@ -16,7 +16,7 @@ CURVES = ("train/loss", "train/clip_top1", "val/loss", "val/clip_top1", "val/vid
 
 def curves(data, tmp_path, name: str, *overrides: str) -> tuple[dict[str, list], TrainResult]:
     """Each metric's value per epoch in a one-worker run, and the run."""
-    cfg = tiny_config(data, tmp_path, "train.num_workers=1", f"train.run_name={name}", *overrides)
+    cfg = tiny_config(data, tmp_path, "train.workers=1", f"train.run_name={name}", *overrides)
     result = run_training(cfg)
     client = MlflowClient(tracking_uri=result.tracking_uri)
     return {

@@ -73,7 +73,7 @@ def test_the_best_of_tied_epochs_is_kept_and_chosen(tied_data, tmp_path, monkeyp
             "optim.lr=0.001",
             "train.epochs=4",
             "train.batch_size=2",
-            "train.num_workers=1",
+            "train.workers=1",
             "train.run_name=tied",
             f"train.data={tied_data}",
         ],

@@ -38,7 +38,7 @@ TINY = {
     "model": {"name": "simple3d", "width": 8},
     "clip": {"T": 4, "stride": 2, "crop": 48, "hflip": False},
     "optim": {"name": "adamw", "lr": 0.003},
-    "train": {"batch_size": 8, "num_workers": 1, "cpus_per_worker": 1},
+    "train": {"batch_size": 8, "workers": 1, "cpus_per_worker": 1},
 }
 
 

@@ -147,7 +147,7 @@ class TrainConfig:
     task: Literal["classify", "detect"] = "classify"  # detect: keyframe rows (layout ava)
     epochs: int = 8  # passes over the training split
     batch_size: int = 16  # per worker, per forward pass
-    num_workers: int = 2  # Ray Train workers (DDP replicas)
+    workers: int = 2  # Ray Train workers (DDP replicas)
     use_gpu: bool = False  # one GPU per worker (NCCL, bf16, channels_last_3d)
     cpus_per_worker: float = 1.0  # CPUs each worker reserves (fractions share a core)
     seed: int = 0  # model init, clip sampling and shard order
@@ -164,19 +164,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class DetectConfig:
-    """Spatio-temporal action detection (``train.task=detect``, ``vidray detect``)."""
+class DetectionConfig:
+    """Spatio-temporal action detection as a task (``train.task=detect``): training,
+    its evaluation, and what `vidray detect` runs with."""
 
     proposal_threshold: float = 0.8  # person boxes at or above this score are classified
     eval_boxes: Literal["proposals", "truth"] = "proposals"  # what evaluation classifies
     box_jitter: float = 0.05  # training: each box edge moves by up to this share of the box
     max_boxes: int = 32  # boxes per keyframe at most (the highest-scoring proposals)
     eval_label_map: str = ""  # classes frame-mAP averages over ("" = all with ground truth)
-    detector: str = ""  # vidray detect: a torchvision Faster R-CNN state_dict file (or COCO_V1)
     roi_size: int = 7  # RoIAlign output (SlowFast: 7x7, then spatial max pool)
-    # vidray detect: what to run on, and where the results go
+    # a classification checkpoint (vidray train, e.g. Kinetics) the backbone starts from;
+    # model.pretrained stays 2D image weights, as for a classifier
+    backbone_checkpoint: str = ""
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """``vidray detect``: what to run on, with which models, and where results go."""
+
     video: str = ""  # a video file, or a folder of videos (a Ray Data job, one CSV each)
     checkpoint: str = ""  # a detection checkpoint directory (or URI) written by training
+    detector: str = ""  # a torchvision Faster R-CNN state_dict file (or COCO_V1)
     # the torchvision Faster R-CNN builder that detect.detector's weights fit
     detector_arch: Literal[
         "fasterrcnn_resnet50_fpn",
@@ -224,6 +233,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -246,6 +256,23 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         return build_dataclass(cls, data, prefix="")
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> Config:
+        """A config an older vidray may have written (a checkpoint's meta.yaml), read
+        in today's names: a renamed key moves to its new name instead of being refused."""
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for old, new in RENAMED.items():
+            (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+            if old_key in data.get(old_section, {}):
+                data.setdefault(new_section, {})[new_key] = data[old_section].pop(old_key)
+        # A detector's model.pretrained was its backbone's classification checkpoint.
+        if data.get("train", {}).get("task") == "detect" and data.get("model", {}).get(
+            "pretrained"
+        ):
+            checkpoint = data["model"].pop("pretrained")
+            data.setdefault("detection", {})["backbone_checkpoint"] = checkpoint
+        return cls.from_dict(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -307,6 +334,24 @@ def read_config_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     return merged
 
 
+# Keys a user may still type from an older vidray: each is refused with its new name,
+# never read under the old one.
+RENAMED = {
+    "train.num_workers": "train.workers",
+    **{
+        f"detect.{key}": f"detection.{key}"
+        for key in (
+            "proposal_threshold",
+            "eval_boxes",
+            "box_jitter",
+            "max_boxes",
+            "eval_label_map",
+            "roi_size",
+        )
+    },
+}
+
+
 def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "config"
     if data is None:
@@ -317,6 +362,8 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in data.items():
+        if f"{prefix}{key}" in RENAMED:
+            raise VidrayError(f"config: '{prefix}{key}' was renamed to '{RENAMED[prefix + key]}'")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""

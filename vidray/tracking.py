@@ -86,14 +86,14 @@ def tracking_uri(cfg: MlflowConfig) -> str:
 # Config keys that say nothing about a training run: how the videos were stored and
 # their flow computed is the dataset's (logged from its dataset.yaml, `dataset_params`);
 # evaluation settings are `vidray evaluate`'s.
-_NOT_RUN_SECTIONS = ("ingest", "eval")
+_NOT_RUN_SECTIONS = ("ingest", "eval", "detect")  # what the data or a command was
 _RUN_FLOW_KEYS = ("flow.L",)  # the one flow key a model reads; the rest shaped ingest
 
 
 def run_params(cfg: Config) -> dict[str, Any]:
     """The config keys that shape a run, under their dotted names: model, clip, optim,
-    train, mlflow and ray keys, ``flow.L``, and ``detect.*`` for a detection run."""
-    left_out = _NOT_RUN_SECTIONS + (() if cfg.train.task == "detect" else ("detect",))
+    train, mlflow and ray keys, ``flow.L``, and ``detection.*`` for a detection run."""
+    left_out = _NOT_RUN_SECTIONS + (() if cfg.train.task == "detect" else ("detection",))
     params = {}
     for key, value in cfg.flat().items():
         section = key.split(".", 1)[0]

@@ -3,9 +3,9 @@
 A clip takes ``clip.T`` frames at ``clip.stride`` centred on the keyframe, at
 the stored size (no crop: a crop would cut people at the edges), and the boxes
 a model classifies: the ground truth in training (edges jittered, flipped
-with the frames), person proposals above ``detect.proposal_threshold`` in
-evaluation (or the ground-truth boxes with ``detect.eval_boxes=truth``).
-Boxes leave here normalised, padded to ``detect.max_boxes`` per clip, with
+with the frames), person proposals above ``detection.proposal_threshold`` in
+evaluation (or the ground-truth boxes with ``detection.eval_boxes=truth``).
+Boxes leave here normalised, padded to ``detection.max_boxes`` per clip, with
 the keyframe's ground truth beside them (what frame-mAP scores against);
 `collate` turns a batch into the (batch_index, x1, y1, x2, y2) pixel rows the
 detector takes, padding frames of different sizes at the bottom and right so
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from vidray.config import ClipConfig, Config, DetectConfig
+from vidray.config import ClipConfig, Config, DetectionConfig
 from vidray.data.clips import ShardReader, clips_from_shards, hflip, read_samples, window_files
 from vidray.data.manifest import read_dataset_info
 from vidray.data.shards import decode_images
@@ -61,7 +61,7 @@ class KeyframeSampler:
     """
 
     clip: ClipConfig
-    detect: DetectConfig
+    detection: DetectionConfig
     action_ids: tuple[int, ...]
     train: bool
     video_ids: bool = False
@@ -76,7 +76,7 @@ class KeyframeSampler:
         rng = (rng or np.random.default_rng()) if self.train else None
         index = {action: i for i, action in enumerate(self.action_ids)}
         rows = table.to_pylist()
-        limit, classes = self.detect.max_boxes, len(self.action_ids)
+        limit, classes = self.detection.max_boxes, len(self.action_ids)
         frames = []
         boxes, truth = np.zeros((2, len(rows), limit, 4), np.float32)
         targets, truth_targets = np.zeros((2, len(rows), limit, classes), np.float32)
@@ -102,14 +102,14 @@ class KeyframeSampler:
                 true_targets[:m],
                 m,
             )
-            if self.train or self.detect.eval_boxes == "truth":
+            if self.train or self.detection.eval_boxes == "truth":
                 chosen, multi_hot = true_boxes, true_targets
                 confidence = np.ones(len(chosen), np.float32)
             else:
                 chosen, confidence = self._proposals(row)
                 multi_hot = np.zeros((len(chosen), classes), np.float32)
             if rng is not None:
-                chosen = _jitter(chosen, self.detect.box_jitter, rng)
+                chosen = _jitter(chosen, self.detection.box_jitter, rng)
                 if self.clip.hflip and rng.integers(0, 2):
                     clip, _, chosen = hflip(clip, boxes=chosen)
             n = min(len(chosen), limit)
@@ -149,7 +149,7 @@ class KeyframeSampler:
         """Person proposals at or above the threshold, highest score first."""
         found = np.asarray(row["proposals"] or [], np.float32).reshape(-1, 4)
         confidence = np.asarray(row["proposal_scores"] or [], np.float32)
-        keep = confidence >= self.detect.proposal_threshold
+        keep = confidence >= self.detection.proposal_threshold
         order = np.argsort(-confidence[keep], kind="stable")
         return found[keep][order], confidence[keep][order]
 
@@ -231,7 +231,7 @@ def action_ids(data_dir: str | Path) -> tuple[int, ...]:
 
 def keyframe_sampler(cfg: Config, *, train: bool, video_ids: bool = False) -> KeyframeSampler:
     return KeyframeSampler(
-        cfg.clip, cfg.detect, action_ids(cfg.train.data), train=train, video_ids=video_ids
+        cfg.clip, cfg.detection, action_ids(cfg.train.data), train=train, video_ids=video_ids
     )
 
 
@@ -249,5 +249,7 @@ def iter_keyframe_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """The evaluation clips of one split in-process, without Ray (numpy batches)."""
     data = data or cfg.train.data
-    sampler = KeyframeSampler(cfg.clip, cfg.detect, action_ids(data), train=False, video_ids=True)
+    sampler = KeyframeSampler(
+        cfg.clip, cfg.detection, action_ids(data), train=False, video_ids=True
+    )
     yield from clips_from_shards(window_files(data, split=split), sampler, batch_rows=batch_rows)

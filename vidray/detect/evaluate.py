@@ -1,10 +1,10 @@
 """Detection scores of a model on keyframe clips: frame-mAP and per-class AP.
 
-Every box a clip carries (person proposals above ``detect.proposal_threshold``,
-or the ground-truth boxes with ``detect.eval_boxes=truth``) gets one
+Every box a clip carries (person proposals above ``detection.proposal_threshold``,
+or the ground-truth boxes with ``detection.eval_boxes=truth``) gets one
 detection per action class, scored by the sigmoid of its logit, and
 `vidray.detect.frame_map` ranks them against the keyframe's ground truth
-(IoU 0.5). ``detect.eval_label_map`` (AVA: the 60-class list) picks the
+(IoU 0.5). ``detection.eval_label_map`` (AVA: the 60-class list) picks the
 classes averaged; by default every class with ground truth counts.
 """
 
@@ -97,7 +97,9 @@ def detection_metrics(
 def score(
     truth: dict[KeyframeKey, list[LabeledBox]], found: dict[KeyframeKey, list[Detection]], cfg
 ) -> FrameMAP:
-    evaluated = read_label_map(cfg.detect.eval_label_map) if cfg.detect.eval_label_map else None
+    evaluated = (
+        read_label_map(cfg.detection.eval_label_map) if cfg.detection.eval_label_map else None
+    )
     return frame_map(truth, found, label_map=evaluated)
 
 

@@ -299,7 +299,7 @@ class VideoDetector:
     def __init__(self, cfg: Config) -> None:
         torch.set_num_threads(1)  # the actors share the node's cores
         self.device = torch.device("cpu")
-        self.persons = person_finder(cfg.detect, self.device)
+        self.persons = person_finder(cfg, self.device)
         self.detector = load_detector(cfg.detect.checkpoint)
         self.time_offset = cfg.detect.time_offset
 

@@ -1,11 +1,11 @@
 """Person boxes on keyframes, the first stage of `vidray detect`: either torchvision's
 Faster R-CNN run on each keyframe frame, or boxes supplied in a proposals CSV.
 
-Both keep the boxes at or above ``detect.proposal_threshold``, at most
-``detect.max_boxes`` a keyframe, highest score first: the boxes evaluation
+Both keep the boxes at or above ``detection.proposal_threshold``, at most
+``detection.max_boxes`` a keyframe, highest score first: the boxes evaluation
 classifies are chosen the same way (`vidray.detect.clips`).
 
-    persons = person_finder(cfg.detect, device)
+    persons = person_finder(cfg, device)
     persons(video_id, timestamps, frames)   # -> one list of ScoredBox per keyframe
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torchvision.models import get_model, get_model_weights
 
-from vidray.config import DetectConfig
+from vidray.config import Config, DetectConfig, DetectionConfig
 from vidray.data.ava_files import ScoredBox, box_from_pixels, read_proposals
 from vidray.errors import VidrayError
 from vidray.models.weights import read_state_dict
@@ -31,7 +31,9 @@ class PersonDetector:
     """torchvision's Faster R-CNN on keyframe frames; its COCO weights come from
     ``detect.detector``, a state_dict file (or a torchvision weights name, fetched once)."""
 
-    def __init__(self, detect: DetectConfig, device: torch.device) -> None:
+    def __init__(
+        self, detect: DetectConfig, detection: DetectionConfig, device: torch.device
+    ) -> None:
         # The arch's weights enum lets a torchvision name stand for the file (COCO_V1).
         weights = read_state_dict(detect.detector, enum=get_model_weights(detect.detector_arch))
         self.model = get_model(
@@ -47,8 +49,8 @@ class PersonDetector:
             ) from None
         self.model.eval().to(device)
         self.device = device
-        self.threshold = detect.proposal_threshold
-        self.max_boxes = detect.max_boxes
+        self.threshold = detection.proposal_threshold
+        self.max_boxes = detection.max_boxes
 
     @torch.no_grad()
     def __call__(
@@ -76,14 +78,14 @@ class SuppliedProposals:
     """Person boxes read from a proposals CSV (`read_proposals`), keyed by video id
     (the video's file stem) and AVA timestamp."""
 
-    def __init__(self, detect: DetectConfig) -> None:
+    def __init__(self, detect: DetectConfig, detection: DetectionConfig) -> None:
         path = Path(detect.proposals)
         if not path.is_file():
             raise VidrayError(f"detect.proposals={path}: file not found")
         self.path = path
         self.keyframes = read_proposals(path).keyframes
-        self.threshold = detect.proposal_threshold
-        self.max_boxes = detect.max_boxes
+        self.threshold = detection.proposal_threshold
+        self.max_boxes = detection.max_boxes
 
     def __call__(
         self, video_id: str, timestamps: Sequence[int], frames: Sequence[np.ndarray]
@@ -108,16 +110,18 @@ PersonFinder = PersonDetector | SuppliedProposals
 the person boxes (normalised) of every keyframe."""
 
 
-def person_finder(detect: DetectConfig, device: torch.device) -> PersonFinder:
-    """The person boxes ``detect`` names: ``detect.proposals`` or ``detect.detector``."""
+def person_finder(cfg: Config, device: torch.device) -> PersonFinder:
+    """The person boxes ``cfg`` names: ``detect.proposals`` or ``detect.detector``, kept
+    at or above ``detection.proposal_threshold``, ``detection.max_boxes`` at most."""
+    detect = cfg.detect
     if bool(detect.detector) == bool(detect.proposals):
         raise VidrayError(
             "vidray detect needs person boxes from one source: --detector FILE (a Faster R-CNN "
             "state_dict) or --proposals CSV"
         )
     if detect.proposals:
-        return SuppliedProposals(detect)
-    return PersonDetector(detect, device)
+        return SuppliedProposals(detect, cfg.detection)
+    return PersonDetector(detect, cfg.detection, device)
 
 
 def _strongest(boxes: Sequence[ScoredBox], threshold: float, limit: int) -> list[ScoredBox]:

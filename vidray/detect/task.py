@@ -3,7 +3,7 @@ with `vidray.train.tasks` when `vidray.detect` is imported.
 
 A clip and the boxes on its keyframe -> per-box multi-label action logits,
 binary cross-entropy; validation: frame-mAP at IoU 0.5 of the boxes
-`detect.eval_boxes` names (the AVA protocol, `vidray.detect.frame_map`);
+`detection.eval_boxes` names (the AVA protocol, `vidray.detect.frame_map`);
 checkpoints ranked by val frame-mAP.
 """
 
@@ -35,14 +35,15 @@ class Detect:
 
     def build(self, cfg: Config, num_classes: int) -> nn.Module:
         kwargs = model_kwargs(cfg.model)
-        # model.pretrained is the backbone's classification checkpoint (e.g. Kinetics),
-        # model.dropout the head's; the rest shapes the backbone.
+        # model.dropout is the head's; the rest (model.pretrained: 2D image weights, as
+        # for a classifier) goes to the backbone's family. A classification checkpoint
+        # of the backbone (e.g. Kinetics) is detection.backbone_checkpoint.
         head = {"dropout": kwargs.pop("dropout")} if "dropout" in kwargs else {}
         return build_detector(
             cfg.model.name,
             num_classes=num_classes,
-            pretrained_backbone=kwargs.pop("pretrained", ""),
-            roi_size=cfg.detect.roi_size,
+            pretrained_backbone=cfg.detection.backbone_checkpoint,
+            roi_size=cfg.detection.roi_size,
             **head,
             **kwargs,
         )

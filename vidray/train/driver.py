@@ -100,7 +100,16 @@ def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
     """
     if cfg.model.pretrained:
         check_weights_source(cfg.model.pretrained)
-    shapes_only = replace(cfg, model=replace(cfg.model, pretrained=""))
+    if cfg.detection.backbone_checkpoint and not storage.exists(cfg.detection.backbone_checkpoint):
+        raise VidrayError(
+            f"detection.backbone_checkpoint={cfg.detection.backbone_checkpoint}: not found"
+        )
+    # Weights are read by the workers; here only shapes are built.
+    shapes_only = replace(
+        cfg,
+        model=replace(cfg.model, pretrained=""),
+        detection=replace(cfg.detection, backbone_checkpoint=""),
+    )
     spec = entry(cfg.model.name).input
     declared = replace(
         shapes_only,
@@ -129,7 +138,7 @@ def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
 
 def steps_per_epoch(cfg: Config, train_windows: int) -> int:
     """Optimiser steps per epoch on each rank: one clip per window, split evenly."""
-    batches = math.ceil(math.ceil(train_windows / cfg.train.num_workers) / cfg.train.batch_size)
+    batches = math.ceil(math.ceil(train_windows / cfg.train.workers) / cfg.train.batch_size)
     return max(1, math.ceil(batches / cfg.train.grad_accum))
 
 
@@ -294,7 +303,7 @@ def run_training(
     # Nothing else can: several workers take blocks as they come, and GPU kernels are
     # not bitwise deterministic. There, the order would only cost throughput: a slow
     # read task holds back every block behind it.
-    ingest.preserve_order = cfg.train.num_workers == 1 and not cfg.train.use_gpu
+    ingest.preserve_order = cfg.train.workers == 1 and not cfg.train.use_gpu
     clock = start_epoch_clock()  # ends with its last handle, the trainer's
     t0 = time.monotonic()
     status = "FAILED"
@@ -319,7 +328,7 @@ def run_training(
                 "epoch_clock": clock,
             },
             scaling_config=ScalingConfig(
-                num_workers=cfg.train.num_workers,
+                num_workers=cfg.train.workers,
                 use_gpu=cfg.train.use_gpu,
                 resources_per_worker={"CPU": cfg.train.cpus_per_worker},
             ),

@@ -64,7 +64,7 @@ class EvalReport:
 def load_model(checkpoint: str | Path) -> tuple[nn.Module, Config, dict[str, Any]]:
     """The checkpoint's model (weights loaded, eval mode, on CPU), its config and meta."""
     state, meta = load_checkpoint(checkpoint)
-    trained = resolve_inputs(Config.from_dict(meta["config"]))
+    trained = resolve_inputs(Config.from_stored(meta["config"]))
     model = build_model(trained, len(meta["classes"]))
     model.load_state_dict(state["model"])
     return model.eval(), trained, meta

@@ -27,6 +27,7 @@ def check_settings(cfg: Config) -> tuple[Config, dict[str, Any]]:
     if not cfg.train.data:
         raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
     train = cfg.train
+    backbone = cfg.detection.backbone_checkpoint
     cfg = replace(
         cfg,
         train=replace(
@@ -34,6 +35,9 @@ def check_settings(cfg: Config) -> tuple[Config, dict[str, Any]]:
             data=storage.resolve(train.data),
             storage_path=storage.resolve(train.storage_path),
             resume_from=storage.resolve(train.resume_from) if train.resume_from else "",
+        ),
+        detection=replace(
+            cfg.detection, backbone_checkpoint=storage.resolve(backbone) if backbone else ""
         ),
     )
     info = read_dataset_info(cfg.train.data)

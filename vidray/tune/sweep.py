@@ -77,7 +77,8 @@ PATH_KEYS = (
     "detect.proposals",
     "detect.output",
     "detect.render",
-    "detect.eval_label_map",
+    "detection.eval_label_map",
+    "detection.backbone_checkpoint",
 )
 # Keys that take a local file or a registry name (torchvision weights, COCO_V1):
 # a path only where that file exists.
