@@ -272,7 +272,7 @@ def run_detect(cfg: Config) -> DetectReport:
     if detect.render and Path(detect.render).suffix.lower() != ".mp4":
         raise VidrayError(f"detect.render={detect.render}: name an .mp4 file to write")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    persons = person_finder(detect, device)
+    persons = person_finder(cfg, device)
     detector = load_detector(detect.checkpoint)
     detector.model.to(device)
     found = detect_video(video, detector, persons, time_offset=detect.time_offset, device=device)
@@ -343,7 +343,7 @@ def _detect_folder(cfg: Config, folder: Path) -> DetectReport:
             f"{folder}: several videos share the id {shared[0]!r} (video ids are file stems)"
         )
     # Check what the actors will need here, so a bad input fails once, in one line.
-    person_finder(detect, torch.device("cpu"))
+    person_finder(cfg, torch.device("cpu"))
     load_detector(detect.checkpoint)
     output = Path(detect.output or f"{folder.name}_detections")
 
