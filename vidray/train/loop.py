@@ -160,6 +160,17 @@ def epoch_line(metrics: dict[str, float], epochs: int, *, hits: str, metric: str
     )
 
 
+def quiet_train_reports() -> None:
+    """One line per epoch (`epoch_line`) says more than Ray Train's INFO line per report,
+    which prints the whole TrainingReport. Ray Train V2 logs it under its module's file
+    path, not under ``ray.train``, so that logger is named by its module."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    with contextlib.suppress(ImportError, AttributeError):  # another Ray version
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -170,8 +181,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     task: Task = loop_config["task"]
     classes: list[str] = loop_config["classes"]
     uri, run_id = loop_config["tracking_uri"], loop_config["run_id"]
-    # One line per epoch (below) says more than Ray Train's line per report.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    quiet_train_reports()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
 
