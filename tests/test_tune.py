@@ -28,7 +28,7 @@ from vidray import tracking
 from vidray.cli import run_command
 from vidray.config import Config, load_config
 from vidray.data.clips import window_files
-from vidray.tracking import BUDGET_TAG, STOPPED_TAG
+from vidray.tracking import BUDGET_TAG, STOPPED_TAG, TRIAL_TAG
 from vidray.tune.space import expand, load_sweep
 from vidray.tune.sweep import STATE_FILE, run_sweep
 
@@ -313,7 +313,7 @@ def test_a_killed_or_interrupted_sweep_resumes_without_rerunning_finished_trials
     def trial_1_trains_again() -> bool:
         """trial 1 starting its run again"""
         return any(
-            r.data.tags["vidray.trial"] == "1" and r.info.start_time > resumed_at for r in runs()
+            r.data.tags[TRIAL_TAG] == "1" and r.info.start_time > resumed_at for r in runs()
         )
 
     resume = [*command, "--resume"]
@@ -321,12 +321,12 @@ def test_a_killed_or_interrupted_sweep_resumes_without_rerunning_finished_trials
     said = (tmp_path / "2.err").read_text().strip().splitlines()[-1]
     assert code == 130, said
     assert said == (
-        "python -m pipelines.tune: interrupted: 1 of 2 trials finished; resume with "
-        f"vidray tune --config {path} ray.num_cpus=2 --resume"
+        "python -m pipelines.tune: interrupted: 1 of 2 trials finished; to continue, run "
+        f"the same command with --resume (--config {path} ray.num_cpus=2 --resume)"
     )
     parent = client.get_run(parent_id)
     assert parent.info.status == "KILLED" and ended(parent)
-    by_trial = sorted((r.data.tags["vidray.trial"], r.info.status) for r in runs())
+    by_trial = sorted((r.data.tags[TRIAL_TAG], r.info.status) for r in runs())
     # Trial 1 has a run from (2), and one from (1) where it got that far before the kill.
     assert by_trial[0] == ("0", "FINISHED") and set(by_trial[1:]) == {("1", "KILLED")}
     assert all(ended(r) for r in runs())
@@ -336,9 +336,9 @@ def test_a_killed_or_interrupted_sweep_resumes_without_rerunning_finished_trials
     assert "2 finished" in finished.stdout, finished.stdout[-2000:]
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and ended(parent)
-    trials = sorted(int(r.data.tags["vidray.trial"]) for r in runs())
+    trials = sorted(int(r.data.tags[TRIAL_TAG]) for r in runs())
     assert trials.count(0) == 1, trials  # trial 0 was not trained again
-    assert {int(r.data.tags["vidray.trial"]) for r in runs() if r.info.status == "FINISHED"} == {
+    assert {int(r.data.tags[TRIAL_TAG]) for r in runs() if r.info.status == "FINISHED"} == {
         0,
         1,
     }

@@ -24,7 +24,7 @@ from vidray.detect.evaluate import detection_metrics, write_ap_table
 from vidray.device import autocast, frames_to_input
 from vidray.models.detector import build_detector
 from vidray.train.inputs import model_kwargs
-from vidray.train.tasks import register_task
+from vidray.train.tasks import register_task, shard_batches
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,7 @@ class Detect:
     def batches(
         self, shard: Any, cfg: Config, *, train: bool, pin: bool, seed: int | None = None
     ) -> Any:
-        return shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
-            local_shuffle_seed=seed if train else None,
-            collate_fn=collate,
-            pin_memory=pin,
-        )
+        return shard_batches(shard, cfg, train=train, pin=pin, seed=seed, collate_fn=collate)
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], cfg: Config, device: torch.device

@@ -65,6 +65,21 @@ def predict(
     return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
+def shard_batches(
+    shard: Any, cfg: Config, *, train: bool, pin: bool, seed: int | None, **options: Any
+) -> Any:
+    """A Ray Train shard's torch batches of ``train.batch_size``; in training shuffled
+    in a local buffer of ``train.shuffle_buffer`` (by ``seed`` if given). ``options``
+    go to `iter_torch_batches` (a task's ``collate_fn``)."""
+    return shard.iter_torch_batches(
+        batch_size=cfg.train.batch_size,
+        local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
+        local_shuffle_seed=seed if train else None,
+        pin_memory=pin,
+        **options,
+    )
+
+
 @dataclass(frozen=True)
 class Classify:
     name: str = "classify"
@@ -107,13 +122,7 @@ class Classify:
         self, shard: Any, cfg: Config, *, train: bool, pin: bool, seed: int | None = None
     ) -> Any:
         """Torch batches of a shard; in training, shuffled locally (by ``seed`` if given)."""
-        return shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size,
-            local_shuffle_buffer_size=(cfg.train.shuffle_buffer or None) if train else None,
-            local_shuffle_seed=seed if train else None,
-            device="cpu",
-            pin_memory=pin,
-        )
+        return shard_batches(shard, cfg, train=train, pin=pin, seed=seed, device="cpu")
 
     def loss(
         self, model: nn.Module, batch: dict[str, Any], cfg: Config, device: torch.device
