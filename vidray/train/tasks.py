@@ -54,7 +54,13 @@ def predict(
         batch = dict(batch)
         if "video_id" in batch:  # strings: no tensor holds them
             found["video_ids"].append(np.asarray(batch.pop("video_id")))
-        tensors = {k: torch.as_tensor(v) for k, v in batch.items()}
+        # Arrays read from Arrow are read-only, which torch warns of once per process.
+        tensors = {
+            k: v
+            if isinstance(v, torch.Tensor)
+            else torch.from_numpy(np.require(v, requirements="W"))
+            for k, v in batch.items()
+        }
         with autocast(device, precision):
             logits = model(to_device(tensors, device))
         found["logits"].append(logits.float().cpu().numpy())
