@@ -7,6 +7,8 @@ label smoothing and a warm-up, so the replica check also covers DDP's no_sync.
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -410,3 +412,22 @@ print(json.dumps({{"data": cfg.train.data, "storage": cfg.train.storage_path, "T
     assert found["storage"] == str(motion_data.parent / "runs")
     assert f"spans 31 frames, but {motion_data} stores windows of 16" in found["error"]
     assert not found["ray"]
+
+
+def test_a_run_is_planned_before_ray_train_starts(motion_data, tmp_path, monkeypatch):
+    """What `run_training` settles before it calls Ray: typed in a fresh folder with a
+    relative --data, the plan has absolute paths, a new run folder, the steps per epoch
+    of the windows each worker gets, and the MLflow tags."""
+    from vidray.train.driver import plan_training
+
+    monkeypatch.chdir(tmp_path)
+    data = os.path.relpath(motion_data, tmp_path)
+    cfg = load_config(None, [f"train.data={data}", *TINY, "train.batch_size=4"])
+    plan = plan_training(cfg, {"extra": "tag"})
+    assert plan.cfg.train.data == str(motion_data) and plan.cfg.clip.T == 4
+    assert (tmp_path / "runs" / plan.run_name).is_dir() and plan.task.name == "classify"
+    # Two workers, batches of 4: ceil(ceil(train windows / 2) / 4) steps.
+    assert plan.steps_per_epoch == math.ceil(math.ceil(plan.windows["train"] / 2) / 4) > 1
+    assert plan.tags == {"vidray.task": "train", "extra": "tag"}
+    again = plan_training(cfg)
+    assert again.run_name != plan.run_name  # two plans, two run folders

@@ -42,7 +42,7 @@ from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
 from vidray.train.preflight import check_settings, check_settings_against, labeled_split_counts
 from vidray.train.selection import SCORE, select_best
-from vidray.train.tasks import task_of
+from vidray.train.tasks import Task, task_of
 
 
 @dataclass
@@ -256,6 +256,45 @@ def interrupted(run_dir: str, *, epochs: int, resumed_from: str) -> Interrupted:
     )
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a run will do, settled before Ray Train starts (`plan_training`, no Ray)."""
+
+    cfg: Config  # checked, paths absolute, the model's clip filled in
+    task: Task
+    info: dict[str, Any]  # the data's dataset.yaml
+    windows: dict[str, int]  # per split
+    run_name: str
+    run_dir: str  # Ray Train's: <train.storage_path>/<run_name>
+    steps_per_epoch: int
+    tags: dict[str, str]  # of the MLflow run
+
+
+def plan_training(cfg: Config, tags: dict[str, str] | None = None) -> TrainingPlan:
+    """``cfg`` checked against its data (`check_training`), and the run it makes: its
+    name (a new folder under ``train.storage_path`` unless ``train.run_name`` is set),
+    its MLflow tags and its optimiser steps per epoch."""
+    cfg = check_training(cfg)
+    info = read_dataset_info(cfg.train.data)
+    windows = labeled_split_counts(cfg, info)
+    run_name = cfg.train.run_name or new_run_name(cfg.train.storage_path, cfg.model.name)
+    tags = {tracking.TASK_TAG: "train", **(tags or {})}
+    if cfg.train.resume_from:
+        # A resumed run is a new MLflow run (its params, e.g. train.epochs, may differ)
+        # whose metrics continue at the next epoch; the tag links it to the first.
+        tags[tracking.RESUMED_FROM_TAG] = cfg.train.resume_from
+    return TrainingPlan(
+        cfg=cfg,
+        task=task_of(cfg),
+        info=info,
+        windows=windows,
+        run_name=run_name,
+        run_dir=storage.join(cfg.train.storage_path, run_name),
+        steps_per_epoch=steps_per_epoch(cfg, windows["train"]),
+        tags=tags,
+    )
+
+
 def run_training(
     cfg: Config,
     *,
@@ -269,117 +308,127 @@ def run_training(
     passes the one that reports each epoch to Tune). Raises `Interrupted` on
     Ctrl-C.
     """
+    plan = plan_training(cfg, tags)
+    uri = tracking.tracking_uri(plan.cfg.mlflow)
+    tracking.check_reachable(uri)
+    run_id = open_run(plan, uri)
+    t0 = time.monotonic()
+    status = "FAILED"
+    try:
+        result = fit(plan, uri, run_id, callbacks)
+        trained = record(plan, result, uri, run_id, seconds=time.monotonic() - t0)
+        status = "FINISHED"
+        return trained
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise interrupted(
+            plan.run_dir, epochs=plan.cfg.train.epochs, resumed_from=plan.cfg.train.resume_from
+        ) from None
+    finally:
+        tracking.end_run(uri, run_id, status=status)
+
+
+def open_run(plan: TrainingPlan, uri: str) -> str:
+    """The run's MLflow run, with its config, its data and the cluster it has as params."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+
+    run_id = tracking.start_run(plan.cfg, uri=uri, run_name=plan.run_name, tags=plan.tags)
+    data = tracking.training_data_params(
+        plan.info, plan.windows, steps_per_epoch=plan.steps_per_epoch
+    )
+    tracking.log_params(uri, run_id, {**data, **tracking.resource_params(ray.cluster_resources())})
+    return run_id
+
+
+def fit(plan: TrainingPlan, uri: str, run_id: str, callbacks: Sequence[Any]) -> Any:
+    """Ray Train's run of `train_loop_per_worker` on the plan's data; its `Result`.
+    Ctrl-C (and SIGTERM, where it means Ctrl-C) aborts it as KeyboardInterrupt."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = check_training(cfg)
-    info = read_dataset_info(cfg.train.data)
-    counts = labeled_split_counts(cfg, info)
-    task = task_of(cfg)
-    classes = info["classes"]
-    uri = tracking.tracking_uri(cfg.mlflow)
-    tracking.check_reachable(uri)
-    run_name = cfg.train.run_name or new_run_name(cfg.train.storage_path, cfg.model.name)
-    run_dir = storage.join(cfg.train.storage_path, run_name)  # Ray Train's: RunConfig(name)
-    tags = {tracking.TASK_TAG: "train", **(tags or {})}
-    resume = cfg.train.resume_from
-    if resume:
-        # A resumed run is a new MLflow run (its params, e.g. train.epochs, may differ)
-        # whose metrics continue at the next epoch; the tag links it to the first.
-        tags[tracking.RESUMED_FROM_TAG] = resume
-    run_id = tracking.start_run(cfg, uri=uri, run_name=run_name, tags=tags)
-    per_epoch = steps_per_epoch(cfg, counts["train"])
-    tracking.log_params(
-        uri,
-        run_id,
-        {
-            **tracking.training_data_params(info, counts, steps_per_epoch=per_epoch),
-            **tracking.resource_params(ray.cluster_resources()),
+    cfg, task = plan.cfg, plan.task
+    clock = start_epoch_clock()  # ends with its last handle, the trainer's
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "task": task,
+            "classes": plan.info["classes"],
+            "dataset": plan.info,
+            "tracking_uri": uri,
+            "run_id": run_id,
+            "steps_per_epoch": plan.steps_per_epoch,
+            # Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)
+            # (deprecated, ray#49454): the loop loads it on a first start.
+            "resume_from": cfg.train.resume_from,
+            "epoch_clock": clock,
         },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=plan.run_name,
+            storage_path=cfg.train.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks),
+            # The best by the rule and the latest (the resume point), whatever the
+            # ties: see vidray.train.selection.
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
+            ),
+        ),
+        datasets={
+            "train": task.dataset(cfg, "train", train=True, clock=clock),
+            "val": task.dataset(cfg, cfg.train.val_split, train=False),
+        },
+        dataset_config=data_config(cfg),
     )
+    try:
+        with stop_signals_abort_training():
+            return trainer.fit()
+    except SystemExit as exc:  # Ray Train's Ctrl-C handler, after aborting the run
+        raise KeyboardInterrupt from exc
+
+
+def data_config(cfg: Config) -> Any:
+    """How the workers read: only the training set is split; rank 0 reads all of val
+    (video accuracy and frame-mAP need every clip of the split)."""
+    from ray.train import DataConfig
+
     ingest = DataConfig.default_ingest_options()
     # Blocks in order make a one-worker CPU run repeat its numbers exactly (train.seed).
     # Nothing else can: several workers take blocks as they come, and GPU kernels are
     # not bitwise deterministic. There, the order would only cost throughput: a slow
     # read task holds back every block behind it.
     ingest.preserve_order = cfg.train.workers == 1 and not cfg.train.use_gpu
-    clock = start_epoch_clock()  # ends with its last handle, the trainer's
-    t0 = time.monotonic()
-    status = "FAILED"
-    try:
-        datasets = {
-            "train": task.dataset(cfg, "train", train=True, clock=clock),
-            "val": task.dataset(cfg, cfg.train.val_split, train=False),
-        }
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "config": cfg.to_dict(),
-                "task": task,
-                "classes": classes,
-                "dataset": info,
-                "tracking_uri": uri,
-                "run_id": run_id,
-                "steps_per_epoch": per_epoch,
-                # Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)
-                # (deprecated, ray#49454): the loop loads it on a first start.
-                "resume_from": resume,
-                "epoch_clock": clock,
-            },
-            scaling_config=ScalingConfig(
-                num_workers=cfg.train.workers,
-                use_gpu=cfg.train.use_gpu,
-                resources_per_worker={"CPU": cfg.train.cpus_per_worker},
-            ),
-            run_config=RunConfig(
-                name=run_name,
-                storage_path=cfg.train.storage_path,
-                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                callbacks=list(callbacks),
-                # The best by the rule and the latest (the resume point), whatever the
-                # ties: see vidray.train.selection.
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=1,
-                    checkpoint_score_attribute=SCORE,
-                    checkpoint_score_order="max",
-                ),
-            ),
-            datasets=datasets,
-            # Only the training set is split; rank 0 reads all of val (video accuracy and
-            # frame-mAP need every clip of the split).
-            dataset_config=DataConfig(
-                datasets_to_split=["train"],
-                execution_options={"train": ingest, "val": ingest},
-            ),
-        )
-        try:
-            with stop_signals_abort_training():
-                result = trainer.fit()
-        except SystemExit as exc:  # Ray Train's Ctrl-C handler, after aborting the run
-            raise KeyboardInterrupt from exc
-        best, best_metrics = select_best(result.best_checkpoints, task.metric)
-        with tempfile.TemporaryDirectory() as tmp:
-            config_file = Path(tmp) / "config.yaml"
-            config_file.write_text(cfg.to_yaml())
-            tracking.log_artifact(uri, run_id, config_file)
-            for table in task.tables(best_metrics, Path(tmp)):
-                tracking.log_artifact(uri, run_id, table)
-        with best.as_directory() as directory:
-            tracking.log_artifact(uri, run_id, directory, "checkpoint")
-        status = "FINISHED"
-        return TrainResult(
-            run_id=run_id,
-            tracking_uri=uri,
-            checkpoint=checkpoint_path(run_dir, best),
-            last_checkpoint=checkpoint_path(run_dir, result.checkpoint),
-            metrics=best_metrics,
-            num_classes=len(classes),
-            seconds=time.monotonic() - t0,
-            metric=task.metric,
-        )
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise interrupted(run_dir, epochs=cfg.train.epochs, resumed_from=resume) from None
-    finally:
-        tracking.end_run(uri, run_id, status=status)
+    return DataConfig(
+        datasets_to_split=["train"], execution_options={"train": ingest, "val": ingest}
+    )
+
+
+def record(
+    plan: TrainingPlan, result: Any, uri: str, run_id: str, *, seconds: float
+) -> TrainResult:
+    """The best checkpoint by the task's rule (`select_best`), logged to the MLflow run
+    with the config and the task's tables; what the command reports."""
+    best, best_metrics = select_best(result.best_checkpoints, plan.task.metric)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(plan.cfg.to_yaml())
+        tracking.log_artifact(uri, run_id, config_file)
+        for table in plan.task.tables(best_metrics, Path(tmp)):
+            tracking.log_artifact(uri, run_id, table)
+    with best.as_directory() as directory:
+        tracking.log_artifact(uri, run_id, directory, "checkpoint")
+    return TrainResult(
+        run_id=run_id,
+        tracking_uri=uri,
+        checkpoint=checkpoint_path(plan.run_dir, best),
+        last_checkpoint=checkpoint_path(plan.run_dir, result.checkpoint),
+        metrics=best_metrics,
+        num_classes=len(plan.info["classes"]),
+        seconds=seconds,
+        metric=plan.task.metric,
+    )
