@@ -168,6 +168,21 @@ def list_sources(
     Raises:
         VidrayError: an unknown layout, a missing input, a malformed CSV or list file.
     """
+    _check_listing(layout, val_fraction, test_fraction)
+    if storage.is_uri(input_path):
+        rows, classes = _remote(input_path, layout=layout, exclude=exclude)
+    elif layout == "ava":  # its splits come with its annotation files
+        return _ava(_local_input(input_path, layout))
+    else:
+        path = _local_input(input_path, layout)
+        rows, classes = _local_rows(path, input_path, layout, split, _Excluded(exclude))
+    entries = _finish(
+        rows, val_fraction=val_fraction, test_fraction=test_fraction, stratified=layout != "flat"
+    )
+    return SourceListing(entries=entries, classes=classes)
+
+
+def _check_listing(layout: str, val_fraction: float, test_fraction: float) -> None:
     if layout not in LAYOUTS:
         raise VidrayError(f"unknown dataset layout '{layout}': use one of {', '.join(LAYOUTS)}")
     if not 0 <= val_fraction < 1:
@@ -177,15 +192,10 @@ def list_sources(
             f"test_fraction must be in [0, 1) and leave videos to train, got {test_fraction} "
             f"with val_fraction {val_fraction}"
         )
-    if storage.is_uri(input_path):
-        rows, classes = _remote(input_path, layout=layout, exclude=exclude)
-        entries = _finish(
-            rows,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            stratified=layout != "flat",
-        )
-        return SourceListing(entries=entries, classes=classes)
+
+
+def _local_input(input_path: str, layout: str) -> str:
+    """``input_path`` absolute, once it is the kind of path ``layout`` reads."""
     path = os.path.abspath(os.path.expanduser(input_path))
     if not os.path.exists(path):
         raise VidrayError(f"input path {input_path} does not exist: check the ingest input")
@@ -194,24 +204,22 @@ def list_sources(
         raise VidrayError(f"layout '{layout}' reads a CSV file, but {input_path} is a folder")
     if not wants_file and not os.path.isdir(path):
         raise VidrayError(f"layout '{layout}' reads a folder, but {input_path} is a file")
+    return path
 
-    skip = _Excluded(exclude)
+
+def _local_rows(
+    path: str, input_path: str, layout: str, split: int, skip: _Excluded
+) -> tuple[list[_Row], list[str]]:
+    """The rows and class names of a local input in one of the layouts without AVA."""
     if layout == "folders":
-        rows, classes = _folders(path, skip)
-    elif layout == "flat":
-        rows, classes = _flat(path, skip), []
-    elif layout == "csv":
-        rows, classes = _csv(path, name=input_path)
-    elif layout == "ucf101":
-        rows, classes = _ucf101(path, split=split)
-    elif layout == "ava":
-        return _ava(path)
-    else:
-        rows, classes = _kinetics(path, name=input_path, skip=skip)
-    entries = _finish(
-        rows, val_fraction=val_fraction, test_fraction=test_fraction, stratified=layout != "flat"
-    )
-    return SourceListing(entries=entries, classes=classes)
+        return _folders(path, skip)
+    if layout == "flat":
+        return _flat(path, skip), []
+    if layout == "csv":
+        return _csv(path, name=input_path)
+    if layout == "ucf101":
+        return _ucf101(path, split=split)
+    return _kinetics(path, name=input_path, skip=skip)
 
 
 # ---------------------------------------------------------------- layouts
