@@ -98,14 +98,7 @@ def frame_map(
     means every class that has ground truth. See the module docstring for the
     protocol. Raises `VidrayError` when no class has ground truth.
     """
-    if not 0 < iou_threshold <= 1:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    if matching not in MATCHING:
-        raise ValueError(f"matching must be one of {', '.join(MATCHING)}, got {matching!r}")
-    if max_detections_per_keyframe is not None and max_detections_per_keyframe < 1:
-        raise ValueError(
-            f"max_detections_per_keyframe must be >= 1, got {max_detections_per_keyframe}"
-        )
+    _check_options(iou_threshold, matching, max_detections_per_keyframe)
     skip = frozenset(excluded)
     allowed = (
         None
@@ -121,10 +114,7 @@ def frame_map(
         gt_boxes = _gt_by_class(ground_truth.get(key, ()), allowed)
         for action_id, boxes in gt_boxes.items():
             num_gt[action_id] = num_gt.get(action_id, 0) + len(boxes)
-        frame_dets = list(detections.get(key, ()))
-        if max_detections_per_keyframe is not None:
-            order = sorted(range(len(frame_dets)), key=lambda i: -frame_dets[i].score)
-            frame_dets = [frame_dets[i] for i in sorted(order[:max_detections_per_keyframe])]
+        frame_dets = _strongest(detections.get(key, ()), max_detections_per_keyframe)
         for action_id, dets in _dets_by_class(frame_dets, allowed).items():
             scores, hits = ranked.setdefault(action_id, ([], []))
             scores.extend(d.score for d in dets)
@@ -147,6 +137,25 @@ def frame_map(
         num_detections=counts,
         iou_threshold=iou_threshold,
     )
+
+
+def _check_options(iou_threshold: float, matching: str, max_detections: int | None) -> None:
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if matching not in MATCHING:
+        raise ValueError(f"matching must be one of {', '.join(MATCHING)}, got {matching!r}")
+    if max_detections is not None and max_detections < 1:
+        raise ValueError(f"max_detections_per_keyframe must be >= 1, got {max_detections}")
+
+
+def _strongest(detections: Sequence[Detection], limit: int | None) -> list[Detection]:
+    """The ``limit`` highest-scoring detections of a keyframe (all if None), in input
+    order."""
+    detections = list(detections)
+    if limit is None:
+        return detections
+    order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
+    return [detections[i] for i in sorted(order[:limit])]
 
 
 def _gt_by_class(
