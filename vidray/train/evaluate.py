@@ -155,47 +155,22 @@ def default_output(checkpoint: str, split: str) -> Path:
 
 
 def run_evaluation(cfg: Config) -> EvalReport:
-    if not cfg.eval.checkpoint:
-        raise VidrayError("eval.checkpoint is not set: pass --checkpoint DIR")
-    check_views(cfg.eval.temporal_views, cfg.eval.spatial_views)
-    if cfg.eval.workers < 0:
-        raise VidrayError(f"eval.workers={cfg.eval.workers}: 0 (in-process) or more replicas")
+    """``vidray evaluate``: the checkpoint's clip logits on every view of every window
+    of ``eval.split`` -> video predictions, reports, and ``eval/<split>/*`` metrics on
+    the training run."""
+    _check_evaluation(cfg)
     split = cfg.eval.split
     model, trained, meta = load_model(cfg.eval.checkpoint)
     classes: list[str] = list(meta["classes"])
     data = cfg.eval.data or trained.train.data
     if not storage.exists(data):
         raise VidrayError(f"evaluation data {data!r} not found: pass --data DIR")
-
     views = cfg.eval.temporal_views * cfg.eval.spatial_views
     if cfg.eval.workers:
         out = _predict_with_ray(cfg, trained, data, views)
     else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        batches = iter_clip_batches(
-            data,
-            split=split,
-            clip=trained.clip,
-            flow_L=trained.flow.L,
-            batch_rows=max(1, CLIPS_PER_BATCH // views),
-            temporal_views=cfg.eval.temporal_views,
-            spatial_views=cfg.eval.spatial_views,
-            video_ids=True,
-        )
-        model = for_inference(model, device)
-        out = predict(model, batches, device, precision=trained.train.precision)
-    if not len(out.get("labels", ())):  # no batch at all, locally or on Ray
-        raise VidrayError(f"{data} has no windows in split {split!r}")
-    labels = out["labels"]
-    if labels.min() < 0:
-        raise VidrayError(
-            f"split {split!r} of {data} has unlabeled videos: evaluate a labeled split"
-        )
-    if labels.max() >= len(classes):
-        raise VidrayError(
-            f"{data} has labels up to {labels.max()}, but the checkpoint knows "
-            f"{len(classes)} classes: evaluate data ingested with the training classes"
-        )
+        out = _predict_here(cfg, model, trained, data, views)
+    labels = _checked_labels(out, data, split, len(classes))
     result = video_predictions(out["logits"], labels, out["keys"], len(classes))
     id_of = dict(zip(out["keys"].tolist(), out["video_ids"].tolist(), strict=True))
     video_ids = [id_of[k] for k in result.keys.tolist()]
@@ -211,7 +186,6 @@ def run_evaluation(cfg: Config) -> EvalReport:
         tracking.split_metric(f"eval/{split}", name): value
         for name, value in result.metrics.items()
     }
-
     run_id = meta.get("run_id")
     if run_id:
         uri = tracking.tracking_uri(cfg.mlflow)
@@ -227,3 +201,48 @@ def run_evaluation(cfg: Config) -> EvalReport:
         output=output,
         run_id=run_id,
     )
+
+
+def _check_evaluation(cfg: Config) -> None:
+    if not cfg.eval.checkpoint:
+        raise VidrayError("eval.checkpoint is not set: pass --checkpoint DIR")
+    check_views(cfg.eval.temporal_views, cfg.eval.spatial_views)
+    if cfg.eval.workers < 0:
+        raise VidrayError(f"eval.workers={cfg.eval.workers}: 0 (in-process) or more replicas")
+
+
+def _predict_here(
+    cfg: Config, model: nn.Module, trained: Config, data: str, views: int
+) -> dict[str, np.ndarray]:
+    """The clip logits of ``eval.split`` in this process (on its GPU if it has one)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches = iter_clip_batches(
+        data,
+        split=cfg.eval.split,
+        clip=trained.clip,
+        flow_L=trained.flow.L,
+        batch_rows=max(1, CLIPS_PER_BATCH // views),
+        temporal_views=cfg.eval.temporal_views,
+        spatial_views=cfg.eval.spatial_views,
+        video_ids=True,
+    )
+    return predict(for_inference(model, device), batches, device, precision=trained.train.precision)
+
+
+def _checked_labels(
+    out: dict[str, np.ndarray], data: str, split: str, num_classes: int
+) -> np.ndarray:
+    """The clips' labels, once they are known to be labels of the checkpoint's classes."""
+    if not len(out.get("labels", ())):  # no batch at all, locally or on Ray
+        raise VidrayError(f"{data} has no windows in split {split!r}")
+    labels = out["labels"]
+    if labels.min() < 0:
+        raise VidrayError(
+            f"split {split!r} of {data} has unlabeled videos: evaluate a labeled split"
+        )
+    if labels.max() >= num_classes:
+        raise VidrayError(
+            f"{data} has labels up to {labels.max()}, but the checkpoint knows "
+            f"{num_classes} classes: evaluate data ingested with the training classes"
+        )
+    return labels
