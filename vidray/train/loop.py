@@ -189,19 +189,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     device = ray.train.torch.get_device()
-    # On the device before the optimiser exists, so restored optimiser state lands there too.
-    model = task.build(cfg, len(classes)).to(device)
-    if device.type == "cuda":
-        model = channels_last_3d(model)
-    optimizer = make_optimizer(cfg.optim, model.parameters())
-    scheduler = Scheduler(optimizer, cfg.optim, cfg.train.epochs, loop_config["steps_per_epoch"])
-    # A restarted worker group gets the last reported checkpoint; a first start
-    # gets train.resume_from (a path every worker can read), or nothing.
-    checkpoint = ray.train.get_checkpoint()
-    best = best_so_far(checkpoint is not None and rank == 0, task.metric)
-    if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])  # a path or a URI
-    done = restore(checkpoint, model, optimizer, scheduler)
+    model, optimizer, scheduler, best, done = start_or_resume(cfg, task, loop_config, device, rank)
     model = ray.train.torch.prepare_model(model)
     bare_model = model.module if hasattr(model, "module") else model
 
@@ -222,44 +210,94 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         if world > 1:
             torch.distributed.all_reduce(totals)
-        seconds = time.monotonic() - t0
-        count = max(totals[2].item(), 1.0)
-        metrics = {
-            "epoch": epoch,
-            tracking.TRAIN_LOSS: totals[0].item() / count,
-            task.hits: totals[1].item() / count,
-            tracking.TRAIN_LR: first_lr,
-            tracking.TRAIN_STEP: scheduler.global_step,
-            tracking.EPOCH_SECONDS: seconds,
-            tracking.CLIPS_PER_SECOND: totals[2].item() / seconds,
-        }
-        if rank == 0:
-            metrics.update(task.validate(bare_model, val_data, cfg, device, classes))
-            tracking.log_metrics(
-                uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
-            )
-            with tempfile.TemporaryDirectory() as directory:
-                save_checkpoint(
-                    directory,
-                    model=bare_model,
-                    optimizer=optimizer,
-                    scheduler=scheduler.state_dict(),
-                    epoch=epoch,
-                    cfg=cfg,
-                    classes=classes,
-                    dataset=loop_config.get("dataset"),
-                    run_id=run_id,
-                    metrics=metrics,
-                )
-                ray.train.report(
-                    {**metrics, SCORE: best.update(metrics)},
-                    checkpoint=ray.train.Checkpoint.from_directory(directory),
-                    checkpoint_dir_name=checkpoint_name(epoch),
-                )
-            # After the report, so a line on screen means its checkpoint is stored. Ray
-            # Train sends print() both to its logger and to stdout; writing to the process's
-            # own stdout shows the line once, forwarded to the driver.
-            line = epoch_line(metrics, cfg.train.epochs, hits=task.hits, metric=task.metric)
-            print(line, file=sys.__stdout__, flush=True)
-        else:
+        metrics = epoch_metrics(
+            epoch, totals, first_lr, scheduler, time.monotonic() - t0, hits=task.hits
+        )
+        if rank != 0:
             ray.train.report(metrics)
+            continue
+        metrics.update(task.validate(bare_model, val_data, cfg, device, classes))
+        tracking.log_metrics(
+            uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
+        )
+        state = {"model": bare_model, "optimizer": optimizer, "scheduler": scheduler}
+        report_with_checkpoint(metrics, state, loop_config, score=best.update(metrics))
+        # After the report, so a line on screen means its checkpoint is stored. Ray
+        # Train sends print() both to its logger and to stdout; writing to the process's
+        # own stdout shows the line once, forwarded to the driver.
+        line = epoch_line(metrics, cfg.train.epochs, hits=task.hits, metric=task.metric)
+        print(line, file=sys.__stdout__, flush=True)
+
+
+def start_or_resume(
+    cfg: Config, task: Task, loop_config: dict[str, Any], device: torch.device, rank: int
+) -> tuple[nn.Module, torch.optim.Optimizer, Scheduler, BestSoFar, int]:
+    """The model, optimiser and schedule on ``device``, the best epoch so far, and the
+    epochs done: fresh, or restored from the checkpoint this run continues."""
+    import ray.train
+
+    # On the device before the optimiser exists, so restored optimiser state lands there too.
+    model = task.build(cfg, len(loop_config["classes"])).to(device)
+    if device.type == "cuda":
+        model = channels_last_3d(model)
+    optimizer = make_optimizer(cfg.optim, model.parameters())
+    scheduler = Scheduler(optimizer, cfg.optim, cfg.train.epochs, loop_config["steps_per_epoch"])
+    # A restarted worker group gets the last reported checkpoint; a first start
+    # gets train.resume_from (a path every worker can read), or nothing.
+    checkpoint = ray.train.get_checkpoint()
+    best = best_so_far(checkpoint is not None and rank == 0, task.metric)
+    if checkpoint is None and loop_config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])  # a path or a URI
+    done = restore(checkpoint, model, optimizer, scheduler)
+    return model, optimizer, scheduler, best, done
+
+
+def epoch_metrics(
+    epoch: int,
+    totals: torch.Tensor,
+    first_lr: float,
+    scheduler: Scheduler,
+    seconds: float,
+    *,
+    hits: str,
+) -> dict[str, float]:
+    """What every rank reports of an epoch: ``totals`` (loss sum, items right, items,
+    summed over ranks) as means, the rate, the step count and the speed."""
+    count = max(totals[2].item(), 1.0)
+    return {
+        "epoch": epoch,
+        tracking.TRAIN_LOSS: totals[0].item() / count,
+        hits: totals[1].item() / count,
+        tracking.TRAIN_LR: first_lr,
+        tracking.TRAIN_STEP: scheduler.global_step,
+        tracking.EPOCH_SECONDS: seconds,
+        tracking.CLIPS_PER_SECOND: totals[2].item() / seconds,
+    }
+
+
+def report_with_checkpoint(
+    metrics: dict[str, float], state: dict[str, Any], loop_config: dict[str, Any], *, score: int
+) -> None:
+    """Rank 0's report of an epoch: its metrics, the checkpoint of ``state`` (model,
+    optimizer, scheduler) in ``epoch_NNN``, and the score Ray keeps checkpoints by."""
+    import ray.train
+
+    epoch = int(metrics["epoch"])
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(
+            directory,
+            model=state["model"],
+            optimizer=state["optimizer"],
+            scheduler=state["scheduler"].state_dict(),
+            epoch=epoch,
+            cfg=Config.from_dict(loop_config["config"]),
+            classes=loop_config["classes"],
+            dataset=loop_config.get("dataset"),
+            run_id=loop_config["run_id"],
+            metrics=metrics,
+        )
+        ray.train.report(
+            {**metrics, SCORE: score},
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_dir_name=checkpoint_name(epoch),
+        )
