@@ -83,18 +83,7 @@ class KeyframeSampler:
         scores = np.zeros((len(rows), limit), np.float32)
         counts, truth_counts = np.zeros((2, len(rows)), np.int64)
         for r, row in enumerate(rows):
-            if row["keyframe_sec"] is None:
-                raise VidrayError("train.task=detect needs keyframe rows: ingest with layout ava")
-            picked = frame_indices(
-                row["keyframe_offset"], len(row["frames"]), self.clip.T, self.clip.stride
-            )
-            clip = decode_images(
-                [row["frames"][i] for i in picked],
-                codec=row["frames_codec"],
-                height=row["height"],
-                width=row["width"],
-                channels=3,
-            )
+            clip = self._clip(row)
             true_boxes, true_targets = self._truth(row, index)
             m = min(len(true_boxes), limit)
             truth[r, :m], truth_targets[r, :m], truth_counts[r] = (
@@ -133,6 +122,21 @@ class KeyframeSampler:
         if self.video_ids:
             batch["video_id"] = np.array([row["video_id"] for row in rows], dtype=object)
         return batch
+
+    def _clip(self, row: dict[str, Any]) -> np.ndarray:
+        """The clip's frames (T, H, W, 3) around the row's keyframe."""
+        if row["keyframe_sec"] is None:
+            raise VidrayError("train.task=detect needs keyframe rows: ingest with layout ava")
+        picked = frame_indices(
+            row["keyframe_offset"], len(row["frames"]), self.clip.T, self.clip.stride
+        )
+        return decode_images(
+            [row["frames"][i] for i in picked],
+            codec=row["frames_codec"],
+            height=row["height"],
+            width=row["width"],
+            channels=3,
+        )
 
     def _truth(self, row: dict[str, Any], index: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """The keyframe's ground-truth boxes (normalised) and their multi-hot actions; an
