@@ -167,6 +167,30 @@ def write_best_config(path: Path, sweep: Sweep, best: TrialRow, config: Config) 
     return path
 
 
+def _plot_key(ax: Any, dim: Any, scored: list[TrialRow], metric: str) -> None:
+    """Each scored trial's best ``metric`` against its value of one swept key (hollow:
+    stopped early); categories on a labelled axis, numbers on a linear or log one."""
+    points = [(r.overrides[dim.key], r) for r in scored if dim.key in r.overrides]
+    numeric = dim.kind in ("uniform", "loguniform", "randint") or all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in points
+    )
+    if numeric:
+        xs = [float(v) for v, _ in points]
+    else:
+        categories = [str(v) for v in dim.values]
+        xs = [categories.index(str(v)) for v, _ in points]
+        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+    for x, (_, row) in zip(xs, points, strict=True):
+        finished = row.status == "finished"
+        ax.scatter(x, row.best, s=36, facecolors="C0" if finished else "none", edgecolors="C0")
+    if dim.kind == "loguniform":
+        ax.set_xscale("log")
+    ax.set_xlabel(dim.key)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+
+
 def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
     """One panel per swept key (each trial's best metric against its value) and one of
     the best trial of each model family's metric over epochs."""
@@ -194,25 +218,7 @@ def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
     )
     scored = [r for r in rows if r.best is not None]
     for ax, dim in zip(axes[0], dims, strict=False):
-        points = [(r.overrides[dim.key], r) for r in scored if dim.key in r.overrides]
-        numeric = dim.kind in ("uniform", "loguniform", "randint") or all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in points
-        )
-        if numeric:
-            xs = [float(v) for v, _ in points]
-        else:
-            categories = [str(v) for v in dim.values]
-            xs = [categories.index(str(v)) for v, _ in points]
-            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-            ax.set_xlim(-0.5, len(categories) - 0.5)
-        for x, (_, row) in zip(xs, points, strict=True):
-            finished = row.status == "finished"
-            ax.scatter(x, row.best, s=36, facecolors="C0" if finished else "none", edgecolors="C0")
-        if dim.kind == "loguniform":
-            ax.set_xscale("log")
-        ax.set_xlabel(dim.key)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
+        _plot_key(ax, dim, scored, metric)
     ax = axes[0][-1]
     families: dict[str, TrialRow] = {}
     for row in scored:  # rows are best first: the first of a family is its best
