@@ -32,7 +32,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(
     debug = tmp_path / "probe"
     debug.mkdir()
     # Workers pause at the start of epoch 2 (of three) until `release` (tests/probe.py).
-    install(monkeypatch, Probe(dir=str(debug), pause_epoch=2))
+    install(monkeypatch, Probe(dir=str(debug), pause_epoch=2, pause_seconds=600))
     cfg = tiny_config(
         motion_data, tmp_path, "train.epochs=3", "train.max_failures=1", "train.run_name=faults"
     )
@@ -46,12 +46,15 @@ def test_killed_worker_resumes_from_the_last_checkpoint(
 
     thread = threading.Thread(target=train)
     thread.start()
-    wait_for(debug / "rank1.pid", timeout=240)
-    pid = int((debug / "rank1.pid").read_text())
-    # Both ranks have reported epoch 1; the kill comes once the controller registered it.
-    wait_for_checkpoint(tmp_path / "runs" / "faults", timeout=120)
-    os.kill(pid, signal.SIGKILL)
-    (debug / "release").touch()  # the restarted workers must not pause again
+    try:
+        wait_for(debug / "rank1.pid", timeout=240)
+        pid = int((debug / "rank1.pid").read_text())
+        # Both ranks have reported epoch 1; the kill comes once the controller registered
+        # it, while the workers wait (however slow this machine is) for `release`.
+        wait_for_checkpoint(tmp_path / "runs" / "faults", timeout=300)
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        (debug / "release").touch()  # the restarted workers must not pause again
     thread.join(timeout=420)
     assert not thread.is_alive(), "training did not finish after the worker was killed"
     if "error" in outcome:

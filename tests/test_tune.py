@@ -312,9 +312,7 @@ def test_a_killed_or_interrupted_sweep_resumes_without_rerunning_finished_trials
 
     def trial_1_trains_again() -> bool:
         """trial 1 starting its run again"""
-        return any(
-            r.data.tags[TRIAL_TAG] == "1" and r.info.start_time > resumed_at for r in runs()
-        )
+        return any(r.data.tags[TRIAL_TAG] == "1" and r.info.start_time > resumed_at for r in runs())
 
     resume = [*command, "--resume"]
     code = stop_when(resume, env, tmp_path / "2.log", trial_1_trains_again, signal.SIGINT)

@@ -46,6 +46,13 @@ TRAIN_LR = "train/lr"  # the rate of the epoch's first optimiser step
 TRAIN_STEP = "train/global_step"  # optimiser steps so far, at the end of the epoch
 EPOCH_SECONDS = "time/epoch_s"
 CLIPS_PER_SECOND = "time/clips_per_s"
+SWEEP_SECONDS = "time/sweep_s"  # on a sweep's parent run
+
+
+def best_metric(name: str) -> str:
+    """A sweep's parent-run metric: the best trial's ``name`` (``best/val/video_top1``)."""
+    return f"best/{name}"
+
 
 # Tags.
 TASK_TAG = "vidray.task"  # what made the run: train, evaluate, tune

@@ -260,56 +260,15 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     settings, uri = sweep.sweep, plan.tracking_uri
     parent = _open_parent(plan)
     print(f"tune: {len(plan.trials)} trials, scheduler {settings.scheduler}; parent run {parent}")
-    # Tune saves its experiment state at most this often; a driver killed just after a
-    # trial ends must find that trial recorded as done on --resume. Set for this sweep
-    # only: the process may run other Tune experiments after it.
-    saves = {}
-    if not storage.is_uri(plan.root) and "TUNE_GLOBAL_CHECKPOINT_S" not in os.environ:
-        saves = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
     t0 = time.monotonic()
     status = "FAILED"
     try:
-        with _stop_on_signal() as stopped, _environ(saves):
-            grid = _tuner(plan, parent).fit()
-        if stopped.is_set():
-            status = "KILLED"
-            raise _interrupted(plan, parent)
-        # The latest run of each trial (a resumed trial has one per attempt).
-        runs = {int(r.data.tags[tracking.TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
-        rows = trial_rows(grid, plan.trials, sweep, runs)
-        # Only the time budget ends a sweep with trials cut between two results or never
-        # started (ASHA stops a trial on a result; an interrupt does not come here).
-        cut = [
-            r
-            for r in rows
-            if r.status == "not run" or (r.status == "stopped early" and not r.stopped_on_result)
-        ]
-        budget_reached = settings.time_budget_s > 0 and bool(cut)
-        if budget_reached:
-            unfinished = sum(r.status in ("stopped early", "not run") for r in rows)
-            print(
-                f"tune: time budget of {settings.time_budget_s:g} s reached: "
-                f"{unfinished} of {len(rows)} trials stopped early or not run"
-            )
-            tracking.client(uri).set_tag(parent, tracking.BUDGET_TAG, "true")
-        _mark_children(uri, rows, settings.scheduler, budget_reached)
-        written = [
-            write_table(plan.output / "trials.csv", rows, sweep),
-            plot_sweep(plan.output / "sweep.png", rows, sweep),
-        ]
-        best = next((r for r in rows if r.best is not None), None)
-        if best is not None:
-            path = plan.output / "best_config.yaml"
-            written.append(write_best_config(path, sweep, best, plan.configs[best.index]))
-            tracking.log_metrics(uri, parent, {f"best/{settings.metric}": best.best}, step=0)
-        for path in written:
-            tracking.log_artifact(uri, parent, path)
-        tracking.log_metrics(uri, parent, {"time/sweep_s": time.monotonic() - t0}, step=0)
-        print(format_table(rows, sweep))
+        grid = _fit(plan, parent)
+        rows = _record(plan, parent, grid, seconds=time.monotonic() - t0)
         failed = [r for r in rows if r.status == "failed"]
         if failed:
-            # Everything above is written and logged; the exit status still says that
-            # part of the sweep is missing, so a Ray job of it shows FAILED.
+            # Everything is written and logged; the exit status still says that part
+            # of the sweep is missing, so a Ray job of it shows FAILED.
             raise VidrayError(
                 f"{len(failed)} of {len(rows)} trials failed (trial {failed[0].index}: "
                 f"{failed[0].error or 'see the Ray logs'}): see {plan.output / 'trials.csv'}"
@@ -327,9 +286,68 @@ def run_sweep(sweep: Sweep) -> SweepResult:
         # it saved last (at most TUNE_GLOBAL_CHECKPOINT_S old), or none.
         status = "KILLED"
         raise _interrupted(plan, parent) from None
+    except Interrupted:
+        status = "KILLED"  # `_interrupted` ended the parent run
+        raise
     finally:
-        if status != "KILLED":  # `_interrupted` ended the parent run
+        if status != "KILLED":
             tracking.end_run(uri, parent, status=status)
+
+
+def _fit(plan: SweepPlan, parent: str) -> Any:
+    """Tune's run of the trials: its ResultGrid. Ctrl-C or SIGTERM stops Tune between
+    two steps with its state saved, then raises `Interrupted`."""
+    # Tune saves its experiment state at most this often; a driver killed just after a
+    # trial ends must find that trial recorded as done on --resume. Set for this sweep
+    # only: the process may run other Tune experiments after it.
+    saves = {}
+    if not storage.is_uri(plan.root) and "TUNE_GLOBAL_CHECKPOINT_S" not in os.environ:
+        saves = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
+    with _stop_on_signal() as stopped, _environ(saves):
+        grid = _tuner(plan, parent).fit()
+    if stopped.is_set():
+        raise _interrupted(plan, parent)
+    return grid
+
+
+def _record(plan: SweepPlan, parent: str, grid: Any, *, seconds: float) -> list[TrialRow]:
+    """The trials' rows, best first: every trial run ended with what stopped it, the
+    table, plot and best config written and logged to the parent run, the table shown."""
+    sweep, settings, uri = plan.sweep, plan.sweep.sweep, plan.tracking_uri
+    # The latest run of each trial (a resumed trial has one per attempt).
+    runs = {int(r.data.tags[tracking.TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
+    rows = trial_rows(grid, plan.trials, sweep, runs)
+    # Only the time budget ends a sweep with trials cut between two results or never
+    # started (ASHA stops a trial on a result; an interrupt does not come here).
+    cut = [
+        r
+        for r in rows
+        if r.status == "not run" or (r.status == "stopped early" and not r.stopped_on_result)
+    ]
+    budget_reached = settings.time_budget_s > 0 and bool(cut)
+    if budget_reached:
+        unfinished = sum(r.status in ("stopped early", "not run") for r in rows)
+        print(
+            f"tune: time budget of {settings.time_budget_s:g} s reached: "
+            f"{unfinished} of {len(rows)} trials stopped early or not run"
+        )
+        tracking.client(uri).set_tag(parent, tracking.BUDGET_TAG, "true")
+    _mark_children(uri, rows, settings.scheduler, budget_reached)
+    written = [
+        write_table(plan.output / "trials.csv", rows, sweep),
+        plot_sweep(plan.output / "sweep.png", rows, sweep),
+    ]
+    best = next((r for r in rows if r.best is not None), None)
+    if best is not None:
+        path = plan.output / "best_config.yaml"
+        written.append(write_best_config(path, sweep, best, plan.configs[best.index]))
+        best_value = {tracking.best_metric(settings.metric): best.best}
+        tracking.log_metrics(uri, parent, best_value, step=0)
+    for path in written:
+        tracking.log_artifact(uri, parent, path)
+    tracking.log_metrics(uri, parent, {tracking.SWEEP_SECONDS: seconds}, step=0)
+    print(format_table(rows, sweep))
+    return rows
 
 
 def _open_parent(plan: SweepPlan) -> str:
