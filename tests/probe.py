@@ -56,7 +56,7 @@ class Probe(Classify):
     ) -> Any:
         if train and self.pause_epoch and self._epoch(cfg, seed) == self.pause_epoch:
             folder = Path(self.dir)
-            (folder / f"rank{_rank()}.pid").write_text(str(os.getpid()))
+            _publish(folder / f"rank{_rank()}.pid", str(os.getpid()))
             deadline = time.monotonic() + self.pause_seconds
             while not (folder / "release").exists() and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -79,6 +79,13 @@ class Probe(Classify):
         rank = _rank()
         epochs = range(1, cfg.train.epochs + 1)
         return next((e for e in epochs if shuffle_seed(cfg.train.seed, e, rank) == seed), 0)
+
+
+def _publish(path: Path, text: str) -> None:
+    """``text`` in ``path`` in one step: a test that sees the file reads all of it."""
+    part = path.with_suffix(".part")
+    part.write_text(text)
+    part.replace(path)
 
 
 def _rank() -> int:
