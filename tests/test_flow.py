@@ -211,7 +211,7 @@ def test_raft_result_does_not_depend_on_the_batch_size(raft_small_weights):
 
 
 def test_raft_weights_file_that_does_not_exist_is_an_error(tmp_path):
-    with pytest.raises(VidrayError, match="no such file"):
+    with pytest.raises(VidrayError, match="file not found"):
         load_flow_estimator("raft", raft_weights=str(tmp_path / "missing.pt"), device="cpu")
 
 

@@ -27,6 +27,7 @@ LAYERS = [
         "vidray.runtime",
         "vidray.checkpoints",
         "vidray.device",
+        "vidray.state_dicts",
     },
     {"vidray.data"},
     {"vidray.models"},

@@ -19,7 +19,7 @@ import contextlib
 import math
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -535,6 +535,19 @@ def iter_windows(
         errors=errors,
         max_upscale=max_upscale,
     )
+    yield from _slide(frames, path, fps, start_sec, first_index, window_frames, window_stride)
+
+
+def _slide(
+    frames: Iterable[np.ndarray],
+    path: str | Path,
+    fps: float,
+    start_sec: float,
+    first_index: int,
+    window_frames: int,
+    window_stride: int,
+) -> Iterator[Window]:
+    """The windows of grid frames `first_index`, `first_index + 1`, ... (see `iter_windows`)."""
     buffer: deque[np.ndarray] = deque(maxlen=window_frames)
     count = 0
     for k, frame in enumerate(frames, start=first_index):
@@ -548,7 +561,7 @@ def iter_windows(
                 frames=np.stack(buffer),
                 padded=0,
             )
-    if first_window > 0 or count >= window_frames:
+    if first_index > 0 or count >= window_frames:
         return
     if count < 2:
         raise VideoError(
@@ -650,47 +663,34 @@ def _grid_frames(
     Starting at a grid index rather than at a time keeps a segment's grid times
     bit-identical to those of a decode from `start_sec`.
     """
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if start_sec < 0:
-        raise ValueError(f"start_sec must be >= 0, got {start_sec}")
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
+    _check_grid_args(fps, start_sec, threads)
     stop = math.inf if stop_index is None else stop_index
     if end_sec is not None:
         stop = min(stop, grid_frame_count(end_sec, fps, start_sec=start_sec))
     k = first_index
     if k >= stop:
         return
-
     with _open(path) as container:
         stream = _main_stream(container)
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         failure: list[str] = []
-        reformatter = av.video.reformatter.VideoReformatter()
         timed = _timed(_decode_from(container, stream, start_sec + k / fps, failure), stream)
-
-        size, turns = (0, 0), 0
         cur: av.VideoFrame | None = None  # the frame shown at grid time k
         cur_t = cur_duration = 0.0
         prev_t: float | None = None
-        rgb: np.ndarray | None = None  # cur converted, once it is picked
         for t, duration, frame in timed:
             if cur is None:
-                size = output_size(*_shown_size(frame, stream), short_side, max_upscale)
-                turns = _quarter_turns(frame)
+                to_rgb = _RgbFrames(path, stream, frame, short_side, max_upscale)
             else:
                 # `frame` replaces `cur` at time t: grid times before t show `cur`.
                 while k < stop and start_sec + k / fps < t - _TIME_EPS:
-                    rgb = rgb if rgb is not None else _to_rgb(cur, size, turns, path, reformatter)
-                    yield rgb
+                    yield to_rgb(cur)
                     k += 1
                 if k >= stop:
                     return
                 prev_t = cur_t
-            cur, cur_t, cur_duration, rgb = frame, t, duration, None
-
+            cur, cur_t, cur_duration = frame, t, duration
         if cur is None:
             if failure:
                 raise _no_frame(path, failure[0])
@@ -701,14 +701,26 @@ def _grid_frames(
         end = cur_t + (cur_duration or _last_frame_seconds(None, cur_t, prev_t, stream))
         stop = min(stop, grid_frame_count(end, fps, start_sec=start_sec))
         while k < stop:
-            rgb = rgb if rgb is not None else _to_rgb(cur, size, turns, path, reformatter)
-            yield rgb
+            yield to_rgb(cur)
             k += 1
         if failure:
-            message = f"decode stopped at {end:.2f} s: {failure[0]}"
-            if errors is None:
-                raise VideoError(f"{path}: {message}")
-            errors.append(message)
+            _stopped_early(path, f"decode stopped at {end:.2f} s: {failure[0]}", errors)
+
+
+def _stopped_early(path: Path, message: str, errors: list[str] | None) -> None:
+    """A decode that failed after some frames: kept in `errors`, else raised."""
+    if errors is None:
+        raise VideoError(f"{path}: {message}")
+    errors.append(message)
+
+
+def _check_grid_args(fps: float, start_sec: float, threads: int) -> None:
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if start_sec < 0:
+        raise ValueError(f"start_sec must be >= 0, got {start_sec}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
 
 
 def _decode_from(
@@ -809,35 +821,51 @@ def _timed(
         yield t, duration, frame
 
 
-def _to_rgb(
-    frame: av.VideoFrame,
-    size: tuple[int, int],
-    turns: int,
-    path: Path,
-    reformatter: av.video.reformatter.VideoReformatter,
-) -> np.ndarray:
-    """Convert and resize in swscale, then turn upright (``turns`` counterclockwise
-    quarter turns) to ``size`` (width, height as shown); the result is read-only
-    as it may be repeated.
+class _RgbFrames:
+    """Frames of one video as upright RGB of one size, which its first decoded frame
+    fixes: `short_side` (not above `max_upscale`), square pixels, turned upright.
 
-    One `reformatter` serves a whole video: ``frame.to_ndarray(width=...)`` would
-    build a new swscale context for every frame, which cost more than decoding.
+    Conversion and resizing happen in swscale, through one reformatter for the
+    whole video: ``frame.to_ndarray(width=...)`` would build a new swscale context
+    for every frame, which cost more than decoding. A frame shown at several grid
+    times is converted once; the result is read-only as it is repeated.
     """
-    width, height = size if turns % 2 == 0 else size[::-1]
-    shrinking = width * height < frame.width * frame.height
-    try:
-        rgb = reformatter.reformat(
-            frame,
-            width=width,
-            height=height,
-            format="rgb24",
-            interpolation="AREA" if shrinking else "BILINEAR",
-        ).to_ndarray()
-    except (av.FFmpegError, ValueError) as e:
-        raise VideoError(
-            f"{path}: cannot convert {frame.format.name} frames to RGB ({_reason(e)})"
-        ) from e
-    if turns:
-        rgb = np.ascontiguousarray(np.rot90(rgb, turns))
-    rgb.flags.writeable = False
-    return rgb
+
+    def __init__(
+        self,
+        path: Path,
+        stream: av.video.VideoStream,
+        first: av.VideoFrame,
+        short_side: int,
+        max_upscale: float,
+    ) -> None:
+        self.path = path
+        self.size = output_size(*_shown_size(first, stream), short_side, max_upscale)
+        self.turns = _quarter_turns(first)  # counterclockwise quarter turns to upright
+        self.reformatter = av.video.reformatter.VideoReformatter()
+        self.last: tuple[av.VideoFrame, np.ndarray] | None = None
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if self.last is None or self.last[0] is not frame:
+            self.last = (frame, self._convert(frame))
+        return self.last[1]
+
+    def _convert(self, frame: av.VideoFrame) -> np.ndarray:
+        width, height = self.size if self.turns % 2 == 0 else self.size[::-1]
+        shrinking = width * height < frame.width * frame.height
+        try:
+            rgb = self.reformatter.reformat(
+                frame,
+                width=width,
+                height=height,
+                format="rgb24",
+                interpolation="AREA" if shrinking else "BILINEAR",
+            ).to_ndarray()
+        except (av.FFmpegError, ValueError) as e:
+            raise VideoError(
+                f"{self.path}: cannot convert {frame.format.name} frames to RGB ({_reason(e)})"
+            ) from e
+        if self.turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, self.turns))
+        rgb.flags.writeable = False
+        return rgb

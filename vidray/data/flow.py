@@ -26,7 +26,6 @@ how many threads it may use. torch is imported only when a RAFT estimator is bui
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any, Protocol
 
 import cv2
@@ -180,69 +179,29 @@ def _opencv_algorithm(backend: str, dis_preset: str) -> Any:
 def _load_raft(
     *, raft_model: str, raft_weights: str | os.PathLike | None, random_init: bool
 ) -> Any:
-    import torch
-    from torchvision.models import get_model_weights, get_weight, optical_flow
+    from torchvision.models import get_model_weights, optical_flow
+
+    from vidray.state_dicts import read_state_dict
 
     if raft_model not in RAFT_MODELS:
         raise VidrayError(f"unknown RAFT model '{raft_model}': use one of {', '.join(RAFT_MODELS)}")
-    builder = getattr(optical_flow, raft_model)
-    example = (
-        "Raft_Small_Weights.C_T_V2" if raft_model == "raft_small" else "Raft_Large_Weights.C_T_V2"
-    )
-
+    model = getattr(optical_flow, raft_model)(weights=None)
     if raft_weights is None:
         if not random_init:
             raise VidrayError(
                 "flow backend 'raft' needs weights: set raft_weights to a state_dict file "
-                f"or a torchvision weights name such as {example}"
+                f"or a torchvision weights name such as {get_model_weights(raft_model).C_T_V2}"
             )
-        return builder(weights=None)
-
-    if os.path.isfile(raft_weights):
-        model = builder(weights=None)
-        try:
-            state = torch.load(raft_weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise VidrayError(
-                f"RAFT weights {raft_weights}: cannot be read ({exc}); "
-                "save them with torch.save(model.state_dict(), path)"
-            ) from exc
-        if not isinstance(state, dict):
-            raise VidrayError(
-                f"RAFT weights {raft_weights}: expected a state_dict, got {type(state).__name__}; "
-                "save them with torch.save(model.state_dict(), path)"
-            )
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            first_line = str(exc).splitlines()[0]
-            raise VidrayError(
-                f"RAFT weights {raft_weights} do not fit {raft_model} ({first_line}); "
-                "check raft_model"
-            ) from exc
         return model
-
+    state = read_state_dict(os.fspath(raft_weights), enum=get_model_weights(raft_model))
     try:
-        weights = get_weight(str(raft_weights))
-    except (ValueError, KeyError) as exc:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first_line = str(exc).splitlines()[0]
         raise VidrayError(
-            f"RAFT weights '{raft_weights}': no such file, and not a torchvision weights "
-            f"name such as {example}"
+            f"RAFT weights {raft_weights} do not fit {raft_model} ({first_line}); check raft_model"
         ) from exc
-    expected = get_model_weights(raft_model)
-    if not isinstance(weights, expected):
-        raise VidrayError(
-            f"RAFT weights '{raft_weights}' belong to another model: {raft_model} takes "
-            f"{expected.__name__}.<name>, e.g. {example}"
-        )
-    try:
-        return builder(weights=weights, progress=False)
-    except OSError as exc:
-        raise VidrayError(
-            f"RAFT weights '{raft_weights}' are not in the torch hub cache and could not be "
-            f"downloaded ({exc}); copy them to {torch.hub.get_dir()}/checkpoints "
-            "or pass a local state_dict path"
-        ) from exc
+    return model
 
 
 def load_flow_estimator(

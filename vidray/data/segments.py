@@ -386,7 +386,9 @@ def _segment_windows(
 ) -> Iterator[tuple[decode.Window, dict[str, Any]]]:
     """A segment's windows and each one's extra columns: windows on the regular grid,
     or (layout ava) one centred on each keyframe, with the keyframe's boxes."""
-    if not segment.get("keyframes"):
+    if segment.get("keyframes"):
+        yield from _keyframe_windows(segment, ingest=ingest, errors=errors)
+    else:
         windows = decode.iter_windows(
             segment["path"],
             fps=ingest.fps,
@@ -403,7 +405,12 @@ def _segment_windows(
         )
         for window in windows:
             yield window, {}
-        return
+
+
+def _keyframe_windows(
+    segment: dict[str, Any], *, ingest: IngestConfig, errors: list[str]
+) -> Iterator[tuple[decode.Window, dict[str, Any]]]:
+    """One window centred on each of the segment's AVA keyframes, with its boxes."""
     keyframes = json.loads(segment["keyframes"])
     centres = [round((k["sec"] - ingest.ava_time_offset) * ingest.fps) for k in keyframes]
     early = sum(c < 0 for c in centres)

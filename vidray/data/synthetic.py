@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -91,41 +91,16 @@ def write_video(
     if first is None:
         raise ValueError(f"{path}: no frames to write")
     height, width = _check_frame(first, None, 0)
-    encoder = av.codec.Codec(codec, "w")
-    if (width % 2 or height % 2) and codec in _EVEN_SIZE_ENCODERS and pix_fmt in _FULL_CHROMA:
-        pix_fmt = _FULL_CHROMA[pix_fmt]
-    supported = {f.name for f in encoder.video_formats or ()}
-    if supported and pix_fmt not in supported:
-        raise ValueError(
-            f"{path}: encoder {codec} cannot write pix_fmt {pix_fmt} at {width}x{height}; "
-            f"it supports {', '.join(sorted(supported))}"
-        )
-    rate = Fraction(fps).limit_denominator(1001 * 1000)
+    pix_fmt = _pixel_format(path, codec, pix_fmt, width, height)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with av.open(str(path), "w", options=container_options or {}) as container:
-            stream = container.add_stream(codec, rate=rate)
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001 * 1000))
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-            if options:
-                stream.options = dict(options)
-            if rotation:
-                stream.set_display_rotation(rotation)
-            if sample_aspect_ratio is not None:
-                stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
-            if timestamps is not None:
-                stream.codec_context.time_base = _VFR_TIME_BASE
-                stream.time_base = _VFR_TIME_BASE
-            previous = -1
-            for index, array in enumerate(itertools.chain([first], iterator)):
-                _check_frame(array, (height, width), index)
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-                if timestamps is not None:
-                    if index >= len(timestamps):
-                        raise ValueError(f"more frames than timestamps ({len(timestamps)})")
-                    pts = round(timestamps[index] / _VFR_TIME_BASE)
-                    if pts <= previous:
-                        raise ValueError(f"timestamps must strictly increase (frame {index})")
-                    frame.pts, frame.time_base, previous = pts, _VFR_TIME_BASE, pts
+            _set_stream(stream, options, rotation, sample_aspect_ratio, timestamps is not None)
+            for frame in _video_frames(
+                itertools.chain([first], iterator), (height, width), timestamps
+            ):
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
     except av.FFmpegError as e:
@@ -137,6 +112,57 @@ def write_video(
         path.unlink(missing_ok=True)
         raise ValueError(f"{path}: {e}") from e
     return path
+
+
+def _set_stream(
+    stream: av.video.VideoStream,
+    options: dict[str, str] | None,
+    rotation: int,
+    sample_aspect_ratio: Fraction | None,
+    variable_rate: bool,
+) -> None:
+    """The encoder options and the stream's metadata (see `write_video`)."""
+    if options:
+        stream.options = dict(options)
+    if rotation:
+        stream.set_display_rotation(rotation)
+    if sample_aspect_ratio is not None:
+        stream.codec_context.sample_aspect_ratio = sample_aspect_ratio
+    if variable_rate:  # a time base fine enough for any frame's own time
+        stream.codec_context.time_base = _VFR_TIME_BASE
+        stream.time_base = _VFR_TIME_BASE
+
+
+def _pixel_format(path: Path, codec: str, pix_fmt: str, width: int, height: int) -> str:
+    """`pix_fmt`, or its full-chroma twin where the encoder needs even sizes and the
+    frame has an odd one; ValueError if the encoder cannot write it at all."""
+    if (width % 2 or height % 2) and codec in _EVEN_SIZE_ENCODERS and pix_fmt in _FULL_CHROMA:
+        pix_fmt = _FULL_CHROMA[pix_fmt]
+    supported = {f.name for f in av.codec.Codec(codec, "w").video_formats or ()}
+    if supported and pix_fmt not in supported:
+        raise ValueError(
+            f"{path}: encoder {codec} cannot write pix_fmt {pix_fmt} at {width}x{height}; "
+            f"it supports {', '.join(sorted(supported))}"
+        )
+    return pix_fmt
+
+
+def _video_frames(
+    arrays: Iterable[np.ndarray], size: tuple[int, int], timestamps: Sequence[float] | None
+) -> Iterator[av.VideoFrame]:
+    """Each array as an rgb24 frame, stamped with its timestamp where `timestamps` are given."""
+    previous = -1
+    for index, array in enumerate(arrays):
+        _check_frame(array, size, index)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+        if timestamps is not None:
+            if index >= len(timestamps):
+                raise ValueError(f"more frames than timestamps ({len(timestamps)})")
+            pts = round(timestamps[index] / _VFR_TIME_BASE)
+            if pts <= previous:
+                raise ValueError(f"timestamps must strictly increase (frame {index})")
+            frame.pts, frame.time_base, previous = pts, _VFR_TIME_BASE, pts
+        yield frame
 
 
 def _check_frame(array: np.ndarray, size: tuple[int, int] | None, index: int) -> tuple[int, int]:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -140,23 +141,12 @@ def write_ava_dataset(
     `size` is (width, height); `fps` must be a whole number so that keyframes fall
     on frames. Returns the paths written and the dataset's timing facts.
     """
-    if num_videos < 2 or not 1 <= val_videos < num_videos:
-        raise VidrayError(
-            f"need num_videos >= 2 and 1 <= val_videos < num_videos, got {num_videos}, {val_videos}"
-        )
-    if duration_sec < 3:
-        raise VidrayError(f"duration_sec must be >= 3 for a keyframe to exist, got {duration_sec}")
-    if fps != int(fps) or fps < 4:
-        raise VidrayError(f"fps must be a whole number >= 4 so keyframes fall on frames, got {fps}")
+    _check_arguments(num_videos, val_videos, duration_sec, fps, size)
     width, height = size
-    if width < 64 or height < 48:
-        raise VidrayError(f"size must be at least 64x48 to hold 2-3 actors, got {width}x{height}")
     fps = int(fps)
     root = Path(root)
-    annotations_dir = root / "annotations"
     num_frames = duration_sec * fps
     seconds = tuple(range(1, duration_sec))  # keyframes, in video seconds
-    keyframe_seconds = tuple(time_offset + s for s in seconds)
 
     videos: dict[str, Path] = {}
     splits: dict[str, list[str]] = {"train": [], "val": []}
@@ -169,13 +159,8 @@ def write_ava_dataset(
         splits[split].append(video_id)
         rng = np.random.default_rng([seed, index])
         frames, boxes = _render(rng, num_frames=num_frames, fps=fps, width=width, height=height)
-        videos[video_id] = write_video(
-            root / "videos" / f"{video_id}.mp4",
-            frames,
-            fps=fps,
-            codec=codec,
-            options=_ENCODE_OPTIONS,
-        )
+        path = root / "videos" / f"{video_id}.mp4"
+        videos[video_id] = write_video(path, frames, fps=fps, codec=codec, options=_ENCODE_OPTIONS)
         skipped = seconds[rng.integers(len(seconds))] if index % 2 else None
         for second in seconds:
             key = (video_id, time_offset + second)
@@ -186,34 +171,60 @@ def write_ava_dataset(
             else:
                 truth[split][key] = people
 
-    labels = [Label(i + 1, name, "PERSON_MOVEMENT") for i, name in enumerate(ACTIONS)]
     return SyntheticAva(
         root=root,
         videos=videos,
         splits=splits,
-        annotations={
-            s: write_annotations(annotations_dir / f"ava_{s}_v2.2.csv", truth[s]) for s in splits
-        },
-        excluded={
-            s: write_excluded(
-                annotations_dir / f"ava_{s}_excluded_timestamps_v2.2.csv", excluded[s]
-            )
-            for s in splits
-        },
-        proposals={
-            s: write_proposals(annotations_dir / f"ava_{s}_predicted_boxes.csv", proposals[s])
-            for s in splits
-        },
-        label_map=write_label_map(annotations_dir / "ava_action_list_v2.2.pbtxt", labels),
-        eval_label_map=write_label_map(
-            annotations_dir / "ava_action_list_v2.2_for_activitynet_2019.pbtxt", labels, form="item"
-        ),
+        **_write_annotations(root / "annotations", truth, excluded, proposals),
         fps=float(fps),
         size=(width, height),
         num_frames=num_frames,
         time_offset=time_offset,
-        keyframe_seconds=keyframe_seconds,
+        keyframe_seconds=tuple(time_offset + s for s in seconds),
     )
+
+
+def _check_arguments(
+    num_videos: int, val_videos: int, duration_sec: int, fps: float, size: tuple[int, int]
+) -> None:
+    if num_videos < 2 or not 1 <= val_videos < num_videos:
+        raise VidrayError(
+            f"need num_videos >= 2 and 1 <= val_videos < num_videos, got {num_videos}, {val_videos}"
+        )
+    if duration_sec < 3:
+        raise VidrayError(f"duration_sec must be >= 3 for a keyframe to exist, got {duration_sec}")
+    if fps != int(fps) or fps < 4:
+        raise VidrayError(f"fps must be a whole number >= 4 so keyframes fall on frames, got {fps}")
+    width, height = size
+    if width < 64 or height < 48:
+        raise VidrayError(f"size must be at least 64x48 to hold 2-3 actors, got {width}x{height}")
+
+
+def _write_annotations(
+    directory: Path,
+    truth: dict[str, dict[KeyframeKey, list[LabeledBox]]],
+    excluded: dict[str, list[KeyframeKey]],
+    proposals: dict[str, dict[KeyframeKey, list[ScoredBox]]],
+) -> dict[str, Any]:
+    """Each split's files under AVA's names, as SyntheticAva's fields of the same names."""
+    labels = [Label(i + 1, name, "PERSON_MOVEMENT") for i, name in enumerate(ACTIONS)]
+    return {
+        "annotations": {
+            s: write_annotations(directory / f"ava_{s}_v2.2.csv", truth[s]) for s in truth
+        },
+        "excluded": {
+            s: write_excluded(directory / f"ava_{s}_excluded_timestamps_v2.2.csv", excluded[s])
+            for s in excluded
+        },
+        "proposals": {
+            s: write_proposals(directory / f"ava_{s}_predicted_boxes.csv", proposals[s])
+            for s in proposals
+        },
+        "label_map": write_label_map(directory / "ava_action_list_v2.2.pbtxt", labels),
+        "eval_label_map": write_label_map(
+            directory / "ava_action_list_v2.2_for_activitynet_2019.pbtxt", labels, form="item"
+        ),
+    }
 
 
 def _render(

@@ -21,7 +21,7 @@ from torchvision.models import get_model, get_model_weights
 from vidray.config import Config, DetectConfig, DetectionConfig
 from vidray.data.ava_files import ScoredBox, box_from_pixels, read_proposals
 from vidray.errors import VidrayError
-from vidray.models.weights import read_state_dict
+from vidray.state_dicts import read_state_dict
 
 COCO_PERSON = 1  # the person label of torchvision's COCO detectors
 COCO_CLASSES = 91  # torchvision's COCO label space (80 categories, ids up to 90)

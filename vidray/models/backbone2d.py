@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from vidray.errors import VidrayError
-from vidray.models.weights import init_weights, read_state_dict
+from vidray.models.weights import init_weights
+from vidray.state_dicts import read_state_dict
 
 PAPER_WIDTH = 64  # torchvision's / He et al.'s stem width: the only width ImageNet weights fit
 IMAGENET_CROP = 224  # the crop the 2D trunk was designed (and pretrained) for

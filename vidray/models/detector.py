@@ -40,7 +40,8 @@ from vidray import storage
 from vidray.checkpoints import load_checkpoint
 from vidray.errors import VidrayError
 from vidray.models.registry import build, entry
-from vidray.models.weights import HEAD_STD, init_weights, read_state_dict
+from vidray.models.weights import HEAD_STD, init_weights
+from vidray.state_dicts import read_state_dict
 
 FeatureMaps = Callable[[nn.Module, Tensor], Sequence[Tensor]]
 

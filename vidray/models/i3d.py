@@ -40,7 +40,7 @@ from vidray.errors import VidrayError
 from vidray.models.nonlocal_block import NonLocalBlock, NonLocalMode
 from vidray.models.registry import InputSpec, register
 from vidray.models.trunk3d import STAGE_BLOCKS, PathwaySpec, ResNet3d, TimePadding
-from vidray.models.weights import read_state_dict
+from vidray.state_dicts import read_state_dict
 
 PAPER = "I3D, Carreira & Zisserman 2017 (ResNet form: Wang et al. 2018)"
 NONLOCAL_PAPER = "Non-local neural networks, Wang et al. 2018"

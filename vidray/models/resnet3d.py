@@ -44,7 +44,7 @@ from torchvision.models.video.resnet import (
 
 from vidray.errors import VidrayError
 from vidray.models.registry import InputSpec, register
-from vidray.models.weights import read_state_dict
+from vidray.state_dicts import read_state_dict
 
 ConvMaker = type[Conv3DSimple | Conv3DNoTemporal | Conv2Plus1D]
 

@@ -37,7 +37,7 @@ from vidray.data.clips import start_epoch_clock
 from vidray.data.manifest import read_dataset_info
 from vidray.errors import Interrupted, VidrayError
 from vidray.models import entry
-from vidray.models.weights import check_weights_source
+from vidray.state_dicts import check_weights_source
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
 from vidray.train.preflight import check_settings, check_settings_against, labeled_split_counts
