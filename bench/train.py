@@ -68,7 +68,7 @@ from vidray.config import Config, load_config
 from vidray.data.clips import read_clips
 from vidray.data.ingest import run_ingest
 from vidray.data.manifest import read_dataset_info, read_manifest
-from vidray.device import channels_last_3d
+from vidray.device import channels_last
 from vidray.train.driver import run_training, steps_per_epoch
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, make_optimizer, train_epoch
@@ -183,7 +183,7 @@ class InProcessTrainer:
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg, num_classes).to(device)
-        self.model = channels_last_3d(model) if device.type == "cuda" else model
+        self.model = channels_last(model)
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
         self.scheduler = Scheduler(self.optimizer, cfg.optim, cfg.train.epochs, 1)
 

@@ -148,7 +148,7 @@ class TrainConfig:
     epochs: int = 8  # passes over the training split
     batch_size: int = 16  # per worker, per forward pass
     workers: int = 2  # Ray Train workers (DDP replicas)
-    use_gpu: bool = False  # one GPU per worker (NCCL, bf16, channels_last_3d)
+    use_gpu: bool = False  # one GPU per worker (NCCL, bf16)
     cpus_per_worker: float = 1.0  # CPUs each worker reserves (fractions share a core)
     seed: int = 0  # model init, clip sampling and shard order
     val_split: str = "val"  # split evaluated after every epoch

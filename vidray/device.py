@@ -52,11 +52,10 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> Any:
-    """The model's input on ``device``; 5-D clips channels-last on CUDA, where cuDNN's
-    3D convolutions are fastest in that layout (a no-op on CPU)."""
+    """The model's input on ``device``, 5-D clips channels-last: the layout the
+    permuted uint8 frames already have, and the one cuDNN's 3D convolutions are
+    fastest in (see `channels_last`)."""
     x = model_input(batch, device)
-    if device.type != "cuda":
-        return x
 
     def layout(t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t
@@ -64,19 +63,25 @@ def to_device(batch: dict[str, Any], device: torch.device) -> Any:
     return {k: layout(v) for k, v in x.items()} if isinstance(x, dict) else layout(x)
 
 
-def channels_last_3d(model: nn.Module) -> nn.Module:
-    """5-D (3D conv) weights in channels-last layout, to match `to_device`'s inputs.
+def channels_last(model: nn.Module) -> nn.Module:
+    """Every convolution's weight channels-last (2D and 3D), as `to_device`'s clips are.
 
-    ``model.to(memory_format=...)`` would also try to convert the 4-D weights
-    of 2D convs (two-stream, single-frame models) and fail, hence per tensor.
+    Convolutions on channels-last inputs give channels-last weight gradients. A
+    weight in the other layout has gradients of other strides, which DDP copies
+    into its buckets every step (and warns "Grad strides do not match bucket view
+    strides"). That holds even for 1x1 kernels, which count as contiguous in both
+    layouts: ``.contiguous(memory_format=...)`` leaves them as they are, so each
+    weight is copied into a fresh channels-last tensor. ``model.to(memory_format=...)``
+    cannot do it either: it fails on models that mix 2D and 3D convolutions.
     """
-    for param in model.parameters():
-        if param.dim() == 5:
-            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            weight = module.weight
+            layout = torch.channels_last if weight.dim() == 4 else torch.channels_last_3d
+            weight.data = torch.empty_like(weight, memory_format=layout).copy_(weight.data)
     return model
 
 
 def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     """``model`` on ``device`` in eval mode, in the layout `to_device` gives its inputs."""
-    model = model.to(device).eval()
-    return channels_last_3d(model) if device.type == "cuda" else model
+    return channels_last(model.to(device).eval())

@@ -2,7 +2,8 @@
 
 The loader builds each model the clip its InputSpec declares (T frames, or one
 RGB frame plus L flow fields); here every family, at a small width, takes a
-batch of real ingested windows and does a forward and backward pass.
+batch of real ingested windows and does a forward and backward pass, laid out
+as the training loop lays it out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from vidray.config import load_config
 from vidray.data.clips import iter_clip_batches
-from vidray.device import model_input
+from vidray.device import channels_last, to_device
 from vidray.models import available, entry
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model
@@ -41,8 +42,15 @@ def test_family_trains_on_loader_clips(motion_data, name):
         )
     )
     batch = {k: torch.from_numpy(v) for k, v in batch.items()}
-    model = build_model(cfg, num_classes=4)
-    logits = model(model_input(batch, torch.device("cpu")))
+    model = channels_last(build_model(cfg, num_classes=4))
+    logits = model(to_device(batch, torch.device("cpu")))
     assert logits.shape == (len(batch["label"]), 4)
     F.cross_entropy(logits, batch["label"]).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # Each gradient in its weight's layout: DDP copies (and warns about) any other.
+    restrided = [
+        f"{name} {tuple(p.shape)}: weight {p.stride()}, gradient {p.grad.stride()}"
+        for name, p in model.named_parameters()
+        if p.grad is not None and p.grad.stride() != p.stride()
+    ]
+    assert not restrided, restrided

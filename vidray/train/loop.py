@@ -34,7 +34,7 @@ from torch import nn
 from vidray import tracking
 from vidray.checkpoints import load_checkpoint, save_checkpoint
 from vidray.config import Config, OptimConfig
-from vidray.device import channels_last_3d
+from vidray.device import channels_last
 from vidray.train.schedule import Scheduler
 from vidray.train.selection import SCORE, BestSoFar, select_best
 from vidray.train.tasks import Task, task_of
@@ -237,9 +237,7 @@ def start_or_resume(
     import ray.train
 
     # On the device before the optimiser exists, so restored optimiser state lands there too.
-    model = task.build(cfg, len(loop_config["classes"])).to(device)
-    if device.type == "cuda":
-        model = channels_last_3d(model)
+    model = channels_last(task.build(cfg, len(loop_config["classes"])).to(device))
     optimizer = make_optimizer(cfg.optim, model.parameters())
     scheduler = Scheduler(optimizer, cfg.optim, cfg.train.epochs, loop_config["steps_per_epoch"])
     # A restarted worker group gets the last reported checkpoint; a first start

@@ -46,7 +46,7 @@ def predict(
 
     Batches may hold torch tensors (Ray Train's shards) or numpy arrays (Ray Data's
     batches, the local reader). The model runs as in training: ``precision``, and on
-    CUDA channels-last clips (`vidray.device.to_device`; see `for_inference`).
+    channels-last clips (`vidray.device.to_device`; see `for_inference`).
     """
     model.eval()
     found: dict[str, list[np.ndarray]] = defaultdict(list)
