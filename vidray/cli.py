@@ -221,6 +221,8 @@ def _run(command: Command, parser: argparse.ArgumentParser, args: argparse.Names
     try:
         keys = [*command.flags.values(), *command.switches.values()]
         overrides = [f"{key}={getattr(args, key)}" for key in keys if getattr(args, key)]
+        if args.verbose:
+            overrides.append("ray.log_level=info")
         loaded = command.load(args.config, [*args.overrides, *overrides])
         if command.check is not None:
             command.check(loaded)
@@ -272,6 +274,11 @@ def _command_parser(command: Command, prog: str) -> argparse.ArgumentParser:
         parser.add_argument(
             flag, dest=key, action="store_true", help=f"{documented[key].comment} (sets {key}=true)"
         )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's own INFO logs and worker notes too (sets ray.log_level=info)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     return parser
 

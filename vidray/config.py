@@ -223,6 +223,9 @@ class MlflowConfig:
 class RayConfig:
     address: str = ""  # "" = $RAY_ADDRESS, else a local Ray started for this job
     num_cpus: int = 0  # for a local Ray only (0 = all cores)
+    # Ray's own console lines: warning shows vidray's lines and real warnings; info
+    # (the --verbose flag) brings back Ray's INFO logs and its notes from workers.
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
 
 @dataclass(frozen=True)

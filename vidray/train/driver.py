@@ -343,7 +343,7 @@ def open_run(plan: TrainingPlan, uri: str) -> str:
 def fit(plan: TrainingPlan, uri: str, run_id: str, callbacks: Sequence[Any]) -> Any:
     """Ray Train's run of `train_loop_per_worker` on the plan's data; its `Result`.
     Ctrl-C (and SIGTERM, where it means Ctrl-C) aborts it as KeyboardInterrupt."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg, task = plan.cfg, plan.task
@@ -378,6 +378,8 @@ def fit(plan: TrainingPlan, uri: str, run_id: str, callbacks: Sequence[Any]) -> 
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"
             ),
+            # Worker group start-up and resource requests are INFO: shown with --verbose.
+            logging_config=LoggingConfig(log_level=cfg.ray.log_level.upper()),
         ),
         datasets={
             "train": task.dataset(cfg, "train", train=True, clock=clock),
