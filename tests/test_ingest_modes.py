@@ -81,6 +81,24 @@ def test_new_files_are_added_and_stored_labels_keep_their_meaning(ray_local, tmp
     assert labels == {"walk/w": (0, {0}), "jump/j": (1, {1})}
 
 
+def test_videos_of_the_dataset_keep_their_split_when_more_are_added(ray_local, tmp_path):
+    videos, output = tmp_path / "videos", tmp_path / "data"
+    fractions = ("ingest.val_fraction=0.34", "ingest.test_fraction=0.34")
+    for i in range(3):
+        make_video(videos / "walk" / f"{i}.mp4", num_frames=16)
+    ingest(videos, output, *fractions)
+    before = {row["video_id"]: row["split"] for row in read_manifest(output)}
+    assert sorted(before.values()) == ["test", "train", "val"]
+    # Seven videos listed afresh would put walk/1 (test) in train: a leak.
+    for i in range(3, 7):
+        make_video(videos / "walk" / f"{i}.mp4", num_frames=16)
+    summary = ingest(videos, output, *fractions)
+    after = {row["video_id"]: row["split"] for row in read_manifest(output)}
+    assert (summary.skipped, summary.ingested) == (3, 4)  # none moved, so none redone
+    assert {video: after[video] for video in before} == before
+    assert sorted(after.values()).count("val") == 2 and sorted(after.values()).count("test") == 2
+
+
 def test_an_output_inside_the_input_is_never_read_as_input(ray_local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_video(Path("videos/a/one.mp4"), num_frames=16)

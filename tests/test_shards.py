@@ -2,7 +2,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vidray.data.shards import WINDOW_SCHEMA, ShardWriter, decode_images, encode_images, video_key
+from vidray.data.shards import WINDOW_SCHEMA, ShardWriter, decode_images, encode_images
+from vidray.data.sources import video_key
 
 
 def _frames(n=4, h=24, w=40, seed=0):

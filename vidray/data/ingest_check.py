@@ -18,6 +18,7 @@ from vidray.data.manifest import (
     STORAGE_KEYS,
     check_same_parameters,
     read_dataset_info,
+    read_manifest,
 )
 from vidray.data.sources import (
     VIDEO_EXTENSIONS,
@@ -70,6 +71,8 @@ def check_ingest(cfg: Config) -> Checked:
             check_same_parameters(
                 output, info, {**storage_parameters(cfg), **split_parameters(cfg)}
             )
+    # The videos already in the dataset stay in their splits (replace starts afresh).
+    kept = [] if ingest.mode == "replace" else read_manifest(output)
     listing = list_sources(
         ingest.input,
         layout=ingest.layout,
@@ -77,6 +80,7 @@ def check_ingest(cfg: Config) -> Checked:
         val_fraction=ingest.val_fraction,
         test_fraction=ingest.test_fraction,
         exclude=output,
+        kept_splits={row["video_id"]: row["split"] for row in kept if row["status"] == "ok"},
     )
     if ingest.layout in ("folders", "flat") and not has_video_files(listing):
         raise VidrayError(

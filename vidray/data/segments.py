@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import tempfile
@@ -36,8 +35,8 @@ from vidray.data.manifest import (
     read_journal_record,
     write_journal_record,
 )
-from vidray.data.shards import ShardWriter, encode_images, video_key
-from vidray.data.sources import SourceEntry
+from vidray.data.shards import ShardWriter, encode_images
+from vidray.data.sources import SourceEntry, stable_hash, video_key
 from vidray.errors import VideoError
 
 # What a user's file can make the decoder raise. Anything else is a bug in vidray.
@@ -66,8 +65,7 @@ def scratch_dir(output: str) -> Path:
     rename is then atomic), or in the local temp dir for an object store."""
     if not storage.is_uri(output):
         return Path(output) / TMP_DIR
-    digest = hashlib.sha1(output.encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"vidray-ingest-{digest}"
+    return Path(tempfile.gettempdir()) / f"vidray-ingest-{stable_hash(output):016x}"
 
 
 def _media_reason(error: Exception, *names: str | Path | None) -> str:
@@ -135,10 +133,8 @@ def probe_entry(entry: dict[str, Any]) -> dict[str, Any]:
 def shard_prefix(probed: dict[str, Any]) -> str:
     """Shard names of one version of a file: a changed file gets new names, so its new
     shards never overwrite the ones the manifest names until its new row replaces them."""
-    version = hashlib.blake2b(
-        f"{probed['size']}:{probed['mtime']!r}".encode(), digest_size=4
-    ).hexdigest()
-    return f"{video_key(probed['video_id']):016x}-{version}"
+    version = stable_hash(f"{probed['size']}:{probed['mtime']!r}") % 2**32
+    return f"{video_key(probed['video_id']):016x}-{version:08x}"
 
 
 def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str, Any]]:

@@ -63,13 +63,6 @@ WINDOW_SCHEMA = pa.schema(
 _JPEG_FLOW_AXIS = 1
 
 
-def video_key(video_id: str) -> int:
-    """A stable 63-bit integer for a video id (same in every process and run)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.blake2b(video_id.encode(), digest_size=8).digest(), "big") >> 1
-
-
 def encode_images(images: np.ndarray, *, codec: str, quality: int = 90) -> list[bytes]:
     """(N, H, W, C) uint8 with C = 3 (RGB) or 2 (quantized flow) -> one bytes entry per image."""
     if codec == "raw":

@@ -36,7 +36,7 @@ import hashlib
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -146,6 +146,7 @@ def list_sources(
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     exclude: str | None = None,
+    kept_splits: Mapping[str, str] | None = None,
 ) -> SourceListing:
     """List the videos of a dataset laid out as ``layout``.
 
@@ -160,6 +161,10 @@ def list_sources(
         test_fraction: likewise for ``test`` (default 0: no test split).
         exclude: a folder (a path or a URI under ``input_path``) whose files are
             never listed: an ingest output kept inside its input folder.
+        kept_splits: video id -> the split an earlier ingest gave it. Where the
+            layout names no split, such a video keeps it, and the others fill each
+            group's val and test counts around them: adding videos to a dataset
+            never moves one it holds to another split.
 
     Returns:
         The entries in a deterministic order, and the class names. An empty listing
@@ -177,7 +182,11 @@ def list_sources(
         path = _local_input(input_path, layout)
         rows, classes = _local_rows(path, input_path, layout, split, _Excluded(exclude))
     entries = _finish(
-        rows, val_fraction=val_fraction, test_fraction=test_fraction, stratified=layout != "flat"
+        rows,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        stratified=layout != "flat",
+        kept_splits=kept_splits or {},
     )
     return SourceListing(entries=entries, classes=classes)
 
@@ -408,7 +417,12 @@ def _kinetics(csv_path: str, *, name: str, skip: _Excluded) -> tuple[list[_Row],
 
 
 def _finish(
-    rows: list[_Row], *, val_fraction: float, test_fraction: float, stratified: bool
+    rows: list[_Row],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    stratified: bool,
+    kept_splits: Mapping[str, str],
 ) -> list[SourceEntry]:
     """Mark duplicate ids, split the rows that still need a split, freeze them."""
     first_path: dict[str, str] = {}
@@ -425,12 +439,7 @@ def _finish(
         if row.split is None and row.error is None:
             groups.setdefault(row.label if stratified else -1, []).append(row)
     for group in groups.values():
-        group.sort(key=lambda row: (_stable_hash(row.video_id), row.video_id))
-        n_val = _held_out_count(len(group), val_fraction, keep=1)
-        n_test = _held_out_count(len(group), test_fraction, keep=n_val + 1)
-        for position, row in enumerate(group):
-            held_out = "val" if position < n_val else "test"
-            row.split = held_out if position < n_val + n_test else "train"
+        _split_group(group, val_fraction, test_fraction, kept_splits)
 
     return [
         SourceEntry(
@@ -455,9 +464,38 @@ def _held_out_count(n: int, fraction: float, *, keep: int) -> int:
     return min(max(round(fraction * n), 1), n - keep)
 
 
-def _stable_hash(video_id: str) -> str:
-    # Python's hash() is salted per process; the split must not change between runs.
-    return hashlib.sha1(video_id.encode("utf-8")).hexdigest()
+def video_key(video_id: str) -> int:
+    """A stable 63-bit integer for a video id, the same in every process and run: the
+    id's column in shards and the order of videos within a split group. The one
+    stable hash of the package (shard and scratch names use it too)."""
+    return stable_hash(video_id)
+
+
+def stable_hash(text: str) -> int:
+    """63 bits of ``text``'s BLAKE2b digest: fits a signed int64 column."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def _split_group(
+    group: list[_Row], val_fraction: float, test_fraction: float, kept: Mapping[str, str]
+) -> None:
+    """Give ``round(fraction * n)`` videos of the group to val and to test (see
+    `_held_out_count`): those ``kept`` there first, then the others in the order of
+    their stable `video_key` (never Python's hash(), which is salted per process)."""
+    n_val = _held_out_count(len(group), val_fraction, keep=1)
+    n_test = _held_out_count(len(group), test_fraction, keep=n_val + 1)
+    new = []
+    for row in group:
+        if row.video_id in kept:
+            row.split = kept[row.video_id]
+        else:
+            new.append(row)
+    open_val = max(n_val - sum(row.split == "val" for row in group), 0)
+    open_test = max(n_test - sum(row.split == "test" for row in group), 0)
+    new.sort(key=lambda row: (video_key(row.video_id), row.video_id))
+    for position, row in enumerate(new):
+        held_out = "val" if position < open_val else "test"
+        row.split = held_out if position < open_val + open_test else "train"
 
 
 def _label_rows(rows: list[_Row]) -> list[str]:
