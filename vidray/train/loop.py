@@ -221,7 +221,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
         )
         state = {"model": bare_model, "optimizer": optimizer, "scheduler": scheduler}
-        report_with_checkpoint(metrics, state, loop_config, score=best.update(metrics))
+        report_with_checkpoint(metrics, state, cfg, loop_config, score=best.update(metrics))
         # After the report, so a line on screen means its checkpoint is stored. Ray
         # Train sends print() both to its logger and to stdout; writing to the process's
         # own stdout shows the line once, forwarded to the driver.
@@ -274,7 +274,12 @@ def epoch_metrics(
 
 
 def report_with_checkpoint(
-    metrics: dict[str, float], state: dict[str, Any], loop_config: dict[str, Any], *, score: int
+    metrics: dict[str, float],
+    state: dict[str, Any],
+    cfg: Config,
+    loop_config: dict[str, Any],
+    *,
+    score: int,
 ) -> None:
     """Rank 0's report of an epoch: its metrics, the checkpoint of ``state`` (model,
     optimizer, scheduler) in ``epoch_NNN``, and the score Ray keeps checkpoints by."""
@@ -288,7 +293,7 @@ def report_with_checkpoint(
             optimizer=state["optimizer"],
             scheduler=state["scheduler"].state_dict(),
             epoch=epoch,
-            cfg=Config.from_dict(loop_config["config"]),
+            cfg=cfg,
             classes=loop_config["classes"],
             dataset=loop_config.get("dataset"),
             run_id=loop_config["run_id"],
