@@ -345,6 +345,31 @@ def test_a_clip_the_model_cannot_take_is_a_one_line_error():
         check_model(cfg, num_classes=4)
 
 
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18", "r2plus1d_18"])
+def test_the_short_torchvision_weights_name_passes_the_check(name):
+    """``model.pretrained=KINETICS400_V1``, as the builders' docstrings have it: the
+    check finds it in the family's weights (nothing is downloaded); a name that is not
+    there is one line naming a full one."""
+    from vidray.train.driver import check_model
+    from vidray.train.inputs import resolve_inputs
+
+    check_model(
+        resolve_inputs(
+            load_config(None, [f"model.name={name}", "model.pretrained=KINETICS400_V1"])
+        ),
+        num_classes=4,
+    )
+    with pytest.raises(
+        VidrayError, match=r"file not found: KINETICS_NOPE .*_Weights\.KINETICS400_V1"
+    ):
+        check_model(
+            resolve_inputs(
+                load_config(None, [f"model.name={name}", "model.pretrained=KINETICS_NOPE"])
+            ),
+            num_classes=4,
+        )
+
+
 class Broken(torch.nn.Module):
     """A family with a bug: its forward fails on any clip, its declared one included."""
 

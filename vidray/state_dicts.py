@@ -45,11 +45,12 @@ def read_state_dict(source: str, *, enum: type[WeightsEnum] | None = None) -> di
         ) from None
 
 
-def check_weights_source(source: str) -> None:
-    """A one-line error unless ``source`` is a file or a torchvision weights name
-    (nothing is read or downloaded: for checks before a job starts)."""
+def check_weights_source(source: str, *, enum: type[WeightsEnum] | None = None) -> None:
+    """A one-line error unless ``source`` is a file or a torchvision weights name, or
+    a short name within ``enum`` (nothing is read or downloaded: for checks before a
+    job starts)."""
     if not Path(source).expanduser().is_file():
-        _registry_weights(source, None)
+        _registry_weights(source, enum)
 
 
 def _registry_weights(source: str, enum: type[WeightsEnum] | None) -> WeightsEnum:

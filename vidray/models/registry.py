@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import get_args
 
 from torch import nn
+from torchvision.models import WeightsEnum
 
 from vidray.config import ModelName
 from vidray.errors import VidrayError
@@ -37,12 +38,17 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     paper: str
     input: InputSpec
+    # torchvision's weights for the family, so that model.pretrained may name one of
+    # them by its short name (KINETICS400_V1); None where torchvision has none.
+    weights: type[WeightsEnum] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, *, paper: str, input: InputSpec) -> Callable:
+def register(
+    name: str, *, paper: str, input: InputSpec, weights: type[WeightsEnum] | None = None
+) -> Callable:
     """Class or function decorator adding a builder ``(*, num_classes, ...) -> nn.Module``."""
 
     def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -50,7 +56,7 @@ def register(name: str, *, paper: str, input: InputSpec) -> Callable:
             raise ValueError(f"model {name!r} is not in vidray.config.ModelName: add it there")
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, paper, input)
+        _REGISTRY[name] = ModelEntry(name, builder, paper, input, weights)
         return builder
 
     return add

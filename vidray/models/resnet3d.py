@@ -174,7 +174,7 @@ def _build(
     return model
 
 
-@register("r3d_18", paper="R3D-18 (Tran et al. 2018)", input=_INPUT)
+@register("r3d_18", paper="R3D-18 (Tran et al. 2018)", input=_INPUT, weights=R3D_18_Weights)
 def r3d_18(
     *,
     num_classes: int,
@@ -197,7 +197,7 @@ def r3d_18(
     return _build("r3d_18", num_classes, depth, width, dropout, pretrained)
 
 
-@register("mc3_18", paper="MC3-18 (Tran et al. 2018)", input=_INPUT)
+@register("mc3_18", paper="MC3-18 (Tran et al. 2018)", input=_INPUT, weights=MC3_18_Weights)
 def mc3_18(
     *,
     num_classes: int,
@@ -213,7 +213,9 @@ def mc3_18(
     return _build("mc3_18", num_classes, depth, width, dropout, pretrained)
 
 
-@register("r2plus1d_18", paper="R(2+1)D-18 (Tran et al. 2018)", input=_INPUT)
+@register(
+    "r2plus1d_18", paper="R(2+1)D-18 (Tran et al. 2018)", input=_INPUT, weights=R2Plus1D_18_Weights
+)
 def r2plus1d_18(
     *,
     num_classes: int,

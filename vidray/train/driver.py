@@ -99,7 +99,7 @@ def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
     failure there is a bug in vidray and keeps its traceback.
     """
     if cfg.model.pretrained:
-        check_weights_source(cfg.model.pretrained)
+        check_weights_source(cfg.model.pretrained, enum=entry(cfg.model.name).weights)
     if cfg.detection.backbone_checkpoint and not storage.exists(cfg.detection.backbone_checkpoint):
         raise VidrayError(
             f"detection.backbone_checkpoint={cfg.detection.backbone_checkpoint}: not found"
