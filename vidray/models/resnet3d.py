@@ -44,6 +44,7 @@ from torchvision.models.video.resnet import (
 
 from vidray.errors import VidrayError
 from vidray.models.registry import InputSpec, register
+from vidray.models.weights import load_pretrained
 from vidray.state_dicts import read_state_dict
 
 ConvMaker = type[Conv3DSimple | Conv3DNoTemporal | Conv2Plus1D]
@@ -131,28 +132,6 @@ class ScaledVideoResNet(VideoResNet):
         return layer
 
 
-def _load_weights(model: nn.Module, source: str, enum: type[WeightsEnum]) -> None:
-    """Load a state_dict file or torchvision weights name; a head of another size stays fresh."""
-    state = read_state_dict(source, enum=enum)
-    own = model.state_dict()
-    if any(k in state and state[k].shape != own[k].shape for k in _HEAD):
-        state = {k: v for k, v in state.items() if k not in _HEAD}
-    for key, value in state.items():
-        if key in own and value.shape != own[key].shape:
-            raise VidrayError(
-                f"pretrained {source!r} does not fit this model: {key} is {tuple(value.shape)} "
-                f"there, {tuple(own[key].shape)} here; build it at the width and depth they had"
-            )
-    result = model.load_state_dict(state, strict=False)
-    missing = set(result.missing_keys) - set(_HEAD)
-    if missing or result.unexpected_keys:
-        first = sorted(missing)[0] if missing else sorted(result.unexpected_keys)[0]
-        raise VidrayError(
-            f"pretrained {source!r} does not fit this model ({len(missing)} tensors missing, "
-            f"{len(result.unexpected_keys)} unexpected, e.g. {first}); is it another family's?"
-        )
-
-
 def _build(
     name: str, num_classes: int, depth: int, width: int, dropout: float, pretrained: str | None
 ) -> nn.Module:
@@ -170,7 +149,8 @@ def _build(
         dropout=dropout,
     )
     if pretrained is not None:
-        _load_weights(model, pretrained, variant.weights)
+        state = read_state_dict(pretrained, enum=variant.weights)
+        load_pretrained(model, state, source=pretrained, head=_HEAD)
     return model
 
 

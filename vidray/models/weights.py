@@ -1,9 +1,14 @@
-"""The one initialisation of every network trained from scratch (pretrained weights
-are read by `vidray.state_dicts`)."""
+"""The one initialisation of every network trained from scratch, and loading a
+pretrained network's weights with a fresh classifier for other classes (files
+and names are read by `vidray.state_dicts`)."""
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from vidray.errors import VidrayError
 
 # The std of a classifier's weights in the 3D networks (PySlowFast's heads, C3D's
 # VGG-style classifier); torchvision's 2D ResNets keep PyTorch's default there.
@@ -28,3 +33,28 @@ def init_weights(module: nn.Module, *, linear_std: float | None = None) -> None:
         elif isinstance(m, nn.Linear) and linear_std is not None:
             nn.init.normal_(m.weight, std=linear_std)
             nn.init.zeros_(m.bias)
+
+
+def load_pretrained(
+    model: nn.Module, state: Mapping[str, Tensor], *, source: str, head: Sequence[str]
+) -> None:
+    """Load ``state`` into ``model``. The classifier (the ``head`` keys) stays fresh
+    where its size differs: fine-tuning to other classes. Any other tensor of another
+    shape, missing or left over is a one-line error naming the first."""
+    own = model.state_dict()
+    if any(k in state and state[k].shape != own[k].shape for k in head):
+        state = {k: v for k, v in state.items() if k not in head}
+    for key, value in state.items():
+        if key in own and value.shape != own[key].shape:
+            raise VidrayError(
+                f"pretrained {source!r} does not fit this model: {key} is {tuple(value.shape)} "
+                f"there, {tuple(own[key].shape)} here; build it at the width and depth they had"
+            )
+    result = model.load_state_dict(state, strict=False)
+    missing = set(result.missing_keys) - set(head)
+    if missing or result.unexpected_keys:
+        first = sorted(missing)[0] if missing else sorted(result.unexpected_keys)[0]
+        raise VidrayError(
+            f"pretrained {source!r} does not fit this model ({len(missing)} tensors missing, "
+            f"{len(result.unexpected_keys)} unexpected, e.g. {first}); is it another family's?"
+        )
