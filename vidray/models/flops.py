@@ -10,9 +10,16 @@ Not counted: normalisation, activations, pooling, softmax, element-wise adds,
 padding, resampling, and the fused nn.LSTM / nn.GRU / nn.RNN layers (aten.lstm
 and friends are not in FlopCounterMode's table: they count as 0, so a recurrent
 model counted this way reports its CNN alone unless it steps a cell).
-FlopCounterMode reports 2 FLOPs per MAC, so its total is halved. Papers' and
-PyTorchVideo's "GFLOPs" are multiply-adds counted the same way; note that
-PyTorchVideo's model zoo counts them on 256×256 test crops, not 224×224.
+FlopCounterMode reports 2 FLOPs per MAC, so its total is halved.
+
+PyTorchVideo's model zoo "GFLOPs" are fvcore totals on 256×256 test crops, not
+224×224, and not all counted alike (checked against fvcore 0.1.5 on PyTorchVideo
+0.1.5's networks; `tests/models/test_flops.py` pins what vidray counts):
+  - I3D R50 37.53, SlowFast R50 4×16 36.69 and SlowFast R101 8×8 127.20 are
+    fvcore's total in train mode: convolutions and linear layers as here (37.10,
+    36.10, 125.91), plus 2 (train) per normalised element of every batch norm;
+  - SlowFast R50 8×8's 65.71 counts convolutions and linear layers only (the
+    same 65.71 here).
 
 The count depends only on shapes, so it can run on the meta device, where a
 full-size model costs no memory and no compute:
