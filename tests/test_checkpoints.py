@@ -103,3 +103,26 @@ def test_a_checkpoint_with_every_epoch_done_asks_for_more_epochs(checkpoint, don
         f"train.resume_from={checkpoint} has already trained {done} epochs and "
         f"train.epochs=3: raise train.epochs above {done} to continue"
     )
+
+
+def test_a_model_fine_tuned_from_weights_loads_without_them(tmp_path):
+    """The checkpoint of a run that started from a weights file is loaded from the
+    checkpoint alone: the file is gone where it is evaluated (another machine), and a
+    torchvision weights name would be fetched again."""
+    from torchvision.models import resnet18
+
+    from vidray.train.evaluate import load_model
+    from vidray.train.loop import build_model
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(resnet18().state_dict(), weights)
+    cfg = load_config(None, ["model.name=single_frame", f"model.pretrained={weights}"])
+    model = build_model(cfg, 3)
+    directory = save_untrained(tmp_path / "ckpt", model, cfg, ["a", "b", "c"])
+    weights.unlink()
+    loaded, trained, _ = load_model(directory)
+    assert trained.model.pretrained == str(weights)  # the record of where it started
+    for (name, saved), restored in zip(
+        model.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
+        assert torch.equal(saved, restored), name

@@ -18,7 +18,7 @@ from a Ray Data batch-inference job instead, the model replicated N times:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,20 @@ class EvalReport:
 
 
 def load_model(checkpoint: str | Path) -> tuple[nn.Module, Config, dict[str, Any]]:
-    """The checkpoint's model (weights loaded, eval mode, on CPU), its config and meta."""
+    """The checkpoint's model (weights loaded, eval mode, on CPU), its config and meta.
+
+    The network is built without the weights its training started from
+    (``model.pretrained``, ``detection.backbone_checkpoint``): the checkpoint's own
+    replace them, so those files need not exist, nor be fetched, where it is used.
+    """
     state, meta = load_checkpoint(checkpoint)
     trained = resolve_inputs(Config.from_stored(meta["config"]))
-    model = build_model(trained, len(meta["classes"]))
+    blank = replace(
+        trained,
+        model=replace(trained.model, pretrained=""),
+        detection=replace(trained.detection, backbone_checkpoint=""),
+    )
+    model = build_model(blank, len(meta["classes"]))
     model.load_state_dict(state["model"])
     return model.eval(), trained, meta
 
