@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# How Ray prefixes a line it forwards from a worker to the driver: "(pid=7)" or
+# "(TrainController pid=7)", maybe in colour, maybe with the node's address.
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\([\w.:-]*\s?pid=")
+
+
+def own_lines(text: str) -> list[str]:
+    """The lines of a command's output that are its own: the session's Ray forwards its
+    workers' lines (earlier tests' too) to this process whenever they arrive."""
+    return [line for line in text.strip().splitlines() if not RAY_WORKER_LINE.match(line)]
 
 
 def run_module(

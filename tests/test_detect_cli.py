@@ -11,7 +11,6 @@ user's COCO weights would be.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from commands import own_lines
 from torchvision.models import get_model
 from untrained import save_untrained
 
@@ -45,9 +45,6 @@ FPS, SHORT_SIDE, WINDOW = 10, 96, 16
 SECONDS = 4
 OFFSET = 900  # the synthetic videos' frame 0 is annotation second 900, as AVA's cuts
 MAX_BOXES = 4
-# How Ray prefixes a worker's log line on the driver: "(pid=7)" or "(TrainController
-# pid=7)", maybe in colour, maybe with the node's address.
-RAY_LOG = re.compile(r"^(\x1b\[\d+m)?\([\w.:-]*\s?pid=")
 
 
 @pytest.fixture(scope="module")
@@ -289,9 +286,7 @@ def test_bad_inputs_are_one_line_errors(ava, checkpoint, detector, proposals, tm
     ]
     for args, message in cases:
         assert detect(*args) == 2
-        # The session's Ray forwards its workers' logs (from earlier tests) to this
-        # process's stderr whenever they arrive; those lines are not the command's.
-        err = [line for line in capsys.readouterr().err.splitlines() if not RAY_LOG.match(line)]
+        err = own_lines(capsys.readouterr().err)
         assert len(err) == 1 and message in err[0], err
 
 

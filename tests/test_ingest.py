@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from commands import own_lines
 from media import (
     SMALL,
     make_audio_only,
@@ -333,7 +334,7 @@ def test_nothing_ingestible_exits_non_zero_with_one_line(ray_local, tmp_path, ca
     code = run_command(
         "ingest", ["--input", str(root.parent), "--output", str(tmp_path / "out"), *SMALL]
     )
-    err = capsys.readouterr().err.strip().splitlines()
+    err = own_lines(capsys.readouterr().err)
     assert code == 2
     assert len(err) == 1 and "no video could be ingested" in err[0]
 
@@ -342,7 +343,7 @@ def test_missing_input_is_one_line_error(ray_local, tmp_path, capsys):
     code = run_command(
         "ingest", ["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]
     )
-    err = capsys.readouterr().err.strip().splitlines()
+    err = own_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and "nope" in err[0]
 
 
@@ -350,7 +351,7 @@ def test_config_typo_is_one_line_error(tmp_path, capsys):
     code = run_command(
         "ingest", ["--input", ".", "--output", str(tmp_path), "ingest.window_frame=8"]
     )
-    err = capsys.readouterr().err.strip().splitlines()
+    err = own_lines(capsys.readouterr().err)
     assert code == 2 and "did you mean 'ingest.window_frames'" in err[0] and len(err) == 1
 
 
