@@ -50,7 +50,7 @@ def test_a_query_that_sees_nothing_attends_by_the_mode(mode, expected):
     block = NonLocalBlock(4, mode=mode, inner_channels=4, subsample=False)
     with torch.no_grad():
         block.theta.weight.zero_(), block.theta.bias.zero_()
-        block.out.weight.copy_(torch.eye(4).view(4, 4, 1, 1, 1))
+        block.out.weight.copy_(torch.eye(4).view(4, 4, 1, 1, 1)), block.out.bias.zero_()
     block.bn = nn.Identity()  # y itself comes out: z = x + y
     x = torch.randn(1, 4, 2, 3, 3)
     y = block(x) - x
@@ -75,3 +75,40 @@ def test_nonlocal_inserts_into_a_torchvision_video_resnet_stage():
 def test_nonlocal_after_a_block_that_does_not_exist_is_refused():
     with pytest.raises(ValueError, match=r"no residual block \['5'\]"):
         insert_nonlocal(nn.Sequential(nn.Identity()), [5], channels=8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "instantiation"), [("embedded_gaussian", "softmax"), ("dot_product", "dot_product")]
+)
+@pytest.mark.parametrize("subsample", [True, False])
+def test_nonlocal_block_computes_what_pytorchvideos_does(mode, instantiation, subsample):
+    """The authors' block as PyTorchVideo 0.1.5 builds it (PySlowFast's is the same),
+    with random weights and BN statistics copied in by name."""
+    reference_module = pytest.importorskip("pytorchvideo.layers.nonlocal_net")
+    torch.manual_seed(0)
+    reference = reference_module.create_nonlocal(
+        dim_in=16,
+        dim_inner=8,
+        pool_size=(1, 2, 2) if subsample else None,
+        instantiation=instantiation,
+    )
+    with torch.no_grad():
+        for tensor in [*reference.parameters(), reference.norm.running_mean]:
+            tensor.copy_(torch.randn_like(tensor))
+        reference.norm.running_var.copy_(torch.rand_like(reference.norm.running_var) + 0.5)
+    ours = NonLocalBlock(16, mode=mode, subsample=subsample)
+    names = {
+        "conv_theta": "theta",
+        "conv_phi": "phi",
+        "conv_g": "g",
+        "conv_out": "out",
+        "norm": "bn",
+    }
+    state = {}
+    for key, value in reference.state_dict().items():
+        module, _, param = key.partition(".")
+        state[f"{names[module]}.{param}"] = value
+    ours.load_state_dict(state)
+    x = torch.randn(2, 16, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=0, atol=1e-5)

@@ -1,19 +1,22 @@
-"""Non-local block (Wang, Girshick, Gupta & He, "Non-local Neural Networks", CVPR 2018).
+"""Non-local block (Wang, Girshick, Gupta & He, "Non-local Neural Networks", CVPR 2018),
+as the authors' code computes it (video-nonlocal-net; PySlowFast's and
+PyTorchVideo's ``Nonlocal``), so that their checkpoints compute here what they did
+there.
 
 Every space-time position attends to every other one:
 
-    x (B, C, T, H, W) ──────────────────────────────────────────────┐
-      ├─ θ: 1×1×1 conv → C/2 ─────────────┐                         │
-      ├─ φ: 1×1×1 conv → C/2 → [max pool] ┼─ f(θ, φ): (N × M)       │
-      │                                    │   embedded_gaussian: softmax_j(θ_iᵀ φ_j)
-      │                                    │   dot_product:       θ_iᵀ φ_j / M
-      └─ g: 1×1×1 conv → C/2 → [max pool] ─┴─ y = f · g  (C/2 × N)  │
-                                                └─ W_z: 1×1×1 conv → C → BN ─(+)─ z
+    x (B, C, T, H, W) ───────────────────────────────────────────┐
+      ├─ θ: 1×1×1 conv → C′ ─────────────────────┐               │
+      └─ [max pool 1×2×2] ─┬─ φ: 1×1×1 conv → C′ ┼─ f(θ, φ): N × M
+                           │                     │  embedded_gaussian: softmax_j(θ_iᵀφ_j / √C′)
+                           │                     │  dot_product:       θ_iᵀφ_j / M
+                           └─ g: 1×1×1 conv → C′ ┴─ y = f · g: C′ × N
+                                                      └─ W_z: 1×1×1 conv → C → BN ─(+)─ z
 
-N = T·H·W positions query M key positions; the optional max pool 1×2×2 on φ and g
-(the paper's sub-sampling) makes M = N/4. The BN after W_z starts with γ = 0, so z = x
-at initialisation: inserting the block into a trained or freshly initialised
-network leaves its output unchanged until the block learns something.
+C′ = C/2. N = T·H·W positions query M key positions; the max pool (the paper's
+sub-sampling) runs on x before φ and g, so M = N/4. The BN after W_z starts with
+γ = 0, so z = x at initialisation: inserting the block into a trained or freshly
+initialised network leaves its output unchanged until the block learns something.
 """
 
 from __future__ import annotations
@@ -54,21 +57,24 @@ class NonLocalBlock(nn.Module):
         inner = inner_channels or max(channels // 2, 1)
         self.mode = mode
         self.theta = nn.Conv3d(channels, inner, 1)
+        # Keys and values come from x pooled to half its height and width (the authors'
+        # code pools x itself, before the φ and g convs).
+        self.pool = nn.MaxPool3d((1, 2, 2)) if subsample else nn.Identity()
         self.phi = nn.Conv3d(channels, inner, 1)
         self.g = nn.Conv3d(channels, inner, 1)
-        # The paper pools after φ and g, halving H and W of the keys and values only.
-        self.pool = nn.MaxPool3d((1, 2, 2)) if subsample else nn.Identity()
-        self.out = nn.Conv3d(inner, channels, 1, bias=False)  # W_z; BN supplies the bias
+        self.out = nn.Conv3d(inner, channels, 1)  # W_z, with a bias as in the authors' code
         self.bn = ZeroInitBatchNorm3d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, t, h, w = x.shape
         theta = self.theta(x).flatten(2)  # (B, C', N)
-        phi = self.pool(self.phi(x)).flatten(2)  # (B, C', M)
-        g = self.pool(self.g(x)).flatten(2)  # (B, C', M)
+        pooled = self.pool(x)
+        phi = self.phi(pooled).flatten(2)  # (B, C', M)
+        g = self.g(pooled).flatten(2)  # (B, C', M)
         affinity = theta.transpose(1, 2) @ phi  # (B, N, M)
         if self.mode == "embedded_gaussian":
-            affinity = torch.softmax(affinity, dim=-1)
+            # Scaled by 1/√C′ before the softmax, as in the authors' code.
+            affinity = torch.softmax(affinity * theta.shape[1] ** -0.5, dim=-1)
         else:
             affinity = affinity / phi.shape[-1]
         y = (g @ affinity.transpose(1, 2)).view(b, -1, t, h, w)  # (B, C', T, H, W)
