@@ -37,6 +37,13 @@ def test_i3d_nl_has_the_papers_five_blocks_in_res3_and_res4():
     assert names == ["layer2.nl1", "layer2.nl3", "layer3.nl1", "layer3.nl3", "layer3.nl5"]
 
 
+def test_i3d_nl_r101_has_its_res4_blocks_every_seventh_block():
+    with torch.device("meta"):
+        model = build("i3d_nl", num_classes=400, depth=101)
+    names = [n for n, m in model.named_modules() if isinstance(m, NonLocalBlock)]
+    assert names == ["layer2.nl1", "layer2.nl3", "layer3.nl6", "layer3.nl13", "layer3.nl20"]
+
+
 def test_nonlocal_block_starts_learning_through_its_output_scale():
     block = NonLocalBlock(8)
     block(torch.randn(2, 8, 2, 4, 4)).square().sum().backward()

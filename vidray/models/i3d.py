@@ -197,9 +197,10 @@ def i3d(
     return _i3d(spec, num_classes, dropout, pretrained)
 
 
-def nonlocal_positions(blocks: int, count: int) -> tuple[int, ...]:
-    """Every other block from the second: (1, 3, 5, ...)[:count] of a stage's `blocks`."""
-    return tuple(range(1, blocks, 2))[:count]
+def nonlocal_positions(blocks: int, count: int, *, every: int = 2) -> tuple[int, ...]:
+    """The authors' rule: after block i where ``i % every == every - 1``, at most `count`
+    of a stage's `blocks`: (1, 3, 5) every other block, (6, 13, 20) every 7th."""
+    return tuple(range(every - 1, blocks, every))[:count]
 
 
 @register("i3d_nl", paper=NONLOCAL_PAPER, input=InputSpec(frames=8, crop=224))
@@ -214,7 +215,9 @@ def i3d_nl(
     time_padding: TimePadding = "replicate",
     nonlocal_mode: NonLocalMode = "embedded_gaussian",
 ) -> ResNet3d:
-    """I3D with the paper's 5 non-local blocks: after blocks 1, 3 of res3 and 1, 3, 5 of res4.
+    """I3D with the paper's 5 non-local blocks: after blocks 1, 3 of res3 and 1, 3, 5 of res4;
+    at depth 101, whose res4 has 23 blocks, after its blocks 6, 13 and 20 (every 7th,
+    as in the authors' code).
 
     At depth 18/34 the stages are shorter and the same rule gives fewer blocks.
     Arguments as in `i3d`; `nonlocal_mode` is "embedded_gaussian" (the paper's
@@ -224,5 +227,6 @@ def i3d_nl(
     spec = replace(spec, nonlocal_mode=nonlocal_mode)
     for stage, count in ((1, 2), (2, 3)):
         blocks = spec.stages[stage].blocks
-        spec = spec.with_stage(stage, nonlocal_after=nonlocal_positions(blocks, count))
+        every = 7 if stage == 2 and depth == 101 else 2
+        spec = spec.with_stage(stage, nonlocal_after=nonlocal_positions(blocks, count, every=every))
     return _i3d(spec, num_classes, dropout, pretrained)
