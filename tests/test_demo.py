@@ -23,7 +23,9 @@ def _lines(result) -> list[str]:
 
 
 @pytest.mark.slow  # the whole demo: ingest, two trainings, two evaluations (1-3 min)
-def test_the_demo_prints_only_its_own_lines(tmp_path):
+def test_the_demo_prints_only_its_own_lines(ray_local, tmp_path):
+    # ray_local: another Ray runs on the machine meanwhile, as a user's notebook or a
+    # second job would (Ray Train's placement-group cleaner once died of it, loudly).
     result = run_module(*DEMO, cwd=tmp_path, timeout=900)
     lines = _lines(result)
     assert result.returncode == 0, "\n".join(lines[-30:])

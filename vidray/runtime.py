@@ -37,6 +37,7 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=address, logging_level=level)
         quiet_ray_data()
         return
+    setup = "quiet_worker" if quiet else "own_cluster"
     # Ray Data's per-dataset INFO lines (plans, "execution finished") also come from
     # the workers, which inherit this environment from the local Ray we start.
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", cfg.log_level.upper())
@@ -46,7 +47,7 @@ def init_ray(cfg: RayConfig) -> None:
         address="local",
         num_cpus=cfg.num_cpus or None,
         logging_level=level,
-        runtime_env={"worker_process_setup_hook": "vidray.runtime.quiet_worker"} if quiet else None,
+        runtime_env={"worker_process_setup_hook": f"vidray.runtime.{setup}"},
     )
     quiet_ray_data()
 
@@ -63,10 +64,24 @@ def quiet_console() -> None:
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
 
 
+def own_cluster() -> None:
+    """Point a worker of a local Ray at its own cluster (``worker_process_setup_hook``).
+
+    Ray's State API, which Ray Train's placement-group cleaner calls from its actor,
+    finds "the" cluster on the machine by looking; with another Ray running there (a
+    second job, a notebook) it finds two, fails, and its monitor thread dies with a
+    traceback on the console. $RAY_ADDRESS settles which is meant.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
 def quiet_worker() -> None:
-    """The same in every worker process of a local Ray (``worker_process_setup_hook``):
-    no Ray Data notice that progress bars are off, no deprecation warnings about Ray's
-    own settings. (Ray Train's INFO lines follow ``RunConfig.logging_config``.)"""
+    """`own_cluster`, and the console of `quiet_console` in every worker process of a
+    local Ray: no Ray Data notice that progress bars are off, no deprecation warnings
+    about Ray's own settings. (Ray Train's INFO lines follow ``RunConfig.logging_config``.)"""
+    own_cluster()
     quiet_ray_data()
     _ignore_ray_deprecations()
 
