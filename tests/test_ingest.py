@@ -312,7 +312,8 @@ def test_long_video_is_split_into_segments_with_the_same_windows(ray_local, tmp_
 
     a, b = windows(whole), windows(split)
     assert [r["window_idx"] for r in a] == [r["window_idx"] for r in b] == list(range(12))
-    assert all(x == y for x, y in zip(a, b, strict=True))
+    for x, y in zip(a, b, strict=True):
+        assert x == y, f"window {x['window_idx']}: {[k for k in x if x[k] != y[k]]} differ"
 
 
 def test_storage_parameters_cannot_change_in_one_output(ray_local, tmp_path):

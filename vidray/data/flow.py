@@ -25,7 +25,9 @@ how many threads it may use. torch is imported only when a RAFT estimator is bui
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import cv2
@@ -75,14 +77,21 @@ class OpenCVFlow:
     """Flow from an OpenCV ``DenseOpticalFlow`` object, one gray frame pair at a time.
 
     DIS, Farneback and TV-L1 all share OpenCV's ``calc(prev, next, flow)``
-    interface and its flow convention, so they differ only in the object passed in.
+    interface and its flow convention, so they differ only in the object built by
+    ``make_algorithm``. Each pair gets a fresh object: DIS keeps state from one call
+    to the next, and on small frames (32x42) its first call differs from later ones
+    by up to 0.03 px, so a window's flow would depend on which windows the worker
+    saw before (a segmented ingest then stored other bytes than a whole one).
+    Building the object costs nothing measurable next to ``calc``.
     Frames smaller than ``min_size`` a side are replicate-padded at the bottom and
     right, and the flow cropped back.
     """
 
-    def __init__(self, *, backend: str, algorithm: Any, min_size: int = 1) -> None:
+    def __init__(
+        self, *, backend: str, make_algorithm: Callable[[], Any], min_size: int = 1
+    ) -> None:
         self.backend = backend
-        self.algorithm = algorithm
+        self.make_algorithm = make_algorithm
         self.min_size = min_size
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -98,7 +107,7 @@ class OpenCVFlow:
         ]
         flow = np.empty((n - 1, h, w, 2), dtype=np.float32)
         for i in range(n - 1):
-            flow[i] = self.algorithm.calc(gray[i], gray[i + 1], None)[:h, :w]
+            flow[i] = self.make_algorithm().calc(gray[i], gray[i + 1], None)[:h, :w]
         return flow
 
 
@@ -152,20 +161,26 @@ def _raft_size(size: int) -> int:
     return -(-size // _RAFT_MULTIPLE) * _RAFT_MULTIPLE
 
 
-def _opencv_algorithm(backend: str, dis_preset: str) -> Any:
+def _opencv_algorithm(backend: str, dis_preset: str) -> Callable[[], Any]:
     if backend == "dis":
         if dis_preset not in DIS_PRESETS:
             raise VidrayError(
                 f"unknown DIS preset '{dis_preset}': use one of {', '.join(DIS_PRESETS)}"
             )
         preset = getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{dis_preset.upper()}")
-        return cv2.DISOpticalFlow_create(preset)
+        return functools.partial(cv2.DISOpticalFlow_create, preset)
     if backend == "farneback":
         # The object behind cv2.calcOpticalFlowFarneback, with the parameters of
         # OpenCV's dense-flow tutorial: 3 pyramid levels cover the motions of a
         # 128 px frame at 10 fps, and a 15 px window smooths over compression noise.
-        return cv2.FarnebackOpticalFlow_create(
-            numLevels=3, pyrScale=0.5, winSize=15, numIters=3, polyN=5, polySigma=1.2
+        return functools.partial(
+            cv2.FarnebackOpticalFlow_create,
+            numLevels=3,
+            pyrScale=0.5,
+            winSize=15,
+            numIters=3,
+            polyN=5,
+            polySigma=1.2,
         )
     if not hasattr(cv2, "optflow"):
         raise VidrayError(
@@ -173,7 +188,7 @@ def _opencv_algorithm(backend: str, dis_preset: str) -> Any:
             "pip install opencv-contrib-python-headless (instead of opencv-python-headless)"
         )
     # OpenCV's defaults are the TV-L1 settings the two-stream literature used.
-    return cv2.optflow.DualTVL1OpticalFlow_create()
+    return cv2.optflow.DualTVL1OpticalFlow_create
 
 
 def _load_raft(
@@ -243,7 +258,7 @@ def load_flow_estimator(
     if backend != "raft":
         return OpenCVFlow(
             backend=backend,
-            algorithm=_opencv_algorithm(backend, dis_preset),
+            make_algorithm=_opencv_algorithm(backend, dis_preset),
             min_size=_DIS_MIN_SIZE if backend == "dis" else 1,
         )
 
