@@ -14,6 +14,10 @@ from vidray.models import available, build, entry
 from vidray.models.flops import count_macs, count_params
 from vidray.models.summary import example_input
 
+# 17 full-size networks on the meta device take about 16 s: more than the fast
+# part of the suite can spare.
+pytestmark = pytest.mark.slow
+
 PINNED = {  # name: (parameters, GMACs)
     "c3d": (79_634_576, 38.549),
     "cnn_lstm": (12_067_792, 29.030),
