@@ -19,7 +19,7 @@ def test_small_slowfast_returns_logits_and_trains(name):
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_slow_pathway_sees_every_alpha_th_frame_and_fast_sees_all():
+def test_slow_pathway_sees_frames_spread_over_the_clip_and_fast_sees_all():
     model = build("slowfast_r50", num_classes=3, width=16, alpha=4).eval()
     seen = {}
     for name in ("slow", "fast"):
@@ -28,7 +28,8 @@ def test_slow_pathway_sees_every_alpha_th_frame_and_fast_sees_all():
     clip = torch.randn(1, 3, 10, 32, 32)
     with torch.no_grad():
         model(clip)
-    assert torch.equal(seen["slow"], clip[:, :, [0, 4, 8]])
+    # ceil(10/4) = 3 frames, linspace(0, 9, 3) rounded down: the first, middle and last.
+    assert torch.equal(seen["slow"], clip[:, :, [0, 4, 9]])
     assert torch.equal(seen["fast"], clip)
 
 

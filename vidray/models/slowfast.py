@@ -3,7 +3,7 @@
 Two 3D ResNet pathways from `trunk3d` over one clip, fused fast → slow:
 
     clip (B, 3, T, H, W)                          T = T_slow · α frames, sampled at stride τ/α
-      ├─ slow: frames 0, α, 2α, ... (T/α)       ├─ fast: all T frames, β = 1/8 of the channels
+      ├─ slow: T/α frames spread over T          ├─ fast: all T frames, β = 1/8 of the channels
       │   stem  conv 1×7×7        64   ◄─(+16)──┤   stem  conv 5×7×7        8
       │   res2  k_t = 1          256   ◄─(+64)──┤   res2  k_t = 3          32
       │   res3  k_t = 1          512   ◄─(+128)─┤   res3  k_t = 3          64
@@ -25,7 +25,11 @@ PyTorchVideo's 8×8 checkpoint, 34.57 M and 65.71 GMACs (its figures are at 256�
 "T_slow × τ" names a setting: 4×16 is T_slow = 4 frames at stride τ = 16, with α = 8,
 so the model takes T = 32 frames at stride τ/α = 2 of the raw video; 8×8 is
 T_slow = 8 at τ = 8 with α = 4, again T = 32 frames at stride 2. The model knows
-only α: the loader samples T frames, the model picks every α-th for the slow pathway.
+only α: the loader samples T frames, and the model picks T/α of them for the slow
+pathway, evenly spread from the first frame to the last (`slow_frames`). That is how
+PySlowFast and PyTorchVideo feed their networks, and so what their checkpoints learnt
+from; every α-th frame (0, α, 2α, ...) would shift the slow pathway's view by up to α-1
+frames towards the clip's start.
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ from vidray.models.weights import HEAD_STD, init_weights
 PAPER = "SlowFast, Feichtenhofer et al. 2019"
 SLOW_KERNELS = ((1,), (1,), (3,), (3,))  # non-degenerate in time only in res4, res5
 FAST_KERNELS = ((3,), (3,), (3,), (3,))
+
+
+def slow_frames(frames: int, alpha: int, device: torch.device | None = None) -> Tensor:
+    """Indices of the slow pathway's frames among ``frames``: ceil(frames/α) of them,
+    evenly spread from the first frame to the last (PySlowFast's and PyTorchVideo's
+    ``linspace(0, T-1, T/α)``, rounded down). Rounding the count up matches the
+    laterals' output length when α does not divide ``frames``."""
+    count = -(-frames // alpha)
+    return torch.linspace(0, frames - 1, count, device=device).long()
 
 
 class Lateral(nn.Module):
@@ -94,7 +107,7 @@ class SlowFast(nn.Module):
         Their frame counts differ (T/α and T), so they are returned apart; a detection
         head pools each over time before joining them, as the paper does for AVA.
         """
-        slow, fast = clip[:, :, :: self.alpha], clip
+        slow, fast = clip.index_select(2, slow_frames(clip.shape[2], self.alpha, clip.device)), clip
         for i, (slow_stage, fast_stage) in enumerate(zip(self.slow, self.fast, strict=True)):
             slow, fast = slow_stage(slow), fast_stage(fast)
             if i < len(self.lateral):
