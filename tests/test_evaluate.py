@@ -22,7 +22,7 @@ from vidray import tracking
 from vidray.config import load_config
 from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import read_dataset_info, read_manifest
-from vidray.device import model_input
+from vidray.device import Normalization, model_input
 from vidray.errors import VidrayError
 from vidray.train.evaluate import run_evaluation
 from vidray.train.loop import build_model
@@ -72,7 +72,13 @@ def _hand_computed(checkpoint, **views):
         cfg.train.data, split="val", clip=cfg.clip, flow_L=0, video_ids=True, **views
     ):
         ids = batch.pop("video_id")
-        logits = model(model_input({k: torch.from_numpy(v) for k, v in batch.items()}, "cpu"))
+        logits = model(
+            model_input(
+                {k: torch.from_numpy(v) for k, v in batch.items()},
+                "cpu",
+                Normalization.of(cfg.clip),
+            )
+        )
         probs = torch.softmax(logits.double(), dim=1).numpy()
         for video_id, label, p in zip(ids, batch["label"], probs, strict=True):
             sums[video_id] = sums[video_id] + p

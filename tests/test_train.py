@@ -336,6 +336,20 @@ def test_a_negative_learning_rate_fails_before_training(ray_local, motion_data, 
         run_training(tiny_config(motion_data, tmp_path, "optim.lr=-0.1"))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("clip.mean=[0.45,0.45]", r"clip.mean needs 3 values \(R, G, B; std above 0\), got \[0.45"),
+        ("clip.std=[0.2,0,0.2]", r"clip.std needs 3 values"),
+    ],
+)
+def test_a_normalisation_of_other_than_3_values_fails_before_training(
+    ray_local, motion_data, tmp_path, override, message
+):
+    with pytest.raises(VidrayError, match=message):
+        run_training(tiny_config(motion_data, tmp_path, override))
+
+
 def test_a_clip_the_model_cannot_take_is_a_one_line_error():
     from vidray.train.driver import check_model
     from vidray.train.inputs import resolve_inputs

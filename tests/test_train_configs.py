@@ -21,7 +21,7 @@ import vidray.detect  # noqa: F401  (registers train.task=detect, which slowfast
 from vidray.config import Config, load_config
 from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import STORAGE_KEYS, read_dataset_info
-from vidray.device import to_device
+from vidray.device import Normalization, to_device
 from vidray.models import available
 from vidray.train.driver import check_data
 from vidray.train.inputs import resolve_inputs
@@ -105,7 +105,7 @@ def test_demo_config_trains_a_step_on_ingested_windows(motion_data, path):
     )
     batch = {k: torch.from_numpy(v) for k, v in batch.items()}
     model = build_model(cfg, num_classes=len(info["classes"]))
-    logits = model(to_device(batch, torch.device("cpu")))
+    logits = model(to_device(batch, torch.device("cpu"), Normalization.of(cfg.clip)))
     assert logits.shape == (len(batch["label"]), len(info["classes"]))
     loss = F.cross_entropy(logits, batch["label"])
     loss.backward()

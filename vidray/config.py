@@ -106,6 +106,10 @@ class ClipConfig:
     stride: int = 2  # temporal stride in stored frames: needs (T-1)*stride+1 <= W
     crop: int | None = None  # square crop, random in training, centre in eval (None = model's)
     hflip: bool = True  # random horizontal flip in training (negates flow x)
+    # Per-channel (R, G, B) statistics that frames in [0, 1] are normalised with: those
+    # of the weights model.pretrained names (None = theirs, or ImageNet's without them).
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,12 @@ class ModelConfig:
     width: int | None = None  # channels of the first stage; later stages scale with it
     depth: int | None = None  # ResNet depth (18, 50, ...) where the family has one
     dropout: float | None = None  # before the classifier
-    pretrained: str = ""  # 2D weights: a local state_dict file or a torchvision weights name
+    # Weights to start from: a state_dict file (vidray's, PyTorchVideo's or PySlowFast's
+    # names), a vidray checkpoint, or a torchvision weights name (2D ones are inflated)
+    pretrained: str = ""
+    alpha: int | None = None  # slowfast: fast/slow frame-rate ratio (None = checkpoint's)
+    fusion_kernel: int | None = None  # slowfast: lateral conv time extent (None = checkpoint's)
+    time_padding: Literal["replicate", "zeros"] | None = None  # i3d: None = what weights need
     fusion: str | None = None  # two_stream: avg | concat | conv
     streams: str | None = None  # two_stream: both | rgb | flow (train one stream alone)
     hidden: int | None = None  # late_fusion_fc MLP / cnn_lstm LSTM size

@@ -1,28 +1,55 @@
 """Batches onto the device as the model's input, and models into the matching layout.
 
 Clips travel as uint8 (4x smaller than float32) and are converted here, after
-the transfer: (B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float, normalised with
-the ImageNet statistics that 2D-pretrained weights expect. Training,
-evaluation, detection and serving all take their tensors from here, so a model
-sees the same input wherever it runs.
+the transfer: (B, 3, T, H, W) float, normalised with the statistics the model's
+weights were trained with (`Normalization`, from ``clip.mean`` / ``clip.std``).
+Training, evaluation, detection and serving all take their tensors from here, so
+a model sees the same input wherever it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from vidray.config import ClipConfig
 
 
-def frames_to_input(frames: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel (R, G, B) mean and std that frames in [0, 1] are normalised with."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, clip: ClipConfig) -> Normalization:
+        """A run's normalisation: ``clip.mean`` / ``clip.std`` (3 values each, checked
+        with the run's other settings), ImageNet's where unset (what every run used
+        before they existed)."""
+        return cls(_triple(clip.mean or IMAGENET.mean), _triple(clip.std or IMAGENET.std))
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
+# What torchvision's 2D ImageNet weights (and so inflated ones) were trained with.
+IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# PySlowFast's and PyTorchVideo's Kinetics recipes (DATA.MEAN / DATA.STD).
+PYSLOWFAST = Normalization((0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
+
+
+def frames_to_input(frames: Tensor, normalization: Normalization) -> Tensor:
     """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float32, normalised."""
     x = frames.permute(0, 4, 1, 2, 3).float().div_(255.0)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(normalization.mean, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(normalization.std, device=x.device).view(1, 3, 1, 1, 1)
     return x.sub_(mean).div_(std)
 
 
@@ -37,9 +64,11 @@ def flow_to_input(flow: Tensor) -> Tensor:
     return x.permute(0, 1, 4, 2, 3).reshape(b, 2 * L, h, w)
 
 
-def model_input(batch: dict[str, Tensor], device: torch.device) -> Tensor | dict[str, Tensor]:
+def model_input(
+    batch: dict[str, Tensor], device: torch.device, normalization: Normalization
+) -> Tensor | dict[str, Tensor]:
     """The tensor (or dict, for flow-reading models) a model's forward takes."""
-    frames = frames_to_input(batch["frames"].to(device, non_blocking=True))
+    frames = frames_to_input(batch["frames"].to(device, non_blocking=True), normalization)
     if "flow" not in batch:
         return frames
     flow = flow_to_input(batch["flow"].to(device, non_blocking=True))
@@ -51,11 +80,11 @@ def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> Any:
+def to_device(batch: dict[str, Any], device: torch.device, normalization: Normalization) -> Any:
     """The model's input on ``device``, 5-D clips channels-last: the layout the
     permuted uint8 frames already have, and the one cuDNN's 3D convolutions are
     fastest in (see `channels_last`)."""
-    x = model_input(batch, device)
+    x = model_input(batch, device, normalization)
 
     def layout(t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t

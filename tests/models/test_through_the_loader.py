@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from vidray.config import load_config
 from vidray.data.clips import iter_clip_batches
-from vidray.device import channels_last, to_device
+from vidray.device import Normalization, channels_last, to_device
 from vidray.models import available, entry
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model
@@ -43,7 +43,7 @@ def test_family_trains_on_loader_clips(motion_data, name):
     )
     batch = {k: torch.from_numpy(v) for k, v in batch.items()}
     model = channels_last(build_model(cfg, num_classes=4))
-    logits = model(to_device(batch, torch.device("cpu")))
+    logits = model(to_device(batch, torch.device("cpu"), Normalization.of(cfg.clip)))
     assert logits.shape == (len(batch["label"]), 4)
     F.cross_entropy(logits, batch["label"]).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

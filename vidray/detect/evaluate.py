@@ -25,7 +25,7 @@ from vidray.data.ava_files import Box, Detection, LabeledBox, read_label_map
 from vidray.data.manifest import read_dataset_info
 from vidray.detect.clips import action_ids
 from vidray.detect.frame_map import FrameMAP, frame_map
-from vidray.device import autocast, frames_to_input
+from vidray.device import Normalization, autocast, frames_to_input
 
 KeyframeKey = tuple[int, int]  # (video_key, keyframe second)
 
@@ -37,6 +37,7 @@ def collect(
     ids: tuple[int, ...],
     device: torch.device,
     *,
+    normalization: Normalization,
     precision: str = "fp32",
 ) -> tuple[dict[KeyframeKey, list[LabeledBox]], dict[KeyframeKey, list[Detection]]]:
     """(ground truth, detections) by keyframe, from collated batches (`collate`)."""
@@ -58,7 +59,7 @@ def collect(
                 truth[keys[owner]].append(LabeledBox(Box(*box), actions))
         if not len(batch["boxes"]):
             continue
-        clips = frames_to_input(batch["frames"].to(device))
+        clips = frames_to_input(batch["frames"].to(device), normalization)
         with autocast(device, precision):
             logits = model(clips, batch["boxes"].to(device))
         scores = torch.sigmoid(logits.float()).cpu().tolist()
@@ -82,7 +83,14 @@ def detection_metrics(
     """``{prefix}/frame_map`` and ``{prefix}/ap/<class>`` of every evaluated class."""
     ids = action_ids(cfg.train.data)
     names = dict(zip(ids, read_dataset_info(cfg.train.data)["classes"], strict=True))
-    truth, found = collect(model, batches, ids, device, precision=cfg.train.precision)
+    truth, found = collect(
+        model,
+        batches,
+        ids,
+        device,
+        normalization=Normalization.of(cfg.clip),
+        precision=cfg.train.precision,
+    )
     result = score(truth, found, cfg)
     per_class = {tracking.safe_name(names[a]): ap for a, ap in result.per_class.items()}
     return {

@@ -43,7 +43,7 @@ from vidray.data.sources import VIDEO_EXTENSIONS
 from vidray.detect.clips import frame_indices
 from vidray.detect.persons import PersonFinder, SuppliedProposals, person_finder
 from vidray.detect.render import render_detections
-from vidray.device import frames_to_input
+from vidray.device import Normalization, frames_to_input
 from vidray.errors import VidrayError
 from vidray.train.evaluate import load_model
 
@@ -56,6 +56,7 @@ class TrainedDetector:
     """A detection checkpoint's model and what inference must reproduce of its training."""
 
     model: nn.Module  # eval mode, on CPU
+    normalization: Normalization  # of the clips it was trained on
     T: int  # clip frames
     stride: int  # clip stride in stored frames
     fps: float  # stored frame rate
@@ -86,6 +87,7 @@ def load_detector(checkpoint: str) -> TrainedDetector:
     stored = dataset["storage"]
     return TrainedDetector(
         model=model,
+        normalization=Normalization.of(trained.clip),
         T=trained.clip.T,
         stride=trained.clip.stride,
         fps=float(stored["ingest.fps"]),
@@ -210,7 +212,7 @@ def _classify(
         for b, i in enumerate(with_people)
         for p in people[i]
     ]
-    clip_input = frames_to_input(torch.from_numpy(clips).to(device))
+    clip_input = frames_to_input(torch.from_numpy(clips).to(device), detector.normalization)
     logits = detector.model(clip_input, torch.tensor(rows, dtype=torch.float32, device=device))
     scores = iter(torch.sigmoid(logits.float()).cpu().tolist())
     for i in with_people:

@@ -21,7 +21,7 @@ from vidray import tracking
 from vidray.config import Config
 from vidray.detect.clips import collate, read_keyframes
 from vidray.detect.evaluate import detection_metrics, write_ap_table
-from vidray.device import autocast, frames_to_input
+from vidray.device import Normalization, autocast, frames_to_input
 from vidray.models.detector import build_detector
 from vidray.train.inputs import model_kwargs
 from vidray.train.tasks import register_task, shard_batches
@@ -68,7 +68,9 @@ class Detect:
         self, model: nn.Module, batch: dict[str, Any], cfg: Config, device: torch.device
     ) -> tuple[torch.Tensor, int, int]:
         targets = batch["targets"].to(device, non_blocking=True)
-        clips = frames_to_input(batch["frames"].to(device, non_blocking=True))
+        clips = frames_to_input(
+            batch["frames"].to(device, non_blocking=True), Normalization.of(cfg.clip)
+        )
         with autocast(device, cfg.train.precision):
             logits = model(clips, batch["boxes"].to(device, non_blocking=True))
             loss = F.binary_cross_entropy_with_logits(logits.float(), targets)

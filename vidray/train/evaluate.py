@@ -30,7 +30,7 @@ from vidray import storage, tracking
 from vidray.checkpoints import load_checkpoint
 from vidray.config import Config
 from vidray.data.clips import check_views, iter_clip_batches, read_clips
-from vidray.device import for_inference
+from vidray.device import Normalization, for_inference
 from vidray.errors import VidrayError
 from vidray.train import report as files
 from vidray.train.inputs import resolve_inputs
@@ -88,10 +88,17 @@ class ClipPredictor:
         self.device = torch.device("cuda" if use_gpu else "cpu")
         model, trained, _ = load_model(checkpoint)
         self.model = for_inference(model, self.device)
+        self.normalization = Normalization.of(trained.clip)
         self.precision = trained.train.precision
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = predict(self.model, [batch], self.device, precision=self.precision)
+        out = predict(
+            self.model,
+            [batch],
+            self.device,
+            normalization=self.normalization,
+            precision=self.precision,
+        )
         return {
             "logits": out["logits"],
             "label": out["labels"],
@@ -236,7 +243,13 @@ def _predict_here(
         spatial_views=cfg.eval.spatial_views,
         video_ids=True,
     )
-    return predict(for_inference(model, device), batches, device, precision=trained.train.precision)
+    return predict(
+        for_inference(model, device),
+        batches,
+        device,
+        normalization=Normalization.of(trained.clip),
+        precision=trained.train.precision,
+    )
 
 
 def _checked_labels(

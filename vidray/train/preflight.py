@@ -49,6 +49,9 @@ def check_settings(cfg: Config) -> tuple[Config, dict[str, Any]]:
 def check_settings_against(cfg: Config, info: dict[str, Any]) -> None:
     """The settings a user can get wrong for the dataset ``info`` describes, each of
     which would otherwise surface inside a worker, an hour later."""
+    for key, values in (("clip.mean", cfg.clip.mean), ("clip.std", cfg.clip.std)):
+        if values is not None and (len(values) != 3 or (key == "clip.std" and min(values) <= 0)):
+            raise VidrayError(f"{key} needs 3 values (R, G, B; std above 0), got {values}")
     stored = info["storage"]
     windows = stored["ingest.window_frames"]
     T, crop, flow_L = cfg.clip.T, cfg.clip.crop, cfg.flow.L  # None: the model's, not yet known

@@ -28,7 +28,7 @@ from torch import nn
 
 from vidray import tracking
 from vidray.config import Config
-from vidray.device import autocast, to_device
+from vidray.device import Normalization, autocast, to_device
 from vidray.errors import VidrayError
 from vidray.models import InputSpec, build
 from vidray.models.registry import arguments
@@ -39,14 +39,20 @@ from vidray.train.metrics import classification_metrics
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Any, device: torch.device, *, precision: str = "fp32"
+    model: nn.Module,
+    batches: Any,
+    device: torch.device,
+    *,
+    normalization: Normalization,
+    precision: str = "fp32",
 ) -> dict[str, np.ndarray]:
     """Logits, labels and video keys of every clip in ``batches``, and video ids where
     the batches carry them: the one inference loop of validation and evaluation.
 
     Batches may hold torch tensors (Ray Train's shards) or numpy arrays (Ray Data's
-    batches, the local reader). The model runs as in training: ``precision``, and on
-    channels-last clips (`vidray.device.to_device`; see `for_inference`).
+    batches, the local reader). The model runs as in training: clips normalised as
+    its training's were, ``precision``, and on channels-last clips
+    (`vidray.device.to_device`; see `for_inference`).
     """
     model.eval()
     found: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -62,7 +68,7 @@ def predict(
             for k, v in batch.items()
         }
         with autocast(device, precision):
-            logits = model(to_device(tensors, device))
+            logits = model(to_device(tensors, device, normalization))
         found["logits"].append(logits.float().cpu().numpy())
         found["labels"].append(np.asarray(batch["label"]))
         found["keys"].append(np.asarray(batch["video_key"]))
@@ -136,7 +142,7 @@ class Classify:
         """(mean loss, items predicted right, items) of one batch."""
         labels = batch["label"].to(device, non_blocking=True)
         with autocast(device, cfg.train.precision):
-            logits = model(to_device(batch, device))
+            logits = model(to_device(batch, device, Normalization.of(cfg.clip)))
             loss = F.cross_entropy(
                 logits.float(), labels, label_smoothing=cfg.train.label_smoothing
             )
@@ -149,6 +155,7 @@ class Classify:
             model,
             self.batches(shard, cfg, train=False, pin=device.type == "cuda"),
             device,
+            normalization=Normalization.of(cfg.clip),
             precision=cfg.train.precision,
         )
         return classification_metrics(out["logits"], out["labels"], out["keys"], prefix="val")
