@@ -31,7 +31,18 @@ class Normalization:
         """A run's normalisation: ``clip.mean`` / ``clip.std`` (3 values each, checked
         with the run's other settings), ImageNet's where unset (what every run used
         before they existed)."""
-        return cls(_triple(clip.mean or IMAGENET.mean), _triple(clip.std or IMAGENET.std))
+        return cls.of_values(clip.mean, clip.std)
+
+    @classmethod
+    def of_values(
+        cls,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        default: Normalization | None = None,
+    ) -> Normalization:
+        """From 3 means and 3 stds; ``default``'s (ImageNet's if None) where one is None."""
+        default = default or IMAGENET
+        return cls(_triple(mean or default.mean), _triple(std or default.std))
 
 
 def _triple(values: Sequence[float]) -> tuple[float, float, float]:

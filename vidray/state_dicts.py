@@ -36,7 +36,7 @@ def read_state_dict(source: str, *, enum: type[WeightsEnum] | None = None) -> di
         if not isinstance(state, dict):
             raise VidrayError(f"pretrained weights {path} hold no state_dict")
         return state
-    weights = _registry_weights(source, enum)
+    weights = registry_weights(source, enum)
     try:
         return weights.get_state_dict(progress=False, map_location="cpu", weights_only=True)
     except OSError as exc:
@@ -45,15 +45,9 @@ def read_state_dict(source: str, *, enum: type[WeightsEnum] | None = None) -> di
         ) from None
 
 
-def check_weights_source(source: str, *, enum: type[WeightsEnum] | None = None) -> None:
-    """A one-line error unless ``source`` is a file or a torchvision weights name, or
-    a short name within ``enum`` (nothing is read or downloaded: for checks before a
-    job starts)."""
-    if not Path(source).expanduser().is_file():
-        _registry_weights(source, enum)
-
-
-def _registry_weights(source: str, enum: type[WeightsEnum] | None) -> WeightsEnum:
+def registry_weights(source: str, enum: type[WeightsEnum] | None = None) -> WeightsEnum:
+    """torchvision's weights named ``source`` (a full name, or a short one within
+    ``enum``), nothing fetched; a one-line error naming an example otherwise."""
     example = (
         f"{enum.__name__}.{next(iter(enum.__members__))}"
         if enum

@@ -30,7 +30,7 @@ pads with zeros; the choice changes no parameter count or MAC.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torchvision
@@ -38,9 +38,10 @@ from torch import Tensor, nn
 
 from vidray.errors import VidrayError
 from vidray.models.nonlocal_block import NonLocalBlock, NonLocalMode
+from vidray.models.pretrained import FOREIGN, Pretrained, read_pretrained
 from vidray.models.registry import InputSpec, register
 from vidray.models.trunk3d import STAGE_BLOCKS, PathwaySpec, ResNet3d, TimePadding
-from vidray.state_dicts import read_state_dict
+from vidray.models.weights import TRUNK_HEAD, load_pretrained
 
 PAPER = "I3D, Carreira & Zisserman 2017 (ResNet form: Wang et al. 2018)"
 NONLOCAL_PAPER = "Non-local neural networks, Wang et al. 2018"
@@ -66,6 +67,7 @@ def i3d_spec(
     time_kernels: TimeKernels = TimeKernels(),
     temporal_pool: int = 2,
     res5_stride: int = 2,
+    res5_dilation: int = 1,
     time_padding: TimePadding = "replicate",
 ) -> PathwaySpec:
     """The I3D trunk of a ResNet-`depth`; `temporal_pool` halves T before res3."""
@@ -75,6 +77,7 @@ def i3d_spec(
         stem_kernel=time_kernels.stem,
         temporal_kernels=time_kernels.stages,
         res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
         time_padding=time_padding,
     )
     return spec.with_stage(1, temporal_pool=temporal_pool)
@@ -166,14 +169,41 @@ def inflate_2d_to_3d(
     return model3d
 
 
-def _i3d(spec: PathwaySpec, num_classes: int, dropout: float, pretrained: str | None) -> ResNet3d:
-    model = ResNet3d(spec, num_classes=num_classes, dropout=dropout)
-    if pretrained is not None:
-        load_inflated(model, read_state_dict(pretrained), source=pretrained)
+def i3d_settings(weights: Pretrained) -> dict[str, object]:
+    """The time padding ``weights`` were trained with: zeros for PyTorchVideo's and
+    PySlowFast's networks, a vidray checkpoint's own (replicate, the default, where
+    it records none). 2D weights say nothing: their exact inflation needs replicate."""
+    if weights.layout in FOREIGN:
+        return {"time_padding": "zeros"}
+    if weights.layout == "checkpoint":
+        return {"time_padding": weights.recorded.get("time_padding") or "replicate"}
+    return {}
+
+
+def _i3d(
+    spec_of: Callable[[TimePadding], PathwaySpec],
+    *,
+    num_classes: int,
+    dropout: float,
+    pretrained: str | None,
+    time_padding: TimePadding | None,
+) -> ResNet3d:
+    """The network of ``spec_of(time padding)``, the padding as given, else the
+    weights', else replicate; 2D weights inflated into it, 3D ones loaded."""
+    weights = read_pretrained(pretrained) if pretrained else None
+    implied = i3d_settings(weights) if weights else {}
+    padding = time_padding or implied.get("time_padding") or "replicate"
+    model = ResNet3d(spec_of(padding), num_classes=num_classes, dropout=dropout)
+    if weights is None:
+        return model
+    if "conv1.weight" in weights.state:  # a torchvision 2D ResNet's stem
+        load_inflated(model, weights.state, source=weights.source)
+    else:
+        load_pretrained(model, weights.state, source=weights.source, head=TRUNK_HEAD)
     return model
 
 
-@register("i3d", paper=PAPER, input=InputSpec(frames=8, crop=224))
+@register("i3d", paper=PAPER, input=InputSpec(frames=8, crop=224), settings_from=i3d_settings)
 def i3d(
     *,
     num_classes: int,
@@ -182,19 +212,39 @@ def i3d(
     dropout: float = 0.5,
     pretrained: str | None = None,
     res5_stride: int = 2,
-    time_padding: TimePadding = "replicate",
+    res5_dilation: int = 1,
+    time_padding: TimePadding | None = None,
 ) -> ResNet3d:
-    """I3D ResNet-`depth` (module docstring), 2D ImageNet weights optionally inflated into it.
+    """I3D ResNet-`depth` (module docstring), from scratch, from 2D ImageNet weights
+    inflated into it, or from a 3D I3D checkpoint.
 
     `depth`: 18/34 (basic blocks), 50/101/152 (bottlenecks). `width`: stem channels (64
     in the paper; every stage scales with it). `pretrained`: a torchvision ResNet-`depth`
-    state_dict file, or a torchvision weights name such as "ResNet50_Weights.IMAGENET1K_V1";
-    its classifier is kept only if it has `num_classes` outputs. `res5_stride=1` keeps
-    res5 at 1/16 resolution for a detector. `time_padding`: "replicate" (exact inflation,
-    see the module docstring) or "zeros" (PyTorchVideo's).
+    state_dict file or weights name such as "ResNet50_Weights.IMAGENET1K_V1" (inflated),
+    or 3D weights (`vidray.models.pretrained`: PyTorchVideo's i3d_r50, PySlowFast's
+    I3D, a vidray checkpoint); the classifier is kept only if it has `num_classes`
+    outputs. `res5_stride=1` keeps res5 at 1/16 resolution for a detector (with
+    `res5_dilation=2`, as SlowFast's AVA detector). `time_padding`: "replicate" (exact
+    inflation, see the module docstring) or "zeros" (PyTorchVideo's and PySlowFast's);
+    unset, it is what the weights were trained with (`i3d_settings`), else replicate.
     """
-    spec = i3d_spec(depth, width=width, res5_stride=res5_stride, time_padding=time_padding)
-    return _i3d(spec, num_classes, dropout, pretrained)
+
+    def spec_of(padding: TimePadding) -> PathwaySpec:
+        return i3d_spec(
+            depth,
+            width=width,
+            res5_stride=res5_stride,
+            res5_dilation=res5_dilation,
+            time_padding=padding,
+        )
+
+    return _i3d(
+        spec_of,
+        num_classes=num_classes,
+        dropout=dropout,
+        pretrained=pretrained,
+        time_padding=time_padding,
+    )
 
 
 def nonlocal_positions(blocks: int, count: int, *, every: int = 2) -> tuple[int, ...]:
@@ -203,7 +253,12 @@ def nonlocal_positions(blocks: int, count: int, *, every: int = 2) -> tuple[int,
     return tuple(range(every - 1, blocks, every))[:count]
 
 
-@register("i3d_nl", paper=NONLOCAL_PAPER, input=InputSpec(frames=8, crop=224))
+@register(
+    "i3d_nl",
+    paper=NONLOCAL_PAPER,
+    input=InputSpec(frames=8, crop=224),
+    settings_from=i3d_settings,
+)
 def i3d_nl(
     *,
     num_classes: int,
@@ -212,7 +267,8 @@ def i3d_nl(
     dropout: float = 0.5,
     pretrained: str | None = None,
     res5_stride: int = 2,
-    time_padding: TimePadding = "replicate",
+    res5_dilation: int = 1,
+    time_padding: TimePadding | None = None,
     nonlocal_mode: NonLocalMode = "embedded_gaussian",
 ) -> ResNet3d:
     """I3D with the paper's 5 non-local blocks: after blocks 1, 3 of res3 and 1, 3, 5 of res4;
@@ -220,13 +276,30 @@ def i3d_nl(
     as in the authors' code).
 
     At depth 18/34 the stages are shorter and the same rule gives fewer blocks.
-    Arguments as in `i3d`; `nonlocal_mode` is "embedded_gaussian" (the paper's
-    default) or "dot_product".
+    Arguments as in `i3d` (2D weights leave the non-local blocks at their identity
+    start; 3D ones must hold them); `nonlocal_mode` is "embedded_gaussian" (the
+    paper's default) or "dot_product".
     """
-    spec = i3d_spec(depth, width=width, res5_stride=res5_stride, time_padding=time_padding)
-    spec = replace(spec, nonlocal_mode=nonlocal_mode)
-    for stage, count in ((1, 2), (2, 3)):
-        blocks = spec.stages[stage].blocks
-        every = 7 if stage == 2 and depth == 101 else 2
-        spec = spec.with_stage(stage, nonlocal_after=nonlocal_positions(blocks, count, every=every))
-    return _i3d(spec, num_classes, dropout, pretrained)
+
+    def spec_of(padding: TimePadding) -> PathwaySpec:
+        spec = i3d_spec(
+            depth,
+            width=width,
+            res5_stride=res5_stride,
+            res5_dilation=res5_dilation,
+            time_padding=padding,
+        )
+        spec = replace(spec, nonlocal_mode=nonlocal_mode)
+        for stage, count in ((1, 2), (2, 3)):
+            every = 7 if stage == 2 and depth == 101 else 2
+            positions = nonlocal_positions(spec.stages[stage].blocks, count, every=every)
+            spec = spec.with_stage(stage, nonlocal_after=positions)
+        return spec
+
+    return _i3d(
+        spec_of,
+        num_classes=num_classes,
+        dropout=dropout,
+        pretrained=pretrained,
+        time_padding=time_padding,
+    )

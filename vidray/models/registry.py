@@ -14,13 +14,20 @@ import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from torch import nn
 from torchvision.models import WeightsEnum
 
 from vidray.config import ModelName
 from vidray.errors import VidrayError
+
+if TYPE_CHECKING:
+    from vidray.models.pretrained import Pretrained
+
+# What a family reads from the weights it starts from: the builder arguments they fix
+# (e.g. SlowFast's alpha), to be built with and recorded in the run's config.
+SettingsFrom = Callable[["Pretrained"], dict[str, object]]
 
 
 @dataclass(frozen=True)
@@ -41,13 +48,19 @@ class ModelEntry:
     # torchvision's weights for the family, so that model.pretrained may name one of
     # them by its short name (KINETICS400_V1); None where torchvision has none.
     weights: type[WeightsEnum] | None = None
+    settings_from: SettingsFrom | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(
-    name: str, *, paper: str, input: InputSpec, weights: type[WeightsEnum] | None = None
+    name: str,
+    *,
+    paper: str,
+    input: InputSpec,
+    weights: type[WeightsEnum] | None = None,
+    settings_from: SettingsFrom | None = None,
 ) -> Callable:
     """Class or function decorator adding a builder ``(*, num_classes, ...) -> nn.Module``."""
 
@@ -56,7 +69,7 @@ def register(
             raise ValueError(f"model {name!r} is not in vidray.config.ModelName: add it there")
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, paper, input, weights)
+        _REGISTRY[name] = ModelEntry(name, builder, paper, input, weights, settings_from)
         return builder
 
     return add

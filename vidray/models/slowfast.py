@@ -38,11 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from vidray.errors import VidrayError
+from vidray.models.pretrained import Pretrained, read_pretrained
 from vidray.models.registry import InputSpec, register
 from vidray.models.trunk3d import Head, PathwaySpec, SameConv3d, build_pathway
-from vidray.models.weights import HEAD_STD, init_weights
+from vidray.models.weights import HEAD_STD, TRUNK_HEAD, init_weights, load_pretrained
 
 PAPER = "SlowFast, Feichtenhofer et al. 2019"
+PAPER_FUSION_KERNEL = 5
 SLOW_KERNELS = ((1,), (1,), (3,), (3,))  # non-degenerate in time only in res4, res5
 FAST_KERNELS = ((3,), (3,), (3,), (3,))
 
@@ -84,7 +86,7 @@ class SlowFast(nn.Module):
         *,
         num_classes: int,
         alpha: int,
-        fusion_kernel: int = 5,
+        fusion_kernel: int = PAPER_FUSION_KERNEL,
         dropout: float = 0.5,
         in_channels: int = 3,
     ):
@@ -128,6 +130,7 @@ def slowfast(
     width: int,
     dropout: float,
     res5_stride: int,
+    res5_dilation: int,
 ) -> SlowFast:
     """A SlowFast ResNet-`depth`; the registered builders document the arguments."""
     fast_width = round(width * beta)
@@ -138,7 +141,11 @@ def slowfast(
     if fusion_kernel < 1 or fusion_kernel % 2 == 0:
         raise VidrayError(f"fusion_kernel must be odd and >= 1, got {fusion_kernel}")
     slow = PathwaySpec.resnet(
-        depth, width=width, temporal_kernels=SLOW_KERNELS, res5_stride=res5_stride
+        depth,
+        width=width,
+        temporal_kernels=SLOW_KERNELS,
+        res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
     )
     fast = PathwaySpec.resnet(
         depth,
@@ -146,6 +153,7 @@ def slowfast(
         stem_kernel=5,
         temporal_kernels=FAST_KERNELS,
         res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
     )
     return SlowFast(
         slow,
@@ -157,58 +165,134 @@ def slowfast(
     )
 
 
-@register("slowfast_r50", paper=PAPER, input=InputSpec(frames=32, crop=224))
+def slowfast_settings(weights: Pretrained) -> dict[str, object]:
+    """α and the lateral kernel that ``weights`` were trained with.
+
+    The kernel is the laterals' shape. α leaves no trace in the weights: it is read
+    where recorded (a vidray checkpoint's model.alpha, PySlowFast's SLOWFAST.ALPHA),
+    else it is 4 for 7×1×1 laterals, which only the published 8×8 models have
+    (PyTorchVideo's slowfast_r50, PySlowFast's SLOWFAST_8x8_R50), else the family's.
+    """
+    settings: dict[str, object] = {}
+    lateral = weights.state.get("lateral.0.conv.weight")
+    if lateral is not None:
+        settings["fusion_kernel"] = int(lateral.shape[2])
+    alpha = weights.recorded.get("alpha") or weights.recorded.get("SLOWFAST", {}).get("ALPHA")
+    if alpha:
+        settings["alpha"] = int(alpha)
+    elif settings.get("fusion_kernel") == 7:
+        settings["alpha"] = 4
+    return settings
+
+
+def _pretrained_slowfast(
+    pretrained: str | None, *, alpha: int | None, fusion_kernel: int | None, paper_alpha: int
+) -> tuple[Pretrained | None, int, int]:
+    """The weights to load, and α and the lateral kernel: as given, else the weights',
+    else the paper's."""
+    weights = read_pretrained(pretrained) if pretrained else None
+    implied = slowfast_settings(weights) if weights else {}
+    return (
+        weights,
+        alpha or int(implied.get("alpha", paper_alpha)),
+        fusion_kernel or int(implied.get("fusion_kernel", PAPER_FUSION_KERNEL)),
+    )
+
+
+def _build(
+    *,
+    pretrained: str | None,
+    alpha: int | None,
+    fusion_kernel: int | None,
+    paper_alpha: int,
+    **kwargs: object,
+) -> SlowFast:
+    weights, alpha, fusion_kernel = _pretrained_slowfast(
+        pretrained, alpha=alpha, fusion_kernel=fusion_kernel, paper_alpha=paper_alpha
+    )
+    model = slowfast(alpha=alpha, fusion_kernel=fusion_kernel, **kwargs)
+    if weights is not None:
+        load_pretrained(model, weights.state, source=weights.source, head=TRUNK_HEAD)
+    return model
+
+
+@register(
+    "slowfast_r50",
+    paper=PAPER,
+    input=InputSpec(frames=32, crop=224),
+    settings_from=slowfast_settings,
+)
 def slowfast_r50(
     *,
     num_classes: int,
     depth: int = 50,
-    alpha: int = 8,
+    alpha: int | None = None,
     beta: float = 1 / 8,
-    fusion_kernel: int = 5,
+    fusion_kernel: int | None = None,
     width: int = 64,
     dropout: float = 0.5,
     res5_stride: int = 2,
+    res5_dilation: int = 1,
+    pretrained: str | None = None,
 ) -> SlowFast:
     """SlowFast R50 4×16 (module docstring): 32 input frames, the slow pathway gets 4.
 
-    `alpha`: frame-rate ratio fast/slow (8; use 4 for 8×8). `beta`: fast/slow channel
-    ratio (1/8). `fusion_kernel`: time extent of the lateral convs (5 in the paper;
-    PyTorchVideo's 8×8 R50 checkpoint uses 7). `width`: slow stem channels (64),
-    every stage and the fast pathway scale with it. `res5_stride=1` keeps res5 at 1/16
-    resolution for a detector. Trained from scratch, as in the paper.
+    `alpha`: frame-rate ratio fast/slow (8; 4 for 8×8). `beta`: fast/slow channel ratio
+    (1/8). `fusion_kernel`: time extent of the lateral convs (5 in the paper; the
+    published 8×8 R50 checkpoints use 7). `width`: slow stem channels (64), every
+    stage and the fast pathway scale with it. `res5_stride=1` keeps res5 at 1/16
+    resolution for a detector, `res5_dilation=2` dilates its 1×3×3 convs as the paper's
+    AVA detector does. `pretrained`: weights to start from (`vidray.models.pretrained`:
+    PyTorchVideo's or PySlowFast's Kinetics checkpoints, a vidray checkpoint or
+    state_dict); the classifier stays fresh for another class count. `alpha` and
+    `fusion_kernel` left unset are the weights' (`slowfast_settings`), else 8 and 5.
     """
-    return slowfast(
+    return _build(
         num_classes=num_classes,
         depth=depth,
         alpha=alpha,
+        paper_alpha=8,
         beta=beta,
         fusion_kernel=fusion_kernel,
         width=width,
         dropout=dropout,
         res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
+        pretrained=pretrained,
     )
 
 
-@register("slowfast_r101", paper=PAPER, input=InputSpec(frames=32, crop=224))
+@register(
+    "slowfast_r101",
+    paper=PAPER,
+    input=InputSpec(frames=32, crop=224),
+    settings_from=slowfast_settings,
+)
 def slowfast_r101(
     *,
     num_classes: int,
     depth: int = 101,
-    alpha: int = 4,
+    alpha: int | None = None,
     beta: float = 1 / 8,
-    fusion_kernel: int = 5,
+    fusion_kernel: int | None = None,
     width: int = 64,
     dropout: float = 0.5,
     res5_stride: int = 2,
+    res5_dilation: int = 1,
+    pretrained: str | None = None,
 ) -> SlowFast:
-    """SlowFast R101 8×8: 32 input frames, the slow pathway gets 8; arguments as `slowfast_r50`."""
-    return slowfast(
+    """SlowFast R101 8×8: 32 input frames, the slow pathway gets 8; arguments as
+    `slowfast_r50`, but `alpha` is 4 unless the weights say otherwise."""
+    return _build(
         num_classes=num_classes,
         depth=depth,
         alpha=alpha,
+        paper_alpha=4,
         beta=beta,
         fusion_kernel=fusion_kernel,
         width=width,
         dropout=dropout,
         res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
+        pretrained=pretrained,
     )

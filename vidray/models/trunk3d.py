@@ -7,7 +7,7 @@ A network here is data over a few shared pieces:
       └─ layer1   res2: blocks × (basic | bottleneck), each with its own temporal kernel
       └─ layer2   res3: [temporal max pool] → blocks, [non-local after chosen blocks]
       └─ layer3   res4: ...
-      └─ layer4   res5: ... (spatial stride 2, or 1 for a detector's denser feature map)
+      └─ layer4   res5: ... (spatial stride 2, or 1 and dilation 2 for a detector's denser map)
       └─ head     global average pool over (T, H, W) → dropout → linear → logits
 
 `PathwaySpec` (stem + four `StageSpec`s) describes one such stack; `build_pathway`
@@ -58,7 +58,8 @@ class SameConv3d(nn.Conv3d):
     Replicate padding in time keeps a temporally constant input constant through the
     conv at every frame, edge frames included; that is what lets an inflated network
     reproduce its 2D source exactly on a constant video (see `vidray.models.i3d`).
-    Space is always zero-padded, as in the 2D network.
+    Space is always zero-padded, as in the 2D network; a `spatial_dilation` d spreads
+    the kernel's taps d pixels apart and pads d · (k // 2), so the map keeps its size.
     """
 
     def __init__(
@@ -69,15 +70,18 @@ class SameConv3d(nn.Conv3d):
         stride: tuple[int, int, int] = (1, 1, 1),
         *,
         time_padding: TimePadding = "zeros",
+        spatial_dilation: int = 1,
     ):
         k_t, k_h, k_w = kernel
         replicate = time_padding == "replicate"
+        d = spatial_dilation
         super().__init__(
             in_channels,
             out_channels,
             kernel,
             stride,
-            padding=(0 if replicate else k_t // 2, k_h // 2, k_w // 2),
+            padding=(0 if replicate else k_t // 2, d * (k_h // 2), d * (k_w // 2)),
+            dilation=(1, d, d),
             bias=False,
         )
         self.time_pad = k_t // 2 if replicate else 0
@@ -98,7 +102,8 @@ def _downsample(c_in: int, c_out: int, stride: int) -> nn.Module | None:
 
 
 class BasicBlock3d(nn.Module):
-    """ResNet-18/34 block: k_t×3×3 conv (spatial stride here) → 1×3×3 conv, plus shortcut."""
+    """ResNet-18/34 block: k_t×3×3 conv (spatial stride here) → 1×3×3 conv (dilated where
+    asked, as PySlowFast's basic transform), plus shortcut."""
 
     expansion: ClassVar[int] = 1
 
@@ -110,13 +115,14 @@ class BasicBlock3d(nn.Module):
         temporal_kernel: int,
         stride: int,
         time_padding: TimePadding,
+        spatial_dilation: int = 1,
     ):
         super().__init__()
         self.conv1 = SameConv3d(
             c_in, channels, (temporal_kernel, 3, 3), (1, stride, stride), time_padding=time_padding
         )
         self.bn1 = nn.BatchNorm3d(channels)
-        self.conv2 = SameConv3d(channels, channels, (1, 3, 3))
+        self.conv2 = SameConv3d(channels, channels, (1, 3, 3), spatial_dilation=spatial_dilation)
         self.bn2 = nn.BatchNorm3d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _downsample(c_in, channels, stride)
@@ -128,7 +134,8 @@ class BasicBlock3d(nn.Module):
 
 
 class Bottleneck3d(nn.Module):
-    """ResNet-50+ block: k_t×1×1 → 1×3×3 (spatial stride here) → 1×1×1 (×4 channels)."""
+    """ResNet-50+ block: k_t×1×1 → 1×3×3 (spatial stride and dilation here) → 1×1×1 (×4
+    channels); PyTorchVideo's conv_b and PySlowFast's "b" conv carry the dilation too."""
 
     expansion: ClassVar[int] = 4
 
@@ -140,12 +147,15 @@ class Bottleneck3d(nn.Module):
         temporal_kernel: int,
         stride: int,
         time_padding: TimePadding,
+        spatial_dilation: int = 1,
     ):
         super().__init__()
         c_out = channels * self.expansion
         self.conv1 = SameConv3d(c_in, channels, (temporal_kernel, 1, 1), time_padding=time_padding)
         self.bn1 = nn.BatchNorm3d(channels)
-        self.conv2 = SameConv3d(channels, channels, (1, 3, 3), (1, stride, stride))
+        self.conv2 = SameConv3d(
+            channels, channels, (1, 3, 3), (1, stride, stride), spatial_dilation=spatial_dilation
+        )
         self.bn2 = nn.BatchNorm3d(channels)
         self.conv3 = SameConv3d(channels, c_out, (1, 1, 1))
         self.bn3 = nn.BatchNorm3d(c_out)
@@ -170,18 +180,21 @@ class StageSpec:
     k_t = 3, (3, 1) gives 3, 1, 3, 1, ... (I3D's "every other block").
     `temporal_pool` > 1 max-pools time by that factor before the first block (I3D
     R50 halves T between res2 and res3). `nonlocal_after` lists the indices of the
-    blocks followed by a non-local block.
+    blocks followed by a non-local block. `spatial_dilation` dilates every block's
+    1×3×3 conv: the detectors of the SlowFast paper run res5 at stride 1 and dilation 2,
+    so its kernels span what they spanned at stride 2 in the Kinetics network.
     """
 
     blocks: int
     channels: int  # a block's inner width; the stage outputs channels * block.expansion
     spatial_stride: int = 2
+    spatial_dilation: int = 1
     temporal_kernels: tuple[int, ...] = (1,)
     temporal_pool: int = 1
     nonlocal_after: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.blocks < 1 or self.channels < 1 or not self.temporal_kernels:
+        if min(self.blocks, self.channels, self.spatial_dilation) < 1 or not self.temporal_kernels:
             raise ValueError(f"invalid stage {self}")
         if any(k < 1 or k % 2 == 0 for k in self.temporal_kernels):
             raise ValueError(f"temporal kernels must be odd ('same' padding): {self}")
@@ -223,15 +236,19 @@ class PathwaySpec:
         stem_kernel: int = 1,
         temporal_kernels: Sequence[tuple[int, ...]] = ((1,), (1,), (1,), (1,)),
         res5_stride: int = 2,
+        res5_dilation: int = 1,
         time_padding: TimePadding = "zeros",
     ) -> PathwaySpec:
-        """The standard ResNet-`depth` layout with the given temporal kernels per stage."""
+        """The standard ResNet-`depth` layout with the given temporal kernels per stage;
+        res5's spatial stride and the dilation of its 1×3×3 convs are arguments."""
         if depth not in STAGE_BLOCKS:
             raise VidrayError(f"depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
         if width < 1:
             raise VidrayError(f"width must be >= 1, got {width}")
         if res5_stride not in (1, 2):
             raise VidrayError(f"res5_stride must be 1 or 2, got {res5_stride}")
+        if res5_dilation < 1:
+            raise VidrayError(f"res5_dilation must be >= 1, got {res5_dilation}")
         strides = (1, 2, 2, res5_stride)
         stages = tuple(
             StageSpec(blocks=n, channels=width * 2**i, spatial_stride=s, temporal_kernels=tuple(k))
@@ -240,7 +257,8 @@ class PathwaySpec:
             )
         )
         block = BasicBlock3d if depth < 50 else Bottleneck3d
-        return cls(block, width, stem_kernel, stages, time_padding)
+        spec = cls(block, width, stem_kernel, stages, time_padding)
+        return spec.with_stage(3, spatial_dilation=res5_dilation)
 
     def with_stage(self, index: int, **changes: object) -> PathwaySpec:
         """This spec with stage `index` (0 = res2) changed, e.g. ``temporal_pool=2``."""
@@ -281,6 +299,7 @@ def make_stage(c_in: int, stage: StageSpec, spec: PathwaySpec) -> nn.Sequential:
             temporal_kernel=stage.temporal_kernel(i),
             stride=stage.spatial_stride if i == 0 else 1,
             time_padding=spec.time_padding,
+            spatial_dilation=stage.spatial_dilation,
         )
         c_in = stage.channels * spec.block.expansion
     return insert_nonlocal(

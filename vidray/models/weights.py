@@ -13,6 +13,8 @@ from vidray.errors import VidrayError
 # The std of a classifier's weights in the 3D networks (PySlowFast's heads, C3D's
 # VGG-style classifier); torchvision's 2D ResNets keep PyTorch's default there.
 HEAD_STD = 0.01
+# The classifier of the 3D trunks' `Head` (I3D, SlowFast) in their state dicts.
+TRUNK_HEAD = ("head.fc.weight", "head.fc.bias")
 
 
 def init_weights(module: nn.Module, *, linear_std: float | None = None) -> None:
@@ -48,13 +50,17 @@ def load_pretrained(
         if key in own and value.shape != own[key].shape:
             raise VidrayError(
                 f"pretrained {source!r} does not fit this model: {key} is {tuple(value.shape)} "
-                f"there, {tuple(own[key].shape)} here; build it at the width and depth they had"
+                f"there, {tuple(own[key].shape)} here; build it with the arguments they had "
+                "(width, depth, ...)"
             )
     result = model.load_state_dict(state, strict=False)
-    missing = set(result.missing_keys) - set(head)
+    missing = sorted(set(result.missing_keys) - set(head))
     if missing or result.unexpected_keys:
-        first = sorted(missing)[0] if missing else sorted(result.unexpected_keys)[0]
+        found = [f"{len(missing)} tensors missing (first {missing[0]})"] if missing else []
+        if result.unexpected_keys:
+            first = sorted(result.unexpected_keys)[0]
+            found.append(f"{len(result.unexpected_keys)} with no place (first {first})")
         raise VidrayError(
-            f"pretrained {source!r} does not fit this model ({len(missing)} tensors missing, "
-            f"{len(result.unexpected_keys)} unexpected, e.g. {first}); is it another family's?"
+            f"pretrained {source!r} does not fit this model: {', '.join(found)}; "
+            "is it another family's or depth's?"
         )

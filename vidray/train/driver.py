@@ -37,7 +37,6 @@ from vidray.data.clips import start_epoch_clock
 from vidray.data.manifest import read_dataset_info
 from vidray.errors import Interrupted, VidrayError
 from vidray.models import entry
-from vidray.state_dicts import check_weights_source
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
 from vidray.train.preflight import check_settings, check_settings_against, labeled_split_counts
@@ -98,8 +97,6 @@ def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
     on the clip it declares (its `InputSpec`), with the configured ``model.*``: a
     failure there is a bug in vidray and keeps its traceback.
     """
-    if cfg.model.pretrained:
-        check_weights_source(cfg.model.pretrained, enum=entry(cfg.model.name).weights)
     if cfg.detection.backbone_checkpoint and not storage.exists(cfg.detection.backbone_checkpoint):
         raise VidrayError(
             f"detection.backbone_checkpoint={cfg.detection.backbone_checkpoint}: not found"

@@ -69,13 +69,18 @@ def load_model(checkpoint: str | Path) -> tuple[nn.Module, Config, dict[str, Any
     replace them, so those files need not exist, nor be fetched, where it is used.
     """
     state, meta = load_checkpoint(checkpoint)
-    trained = resolve_inputs(Config.from_stored(meta["config"]))
-    blank = replace(
-        trained,
-        model=replace(trained.model, pretrained=""),
-        detection=replace(trained.detection, backbone_checkpoint=""),
+    stored = Config.from_stored(meta["config"])
+    # Resolved without those weights: the checkpoint records what they fixed (the
+    # normalisation, the family's settings; an older one was trained with what the
+    # defaults give).
+    trained = resolve_inputs(
+        replace(
+            stored,
+            model=replace(stored.model, pretrained=""),
+            detection=replace(stored.detection, backbone_checkpoint=""),
+        )
     )
-    model = build_model(blank, len(meta["classes"]))
+    model = build_model(trained, len(meta["classes"]))
     model.load_state_dict(state["model"])
     return model.eval(), trained, meta
 

@@ -4,19 +4,27 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from pathlib import Path
 
 from vidray.config import Config, ModelConfig
+from vidray.device import IMAGENET
 from vidray.errors import VidrayError
 from vidray.models import entry
+from vidray.models.pretrained import is_checkpoint, normalization_of, read_pretrained
 
 
 def resolve_inputs(cfg: Config) -> Config:
-    """Fill the clip parameters left unset (None) with what the model declares.
+    """Fill the clip and model parameters left unset (None) with what the model
+    declares and what its pretrained weights fix.
 
     ``clip.T``, ``clip.crop`` and ``flow.L`` default to the model's `InputSpec`,
     so ``model.name=two_stream`` alone gets one RGB frame and a stack of 10
-    flow fields. The resolved values are what runs log and checkpoints keep.
+    flow fields. ``clip.mean`` / ``clip.std`` and the family's settings that
+    ``model.pretrained`` fixes come from the weights (`resolve_weights`). The
+    resolved values are what runs log and checkpoints keep, so a checkpoint
+    rebuilds its network and input without the weights it started from.
     """
+    cfg = resolve_weights(cfg)
     spec = entry(cfg.model.name).input
     if spec.flow == 0 and cfg.flow.L:
         raise VidrayError(f"model {cfg.model.name!r} reads no optical flow: unset flow.L")
@@ -26,6 +34,32 @@ def resolve_inputs(cfg: Config) -> Config:
         clip=replace(cfg.clip, T=cfg.clip.T or spec.frames, crop=cfg.clip.crop or spec.crop),
         flow=replace(cfg.flow, L=flow_L),
     )
+
+
+def resolve_weights(cfg: Config) -> Config:
+    """``cfg`` with what ``model.pretrained`` fixes filled into the keys left unset:
+    the normalisation the weights were trained with (`clip.mean` / `clip.std`;
+    ImageNet's where they record none) and the family's settings they imply
+    (`ModelEntry.settings_from`, e.g. SlowFast's α, I3D's time padding). A torchvision
+    weights name is answered from its transforms without fetching anything; a file
+    or checkpoint is read."""
+    if not cfg.model.pretrained:
+        return cfg
+    family = entry(cfg.model.name)
+    source = cfg.model.pretrained
+    if is_checkpoint(source) or Path(source).expanduser().is_file():
+        weights = read_pretrained(source, enum=family.weights)
+        normalization = weights.normalization or IMAGENET
+        settings = family.settings_from(weights) if family.settings_from else {}
+    else:
+        normalization, settings = normalization_of(source, enum=family.weights), {}
+    unset = {k: v for k, v in settings.items() if getattr(cfg.model, k) is None}
+    clip = replace(
+        cfg.clip,
+        mean=cfg.clip.mean or list(normalization.mean),
+        std=cfg.clip.std or list(normalization.std),
+    )
+    return replace(cfg, model=replace(cfg.model, **unset), clip=clip)
 
 
 def model_kwargs(model: ModelConfig) -> dict[str, object]:
