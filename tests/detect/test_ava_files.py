@@ -3,13 +3,16 @@ synthetic AVA-like dataset read back through them."""
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 
+from vidray.data.ava import list_ava
 from vidray.data.ava_files import (
     AVA_KEYFRAME_SECONDS,
     AVA_TIME_OFFSET,
@@ -26,6 +29,7 @@ from vidray.data.ava_files import (
     read_annotations,
     read_detections,
     read_excluded,
+    read_ground_truth,
     read_label_map,
     read_proposals,
     write_annotations,
@@ -175,9 +179,12 @@ def test_excluded_keyframes_are_read_and_dropped_from_annotations(tmp_path):
         (read_annotations, ",902,0.1,0.2,0.3,0.4,1,0\n", 1, "empty video_id"),
         (read_excluded, "v,902\nv\n", 2, "expected 2 columns"),
         (read_excluded, "v,902,1\n", 1, "expected 2 columns"),
-        (read_proposals, "v,902,0.1,0.2,0.3,0.4\n", 1, "expected 7 or 8 columns"),
+        (read_proposals, "v,902,0.1,0.2,0.3,0.4\n", 1, "expected 2, 7 or 8 columns"),
         (read_proposals, "v,902,0.1,0.2,0.3,0.4,,high\n", 1, "score 'high' is not"),
-        (read_detections, "v,902,0.1,0.2,0.3,0.4,0.9\n", 1, "expected 8 columns"),
+        (read_detections, "v,902,0.1,0.2,0.3,0.4\n", 1, "expected 2, 7 or 8 columns"),
+        (read_detections, "v,902,0.1,0.2,0.3,0.4,1,0.9,0\n", 1, "got 9"),
+        (read_detections, "v,902,0.1,0.2,0.3,0.4,1,high\n", 1, "score 'high' is not"),
+        (read_ground_truth, "v,902,0.1,0.2,0.3,0.4,1,0\nv\n", 2, "expected 2, 7 or 8 columns"),
     ],
 )
 def test_malformed_csv_line_is_a_one_line_error_naming_file_and_line(
@@ -207,6 +214,28 @@ def test_annotations_round_trip_through_the_writer(tmp_path):
     assert read_annotations(path).keyframes == keyframes
     excluded = {("a", 903), ("b", 1000)}
     assert read_excluded(write_excluded(tmp_path / "ex.csv", excluded)) == excluded
+
+
+def test_ground_truth_for_scoring_keeps_every_row_as_written(tmp_path):
+    # The official evaluator's reading: a repeated row is a second instance, a box
+    # outside [0, 1] stays, a 2-column row (the 2020 form) is a keyframe with no box;
+    # file order. Ingest's reading groups, drops the empty keyframe and reports the box.
+    path = write(
+        tmp_path,
+        "gt.csv",
+        "v,0903,0.1,0.2,0.3,0.4,5,0\n"
+        "v,0903,0.1,0.2,0.3,0.4,5,0\n"
+        "v,0902\n"
+        "v,0904,-0.1,0.2,1.3,0.4,7\n",
+    )
+    assert read_ground_truth(path).keyframes == {
+        ("v", 903): [LabeledBox(Box(0.1, 0.2, 0.3, 0.4), (5,), 0)] * 2,
+        ("v", 902): [],
+        ("v", 904): [LabeledBox(Box(-0.1, 0.2, 1.3, 0.4), (7,), -1)],
+    }
+    annotations = read_annotations(path)
+    assert annotations.keyframes == {("v", 903): [LabeledBox(Box(0.1, 0.2, 0.3, 0.4), (5,), 0)]}
+    assert [p.line for p in annotations.problems] == [4]
 
 
 # ---------------------------------------------------------------- proposals, detections
@@ -249,6 +278,78 @@ def test_detections_round_trip_and_report_unknown_actions(tmp_path):
     checked = read_detections(path, label_map=label_map)
     assert checked.keyframes == {("v", 902): keyframes[("v", 902)]}
     assert [str(p) for p in checked.problems] == [f"{path}:3: action id 7 is not in the label map"]
+
+
+def test_detections_read_as_the_official_evaluator_reads_them(tmp_path):
+    # Boxes as written (outside [0, 1], empty), 7 columns mean score 1, a 2-column row
+    # adds nothing; keyframes in the order of their first kept row (action 9 is not
+    # in the label map: w's first row is its second).
+    label_map = LabelMap((Label(1, "a"),))
+    path = write(
+        tmp_path,
+        "det.csv",
+        "w,0902,0.1,0.2,0.3,0.4,9,0.5\n"
+        "v,0902,-0.5,0.2,1.5,0.4,1,0.25\n"
+        "v,0903\n"
+        "w,0902,0.3,0.2,0.3,0.4,1\n",
+    )
+    found = read_detections(path, label_map=label_map)
+    assert list(found.keyframes.items()) == [
+        (("v", 902), [Detection(Box(-0.5, 0.2, 1.5, 0.4), 1, 0.25)]),
+        (("w", 902), [Detection(Box(0.3, 0.2, 0.3, 0.4), 1, 1.0)]),
+    ]
+    assert [p.line for p in found.problems] == [1]
+
+
+def test_dense_proposals_pickle_reads_like_the_csv(tmp_path):
+    # FAIR's ava_dense_proposals_{split}.FAIR.recall_93.9.pkl: "video_id,%04d" ->
+    # (N, 5) normalised x1, y1, x2, y2, score.
+    entries = {
+        "v,0903": np.array([[0.5, 0.2, 0.9, 0.8, 0.3], [0.5, 0.2, 1.9, 0.8, 0.99]]),
+        "v,0902": np.array([[0.1, 0.2, 0.3, 0.4, 0.95]], np.float32),
+    }
+    path = tmp_path / "ava_dense_proposals_val.FAIR.recall_93.9.pkl"
+    path.write_bytes(pickle.dumps(entries, protocol=2))
+    proposals = read_proposals(path)
+    assert proposals.keyframes == {
+        ("v", 902): [ScoredBox(Box(*np.float32([0.1, 0.2, 0.3, 0.4]).tolist()), 0.949999988079071)],
+        ("v", 903): [ScoredBox(Box(0.5, 0.2, 0.9, 0.8), 0.3)],
+    }
+    assert [str(p) for p in proposals.problems] == [
+        f"{path}: entry 'v,0903': box (0.5, 0.2, 1.9, 0.8) is outside [0, 1]"
+    ]
+    assert list(read_proposals(path, min_score=0.5).keyframes) == [("v", 902)]
+
+
+def test_ava_layout_takes_fair_dense_proposals_when_there_is_no_csv(tmp_path):
+    notes, videos = tmp_path / "annotations", tmp_path / "videos"
+    videos.mkdir()
+    (videos / "v.mp4").write_bytes(b"")  # listing only: nothing decodes it
+    notes.mkdir()
+    write(notes, "ava_action_list_v2.2.pbtxt", LABEL_FORM)
+    write(notes, "ava_val_v2.2.csv", "v,0902,0.1,0.2,0.3,0.4,1,0\n")
+    dense = {"v,0903": np.array([[0.5, 0.25, 0.75, 0.5, 0.875]])}
+    (notes / "ava_dense_proposals_val.FAIR.recall_93.9.pkl").write_bytes(pickle.dumps(dense))
+    rows, _, _ = list_ava(str(tmp_path))
+    frames = {f["sec"]: f for f in json.loads(rows[0]["keyframes"])}
+    assert frames[903]["proposals"] == [[0.5, 0.25, 0.75, 0.5]]
+    assert frames[903]["scores"] == [0.875]
+    assert frames[902]["boxes"] == [[0.1, 0.2, 0.3, 0.4]]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"not a pickle", "not a readable pickle"),
+        (pickle.dumps([1, 2]), "expected a dict from 'video_id,timestamp'"),
+        (pickle.dumps({"v0902": np.zeros((1, 5))}), "key 'v0902' is not 'video_id,timestamp'"),
+        (pickle.dumps({"v,0902": np.zeros((1, 3))}), "got shape (1, 3)"),
+    ],
+)
+def test_unreadable_proposals_pickle_is_a_one_line_error(tmp_path, content, reason):
+    path = tmp_path / "proposals.pkl"
+    path.write_bytes(content)
+    assert reason in error_of(read_proposals, path)
 
 
 # ---------------------------------------------------------------- label maps

@@ -4,7 +4,8 @@
     root/annotations/ava_action_list_v2.2.pbtxt        the label map (classes)
     root/annotations/ava_{split}_v2.2.csv              ground-truth boxes and actions
     root/annotations/ava_{split}_excluded_timestamps_v2.2.csv   (optional)
-    root/annotations/ava_{split}_predicted_boxes.csv   person proposals (optional)
+    root/annotations/ava_{split}_predicted_boxes.csv   person proposals (optional), or
+    root/annotations/ava_dense_proposals_{split}.FAIR.recall_93.9.pkl   FAIR's, if no CSV
 
 for split in train, val (each optional, at least one present). Ingest writes
 one row per keyframe that has ground truth or proposals and is not excluded:
@@ -37,7 +38,9 @@ from vidray.errors import VidrayError
 LABEL_MAP = "ava_action_list_v2.2.pbtxt"
 ANNOTATIONS = "ava_{split}_v2.2.csv"
 EXCLUDED = "ava_{split}_excluded_timestamps_v2.2.csv"
-PROPOSALS = "ava_{split}_predicted_boxes.csv"
+# Person proposals: SlowFast's CSV, else FAIR's dense proposals pickle (what
+# PySlowFast and MMAction2 train and test AVA with).
+PROPOSALS = ("ava_{split}_predicted_boxes.csv", "ava_dense_proposals_{split}.FAIR.recall_93.9.pkl")
 AVA_SPLITS = ("train", "val")
 
 
@@ -62,8 +65,9 @@ def list_ava(root: str) -> tuple[list[dict[str, Any]], list[str], list[int]]:
         truth = read_annotations(
             notes / ANNOTATIONS.format(split=split), label_map=label_map, excluded=excluded
         )
-        proposals_file = notes / PROPOSALS.format(split=split)
-        proposals = read_proposals(proposals_file) if proposals_file.is_file() else None
+        found = [notes / n.format(split=split) for n in PROPOSALS]
+        proposals_file = next((f for f in found if f.is_file()), None)
+        proposals = read_proposals(proposals_file) if proposals_file else None
         keyframes: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         for (video_id, sec), people in truth.keyframes.items():
             keyframes[video_id][sec] = {
@@ -126,18 +130,8 @@ def _videos(folder: Path) -> dict[str, Path]:
 
 
 def _by_video(problems: list[Problem]) -> dict[str, list[str]]:
-    """Problems grouped by the video id that starts their line (each file read once)."""
+    """Problems grouped by the video they are of."""
     grouped: dict[str, list[str]] = defaultdict(list)
-    by_file: dict[str, list[Problem]] = defaultdict(list)
     for problem in problems:
-        by_file[problem.path].append(problem)
-    for path, found in by_file.items():
-        wanted = {p.line for p in found}
-        first_field = {}
-        with open(path) as f:
-            for number, line in enumerate(f, 1):
-                if number in wanted:
-                    first_field[number] = line.split(",", 1)[0].strip()
-        for problem in found:
-            grouped[first_field.get(problem.line, "")].append(str(problem))
+        grouped[problem.video_id].append(str(problem))
     return grouped

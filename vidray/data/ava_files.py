@@ -8,8 +8,12 @@ File kinds (CSV files have no header; blank lines are skipped; fields are stripp
 
   The timestamp is a whole number of seconds (``0902``); the box is normalised to
   [0, 1] (x right, y down). A person with several actions at a keyframe has one
-  row per action; `read_annotations` groups them into one `LabeledBox`. Files
-  without the person_id column (7 columns) are accepted: person_id is then -1.
+  row per action; `read_annotations` groups them into one `LabeledBox` (for
+  training) and `read_ground_truth` keeps every row an instance (for scoring).
+  Files without the person_id column (7 columns) are accepted: person_id is then
+  -1. The 2020 form of the files (ActivityNet's evaluator since its April 2020
+  change) also lists a keyframe annotated with no action as a 2-column row
+  ``video_id, timestamp``.
 - action label maps (``ava_action_list_v2.2.pbtxt`` and the 60-class evaluation
   subset ``ava_action_list_v2.2_for_activitynet_2019.pbtxt``), protobuf text in
   either form::
@@ -24,16 +28,23 @@ File kinds (CSV files have no header; blank lines are skipped; fields are stripp
   SlowFast's ``ava_{train,val}_predicted_boxes.csv``
   ``video_id, timestamp, x1, y1, x2, y2, action_id, score`` whose action_id column
   is ignored (it is empty or -1 there). The score is always the last column.
+  Or FAIR's dense proposals pickle (``ava_dense_proposals_{split}.FAIR.recall_93.9.pkl``,
+  any ``.pkl``): a dict from ``"video_id,%04d"`` to an (N, 5) array of normalised
+  ``x1, y1, x2, y2, score`` (or (N, 4): score 1). A pickle runs code when it is
+  read: read only files from a source you trust.
 - detections (the AVA evaluation result format), 8 columns
-  ``video_id, timestamp, x1, y1, x2, y2, action_id, score``.
+  ``video_id, timestamp, x1, y1, x2, y2, action_id, score`` (7 columns: score 1,
+  and a 2-column row adds nothing, as the official evaluator reads them).
 
 Errors and problems: a line that cannot be read at all (wrong column count, a
 non-numeric field, an empty video_id) raises `VidrayError` with a one-line
-``path:line: reason`` message. A readable row whose content is wrong (a box
-outside [0, 1], an empty or inverted box, an action id not in the label map) is
-never clipped or silently dropped: it is left out of the data and returned as a
-`Problem` beside it, so the caller can record it (e.g. in the ingest manifest)
-and go on with the valid rows.
+``path:line: reason`` message. In files read for training (annotations,
+proposals), a readable row whose content is wrong (a box outside [0, 1], an
+empty or inverted box, an action id not in the label map) is never clipped or
+silently dropped: it is left out of the data and returned as a `Problem` beside
+it, so the caller can record it (e.g. in the ingest manifest) and go on with the
+valid rows. Files read for scoring (`read_ground_truth`, `read_detections`) keep
+every box as written, as the official evaluator does.
 
 Coordinates: a normalised box ``(x1, y1, x2, y2)`` maps to pixel edges
 ``(x1 * W, y1 * H, x2 * W, y2 * H)`` for a W x H frame: (0, 0, 1, 1) is the whole
@@ -47,6 +58,7 @@ from __future__ import annotations
 
 import csv
 import math
+import pickle
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +91,7 @@ __all__ = [
     "read_annotations",
     "read_detections",
     "read_excluded",
+    "read_ground_truth",
     "read_label_map",
     "read_proposals",
     "write_annotations",
@@ -152,11 +165,13 @@ class Problem:
     """A row that was read but left out of the data, and why."""
 
     path: str
-    line: int
+    line: int  # 0 where the file has no lines (a pickle)
     reason: str
+    video_id: str = ""  # the video the row is of
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.reason}"
 
 
 Item = TypeVar("Item")
@@ -270,10 +285,40 @@ def frame_to_seconds(frame: int, *, fps: float, time_offset: float = 0.0) -> flo
 
 # ---------------------------------------------------------------- CSV readers
 
-_ANNOTATION_COLUMNS = "video_id, timestamp, x1, y1, x2, y2, action_id[, person_id]"
-_DETECTION_COLUMNS = "video_id, timestamp, x1, y1, x2, y2, action_id, score"
-_PROPOSAL_COLUMNS = "video_id, timestamp, x1, y1, x2, y2[, action_id], score"
+_ANNOTATION_COLUMNS = "video_id, timestamp[, x1, y1, x2, y2, action_id[, person_id]]"
+_DETECTION_COLUMNS = "video_id, timestamp[, x1, y1, x2, y2, action_id[, score]]"
+_PROPOSAL_COLUMNS = "video_id, timestamp[, x1, y1, x2, y2[, action_id], score]"
 _EXCLUDED_COLUMNS = "video_id, timestamp"
+
+
+class _Row(NamedTuple):
+    """One readable CSV row of a keyframe file."""
+
+    line: int
+    key: KeyframeKey
+    box: Box | None  # None: a 2-column row, a keyframe with no box
+    fields: list[str]
+
+
+def _keyframe_rows(path: str | Path, counts: tuple[int, ...], columns: str) -> Iterator[_Row]:
+    """The rows of a keyframe CSV: 2 columns (the 2020 form's empty keyframe) or one
+    of `counts`, with the key and box parsed."""
+    name = str(path)
+    for line, fields in _csv_rows(path):
+        _check_columns(fields, (2, *counts), name, line, columns)
+        key = _key(fields, name, line)
+        if len(fields) == 2:
+            yield _Row(line, key, None, fields)
+            continue
+        coords = [_float(fields[i], label, name, line) for i, label in enumerate(Box._fields, 2)]
+        yield _Row(line, key, Box(*coords), fields)
+
+
+def _action_and_person(row: _Row, name: str) -> tuple[int, int]:
+    action_id = _int(row.fields[6], "action_id", name, row.line)
+    has_person = len(row.fields) == 8
+    person_id = _int(row.fields[7], "person_id", name, row.line) if has_person else -1
+    return action_id, person_id
 
 
 def read_annotations(
@@ -282,28 +327,29 @@ def read_annotations(
     label_map: LabelMap | None = None,
     excluded: Iterable[KeyframeKey] = (),
 ) -> Annotations:
-    """Read an AVA annotation CSV, grouping each keyframe's rows into people.
+    """Read an AVA annotation CSV for training, grouping each keyframe's rows into people.
 
     Rows of the same keyframe with the same box and person_id are one
     `LabeledBox` with all their action ids. Rows of `excluded` keyframes are
-    dropped (not reported). Rows with an invalid box, or an action id not in
+    dropped (not reported), and so are 2-column rows (a keyframe with no box has
+    nothing to train on). Rows with an invalid box, or an action id not in
     `label_map` (when given), are left out and reported as problems.
     """
     name = str(path)
     skip = frozenset(excluded)
     grouped: dict[KeyframeKey, dict[tuple[Box, int], set[int]]] = {}
     problems: list[Problem] = []
-    for line, fields in _csv_rows(path):
-        key, box = _key_and_box(fields, name, line, (7, 8), _ANNOTATION_COLUMNS)
-        action_id = _int(fields[6], "action_id", name, line)
-        person_id = _int(fields[7], "person_id", name, line) if len(fields) == 8 else -1
-        if key in skip:
+    for row in _keyframe_rows(path, (7, 8), _ANNOTATION_COLUMNS):
+        if row.box is None:
             continue
-        reason = box.problem() or _unknown_action(action_id, label_map)
+        action_id, person_id = _action_and_person(row, name)
+        if row.key in skip:
+            continue
+        reason = row.box.problem() or _unknown_action(action_id, label_map)
         if reason:
-            problems.append(Problem(name, line, reason))
+            problems.append(Problem(name, row.line, reason, video_id=row.key[0]))
             continue
-        grouped.setdefault(key, {}).setdefault((box, person_id), set()).add(action_id)
+        grouped.setdefault(row.key, {}).setdefault((row.box, person_id), set()).add(action_id)
     keyframes = {
         key: [
             LabeledBox(box=box, action_ids=tuple(sorted(actions)), person_id=person_id)
@@ -312,6 +358,26 @@ def read_annotations(
         for key, people in sorted(grouped.items())
     }
     return Annotations(keyframes=keyframes, problems=problems)
+
+
+def read_ground_truth(path: str | Path) -> Annotations:
+    """Read an AVA annotation CSV for scoring, as ActivityNet's evaluator reads it.
+
+    Every row is one ground-truth instance: a `LabeledBox` with that row's one
+    action id, even where a row repeats another. Boxes are kept as written
+    (outside [0, 1] too). A 2-column row is a keyframe with no box: it is in the
+    data with an empty list, so detections there are scored (as false positives).
+    Keyframes and rows keep file order; nothing is left out, so there are no
+    problems.
+    """
+    name = str(path)
+    keyframes: dict[KeyframeKey, list[LabeledBox]] = {}
+    for row in _keyframe_rows(path, (7, 8), _ANNOTATION_COLUMNS):
+        people = keyframes.setdefault(row.key, [])
+        if row.box is not None:
+            action_id, person_id = _action_and_person(row, name)
+            people.append(LabeledBox(box=row.box, action_ids=(action_id,), person_id=person_id))
+    return Annotations(keyframes=keyframes)
 
 
 def read_excluded(path: str | Path) -> frozenset[KeyframeKey]:
@@ -325,46 +391,89 @@ def read_excluded(path: str | Path) -> frozenset[KeyframeKey]:
 
 
 def read_proposals(path: str | Path, *, min_score: float = 0.0) -> Proposals:
-    """Read person proposals (7 or 8 columns, the score last); keep score >= `min_score`.
+    """Read person proposals, CSV (7 or 8 columns, the score last; a 2-column row is a
+    keyframe with none) or FAIR's ``.pkl``; keep score >= `min_score`.
 
     Within a keyframe, proposals keep file order. Invalid boxes are left out and
     reported as problems.
     """
     name = str(path)
+    rows = _pickled_proposals(path) if name.endswith(".pkl") else _csv_proposals(path)
     keyframes: dict[KeyframeKey, list[ScoredBox]] = {}
     problems: list[Problem] = []
-    for line, fields in _csv_rows(path):
-        key, box = _key_and_box(fields, name, line, (7, 8), _PROPOSAL_COLUMNS)
-        score = _float(fields[-1], "score", name, line)
+    for line, key, box, score in rows:
         if score < min_score:
             continue
         reason = box.problem()
         if reason:
-            problems.append(Problem(name, line, reason))
+            reason = reason if line else f"entry '{key[0]},{key[1]:04d}': {reason}"
+            problems.append(Problem(name, line, reason, video_id=key[0]))
             continue
         keyframes.setdefault(key, []).append(ScoredBox(box=box, score=score))
     return Proposals(keyframes=dict(sorted(keyframes.items())), problems=problems)
 
 
-def read_detections(path: str | Path, *, label_map: LabelMap | None = None) -> Detections:
-    """Read detections in the AVA result format (8 columns, the score last).
+def _csv_proposals(path: str | Path) -> Iterator[tuple[int, KeyframeKey, Box, float]]:
+    for row in _keyframe_rows(path, (7, 8), _PROPOSAL_COLUMNS):
+        if row.box is not None:
+            yield row.line, row.key, row.box, _float(row.fields[-1], "score", str(path), row.line)
 
-    Rows with an invalid box, or an action id not in `label_map` (when given),
-    are left out and reported as problems.
+
+def _pickled_proposals(path: str | Path) -> Iterator[tuple[int, KeyframeKey, Box, float]]:
+    """(0, key, box, score) of every box of a dense proposals pickle (no line numbers)."""
+    entries = _unpickle(path)
+    expected = "a dict from 'video_id,timestamp' to (N, 5) arrays of x1, y1, x2, y2, score"
+    if not isinstance(entries, dict):
+        raise VidrayError(f"{path}: expected {expected}, got a {type(entries).__name__}")
+    for text, value in entries.items():
+        parts = text.split(",") if isinstance(text, str) else []
+        if len(parts) != 2:
+            raise VidrayError(f"{path}: key {text!r} is not 'video_id,timestamp' ({expected})")
+        key = _key([p.strip() for p in parts], str(path), 0)
+        boxes = np.asarray(value, dtype=float)
+        if boxes.ndim != 2 or boxes.shape[1] not in (4, 5) or not np.isfinite(boxes).all():
+            raise VidrayError(
+                f"{path}: entry {text!r} is not an (N, 5) array of finite numbers "
+                f"(x1, y1, x2, y2, score), got shape {boxes.shape}"
+            )
+        for box in boxes.tolist():
+            yield 0, key, Box(*box[:4]), box[4] if len(box) == 5 else 1.0
+
+
+def _unpickle(path: str | Path) -> object:
+    try:
+        with open(path, "rb") as handle:
+            # latin1: FAIR's files were pickled by Python 2 (numpy arrays of bytes).
+            return pickle.load(handle, encoding="latin1")
+    except OSError as e:
+        raise VidrayError(f"cannot read {path}: {e.strerror or e}") from e
+    except Exception as e:  # a damaged or foreign pickle fails with any error type
+        raise VidrayError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+
+
+def read_detections(path: str | Path, *, label_map: LabelMap | None = None) -> Detections:
+    """Read detections in the AVA result format, as ActivityNet's evaluator reads them.
+
+    8 columns, the score last (7 columns: score 1; a 2-column row adds nothing).
+    Boxes are kept as written (outside [0, 1], empty or inverted too: the scoring
+    decides). Rows of an action id not in `label_map` (when given) are left out
+    and reported as problems. Keyframes are in the order of their first row that
+    is kept, rows in file order: the order the evaluator ranks tied scores by.
     """
     name = str(path)
     keyframes: dict[KeyframeKey, list[Detection]] = {}
     problems: list[Problem] = []
-    for line, fields in _csv_rows(path):
-        key, box = _key_and_box(fields, name, line, (8,), _DETECTION_COLUMNS)
-        action_id = _int(fields[6], "action_id", name, line)
-        score = _float(fields[7], "score", name, line)
-        reason = box.problem() or _unknown_action(action_id, label_map)
-        if reason:
-            problems.append(Problem(name, line, reason))
+    for row in _keyframe_rows(path, (7, 8), _DETECTION_COLUMNS):
+        if row.box is None:
             continue
-        keyframes.setdefault(key, []).append(Detection(box, action_id, score))
-    return Detections(keyframes=dict(sorted(keyframes.items())), problems=problems)
+        action_id = _int(row.fields[6], "action_id", name, row.line)
+        score = _float(row.fields[7], "score", name, row.line) if len(row.fields) == 8 else 1.0
+        reason = _unknown_action(action_id, label_map)
+        if reason:
+            problems.append(Problem(name, row.line, reason, video_id=row.key[0]))
+            continue
+        keyframes.setdefault(row.key, []).append(Detection(row.box, action_id, score))
+    return Detections(keyframes=keyframes, problems=problems)
 
 
 def _csv_rows(path: str | Path) -> Iterator[tuple[int, list[str]]]:
@@ -388,7 +497,8 @@ def _check_columns(
     fields: list[str], counts: tuple[int, ...], name: str, line: int, columns: str
 ) -> None:
     if len(fields) not in counts:
-        expected = " or ".join(str(c) for c in counts)
+        expected = ", ".join(str(c) for c in counts[:-1])
+        expected = f"{expected} or {counts[-1]}" if expected else str(counts[-1])
         raise VidrayError(
             f"{name}:{line}: expected {expected} columns ({columns}), got {len(fields)}"
         )
@@ -399,15 +509,6 @@ def _key(fields: list[str], name: str, line: int) -> KeyframeKey:
     if not video_id:
         raise VidrayError(f"{name}:{line}: empty video_id")
     return video_id, _int(fields[1], "timestamp", name, line)
-
-
-def _key_and_box(
-    fields: list[str], name: str, line: int, counts: tuple[int, ...], columns: str
-) -> tuple[KeyframeKey, Box]:
-    _check_columns(fields, counts, name, line, columns)
-    key = _key(fields, name, line)
-    coords = [_float(fields[i], label, name, line) for i, label in enumerate(Box._fields, 2)]
-    return key, Box(*coords)
 
 
 def _int(text: str, what: str, name: str, line: int) -> int:

@@ -1,44 +1,70 @@
-"""Frame-mAP at IoU 0.5: the AVA evaluation protocol, with no external eval package.
+"""Frame-mAP at IoU 0.5: ActivityNet's AVA evaluation protocol, with no external package.
 
-What it computes, as AVA's ``get_ava_performance.py`` does (with the TF Object
-Detection API's ``PascalDetectionEvaluator`` underneath):
+One implementation of what ActivityNet's ``get_ava_performance.py`` (AVA v2.2,
+the 2019 challenge's script as changed in April 2020) computes with the TF
+Object Detection API's ``PascalDetectionEvaluator`` underneath. Training's
+``val/frame_map`` and `vidray ava-map` both call `frame_map`.
 
-1. Keyframes listed in `excluded` are ignored entirely: their ground truth and
-   their detections. A detection on any other keyframe without ground truth of
-   its class is a false positive.
-2. Only classes of the evaluation label map count: ground truth and detections
-   of other action ids are ignored. A class is evaluated when it has ground truth.
-3. Per class, every detection of that class is matched within its keyframe in
-   descending score order. With ``matching="voc"`` (the AVA/PASCAL rule) a
-   detection is a true positive when its highest-IoU ground-truth box of that
-   class has IoU >= the threshold and is not yet matched; a detection whose
-   best box is already matched is a false positive (a duplicate), even if a
-   second-best box overlaps it enough. With ``matching="greedy"`` it takes the
-   highest-IoU box among those not yet matched instead.
-4. AP per class is PASCAL VOC 2010+ average precision: detections of all
-   keyframes ranked by score (ties keep input order), precision and recall at
-   every rank, and the area under the precision envelope (precision made
-   monotonically non-increasing from the right) over recall in [0, 1]. A class
-   with ground truth and no detection has AP 0.
-5. frame-mAP is the mean AP over the evaluated classes.
-
-The official script also keeps only the 50 highest-scoring detections per
-keyframe; pass ``max_detections_per_keyframe=50`` to do the same.
+1. Only classes of the label map count: ground truth and detections of other
+   action ids are dropped first. Without a label map every class counts.
+2. The keyframes scored are those of the ground truth, less the `excluded` ones.
+   A ground-truth keyframe may hold no box (the 2020 files list such keyframes
+   as 2-column rows): a detection there is a false positive. Detections on any
+   other keyframe are ignored. Every ground-truth row is an instance, a repeated
+   row too.
+3. Per keyframe, the 50 highest-scoring detections are kept, chosen as the
+   official script does: a min-heap of ``(score, action_id, y1, x1, y2, x2)``
+   fed in input order, a detection replacing the heap's smallest only when its
+   score is strictly higher; then ordered by descending score, stably, from the
+   heap's array order. Detections with an empty or inverted box (not
+   ``y1 < y2 and x1 < x2``) are then removed; boxes outside [0, 1] stay.
+4. Per keyframe and class, in that order, a detection is a true positive when
+   the ground-truth box of its class it overlaps most (the first, on equal IoU)
+   has IoU >= 0.5 and is not matched yet; otherwise it is a false positive (a
+   duplicate of a matched box included, even where a second box overlaps enough).
+5. Per class, the detections of all keyframes (keyframes in the detections'
+   order) are ranked by ``np.argsort(scores)[::-1]``: among equal scores the
+   later one comes first. AP is the TF API's VOC AP (``compute_average_precision``):
+   precision made non-increasing from the right, summed over the recall steps.
+   A class with ground truth and no detection has AP 0.
+6. frame-mAP is the mean AP over the classes with ground truth.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import heapq
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from vidray.data.ava_files import Box, Detection, KeyframeKey, LabeledBox, LabelMap, iou_matrix
+from vidray.data.ava_files import (
+    Detection,
+    LabeledBox,
+    LabelMap,
+    read_detections,
+    read_excluded,
+    read_ground_truth,
+    read_label_map,
+)
 from vidray.errors import VidrayError
 
-__all__ = ["MATCHING", "FrameMAP", "average_precision", "frame_map"]
+__all__ = [
+    "IOU_THRESHOLD",
+    "TOP_DETECTIONS_PER_KEYFRAME",
+    "FrameMAP",
+    "average_precision",
+    "frame_map",
+    "frame_map_of_files",
+]
 
-MATCHING = ("voc", "greedy")
+IOU_THRESHOLD = 0.5
+TOP_DETECTIONS_PER_KEYFRAME = 50
+
+# (score, action_id, y1, x1, y2, x2): the official script's heap entry; the tuple
+# order decides which of equal scores the cap keeps.
+_Entry = tuple[float, int, float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -47,9 +73,9 @@ class FrameMAP:
 
     mean_ap: float
     per_class: dict[int, float]  # AP of each evaluated class (those with ground truth)
-    num_ground_truth: dict[int, int]  # ground-truth boxes of each evaluated class
+    num_ground_truth: dict[int, int]  # ground-truth instances of each evaluated class
     num_detections: dict[int, int]  # detections of each evaluated class that were ranked
-    iou_threshold: float = 0.5
+    iou_threshold: float = IOU_THRESHOLD
 
     def by_name(self, label_map: LabelMap) -> dict[str, float]:
         """Per-class AP keyed by class name (for logging)."""
@@ -57,10 +83,11 @@ class FrameMAP:
 
 
 def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_gt: int) -> float:
-    """PASCAL VOC 2010+ AP of ranked detections (all-point interpolation).
+    """The TF Object Detection API's VOC AP of one class's detections.
 
-    `scores` and `is_tp` describe every detection of one class; `num_gt` is the
-    number of ground-truth boxes of that class (> 0). Ties keep input order.
+    `scores` and `is_tp` describe every detection of the class, in the order the
+    keyframes were scored; `num_gt` is the number of ground-truth instances (> 0).
+    Ranked by ``np.argsort(scores)[::-1]``, as the official code does.
     """
     if num_gt <= 0:
         raise ValueError(f"num_gt must be > 0, got {num_gt}")
@@ -68,8 +95,7 @@ def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_gt: in
     tp = np.asarray(is_tp, bool)
     if scores.shape != tp.shape or scores.ndim != 1:
         raise ValueError(f"scores {scores.shape} and is_tp {tp.shape} must be equal 1-D shapes")
-    order = np.argsort(-scores, kind="stable")
-    true_pos = np.cumsum(tp[order])
+    true_pos = np.cumsum(tp[np.argsort(scores)[::-1]])
     if true_pos.size and true_pos[-1] > num_gt:
         raise ValueError(f"{true_pos[-1]} true positives for {num_gt} ground-truth boxes")
     precision = true_pos / np.arange(1, len(true_pos) + 1)
@@ -83,115 +109,152 @@ def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_gt: in
 
 
 def frame_map(
-    ground_truth: Mapping[KeyframeKey, Sequence[LabeledBox]],
-    detections: Mapping[KeyframeKey, Sequence[Detection]],
+    ground_truth: Mapping[Hashable, Sequence[LabeledBox]],
+    detections: Mapping[Hashable, Sequence[Detection]],
     *,
     label_map: LabelMap | Iterable[int] | None = None,
-    excluded: Iterable[KeyframeKey] = (),
-    iou_threshold: float = 0.5,
-    matching: str = "voc",
-    max_detections_per_keyframe: int | None = None,
+    excluded: Iterable[Hashable] = (),
 ) -> FrameMAP:
-    """Frame-mAP of `detections` against `ground_truth` (both keyed by keyframe).
+    """Frame-mAP of `detections` against `ground_truth`, both keyed by keyframe.
 
-    `label_map` (a `LabelMap` or action ids) picks the classes that count; None
-    means every class that has ground truth. See the module docstring for the
-    protocol. Raises `VidrayError` when no class has ground truth.
+    Each action id of each `LabeledBox` is one ground-truth instance (repeats
+    count). `label_map` (a `LabelMap` or action ids) picks the classes that count;
+    None means every class. The order of `detections` (keyframes, and detections
+    within one) decides ties as in the official script. See the module docstring
+    for the protocol. Raises `VidrayError` when no class has ground truth.
     """
-    _check_options(iou_threshold, matching, max_detections_per_keyframe)
+    allowed = None if label_map is None else frozenset(_ids(label_map))
     skip = frozenset(excluded)
-    allowed = (
-        None
-        if label_map is None
-        else frozenset(label_map.ids if isinstance(label_map, LabelMap) else label_map)
-    )
-
+    truth = {
+        key: _by_class(_ranked(_truth_entries(people, allowed), limit=None))
+        for key, people in ground_truth.items()
+        if key not in skip
+    }
     num_gt: dict[int, int] = {}
-    ranked: dict[int, tuple[list[float], list[bool]]] = {}
-    for key in sorted(set(ground_truth) | set(detections)):
-        if key in skip:
-            continue
-        gt_boxes = _gt_by_class(ground_truth.get(key, ()), allowed)
-        for action_id, boxes in gt_boxes.items():
+    for by_class in truth.values():
+        for action_id, boxes in by_class.items():
             num_gt[action_id] = num_gt.get(action_id, 0) + len(boxes)
-        frame_dets = _strongest(detections.get(key, ()), max_detections_per_keyframe)
-        for action_id, dets in _dets_by_class(frame_dets, allowed).items():
-            scores, hits = ranked.setdefault(action_id, ([], []))
-            scores.extend(d.score for d in dets)
-            hits.extend(_match(dets, gt_boxes.get(action_id, []), iou_threshold, matching))
-
     if not num_gt:
         raise VidrayError(
             "frame-mAP: no ground-truth box of an evaluated class outside the excluded "
             "keyframes: check the annotations and the evaluation label map"
         )
-    per_class, counts = {}, {}
-    for action_id in sorted(num_gt):
-        scores, hits = ranked.get(action_id, ([], []))
-        per_class[action_id] = average_precision(scores, hits, num_gt[action_id])
-        counts[action_id] = len(scores)
+    scores: dict[int, list[np.ndarray]] = {}
+    hits: dict[int, list[np.ndarray]] = {}
+    for key, found in detections.items():
+        if key not in truth:
+            continue
+        kept = _ranked(_detection_entries(found, allowed), limit=TOP_DETECTIONS_PER_KEYFRAME)
+        for action_id, boxes in _by_class(kept, drop_empty=True).items():
+            scores.setdefault(action_id, []).append(np.asarray([e[0] for e in boxes], float))
+            matched = _match(_yxyx(boxes), _yxyx(truth[key].get(action_id, [])))
+            hits.setdefault(action_id, []).append(matched)
+    per_class = {
+        a: average_precision(_joined(scores.get(a)), _joined(hits.get(a)), num_gt[a])
+        for a in sorted(num_gt)
+    }
     return FrameMAP(
         mean_ap=float(np.mean(list(per_class.values()))),
         per_class=per_class,
         num_ground_truth=dict(sorted(num_gt.items())),
-        num_detections=counts,
-        iou_threshold=iou_threshold,
+        num_detections={a: len(_joined(scores.get(a))) for a in per_class},
     )
 
 
-def _check_options(iou_threshold: float, matching: str, max_detections: int | None) -> None:
-    if not 0 < iou_threshold <= 1:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    if matching not in MATCHING:
-        raise ValueError(f"matching must be one of {', '.join(MATCHING)}, got {matching!r}")
-    if max_detections is not None and max_detections < 1:
-        raise ValueError(f"max_detections_per_keyframe must be >= 1, got {max_detections}")
+def frame_map_of_files(
+    label_map: str | Path,
+    ground_truth: str | Path,
+    detections: str | Path,
+    excluded: str | Path | None = None,
+) -> tuple[FrameMAP, LabelMap]:
+    """`frame_map` of the official script's inputs: a label map (pbtxt), a ground-truth
+    CSV, a detections CSV and, optionally, an excluded-timestamps CSV."""
+    classes = read_label_map(label_map)
+    result = frame_map(
+        read_ground_truth(ground_truth).keyframes,
+        read_detections(detections, label_map=classes).keyframes,
+        label_map=classes,
+        excluded=read_excluded(excluded) if excluded else (),
+    )
+    return result, classes
 
 
-def _strongest(detections: Sequence[Detection], limit: int | None) -> list[Detection]:
-    """The ``limit`` highest-scoring detections of a keyframe (all if None), in input
-    order."""
-    detections = list(detections)
-    if limit is None:
-        return detections
-    order = sorted(range(len(detections)), key=lambda i: -detections[i].score)
-    return [detections[i] for i in sorted(order[:limit])]
+def _ids(label_map: LabelMap | Iterable[int]) -> Iterable[int]:
+    return label_map.ids if isinstance(label_map, LabelMap) else label_map
 
 
-def _gt_by_class(
-    people: Iterable[LabeledBox], allowed: frozenset[int] | None
-) -> dict[int, list[Box]]:
-    boxes: dict[int, list[Box]] = {}
-    for person in people:
-        for action_id in person.action_ids:
-            if allowed is None or action_id in allowed:
-                boxes.setdefault(action_id, []).append(person.box)
-    return boxes
+def _truth_entries(people: Iterable[LabeledBox], allowed: frozenset[int] | None) -> list[_Entry]:
+    return [
+        (1.0, action_id, p.box.y1, p.box.x1, p.box.y2, p.box.x2)
+        for p in people
+        for action_id in p.action_ids
+        if allowed is None or action_id in allowed
+    ]
 
 
-def _dets_by_class(
-    dets: Iterable[Detection], allowed: frozenset[int] | None
-) -> dict[int, list[Detection]]:
-    grouped: dict[int, list[Detection]] = {}
-    for det in dets:
-        if allowed is None or det.action_id in allowed:
-            grouped.setdefault(det.action_id, []).append(det)
+def _detection_entries(found: Iterable[Detection], allowed: frozenset[int] | None) -> list[_Entry]:
+    return [
+        (d.score, d.action_id, d.box.y1, d.box.x1, d.box.y2, d.box.x2)
+        for d in found
+        if allowed is None or d.action_id in allowed
+    ]
+
+
+def _ranked(entries: list[_Entry], *, limit: int | None) -> list[_Entry]:
+    """The `limit` entries the official script keeps (all if None), by descending score.
+
+    Its min-heap decides which of equal scores stay (the smallest tuple goes first)
+    and, through the heap's array order and a stable sort, their order.
+    """
+    heap: list[_Entry] = []
+    for entry in entries:
+        if limit is None or len(heap) < limit:
+            heapq.heappush(heap, entry)
+        elif entry[0] > heap[0][0]:
+            heapq.heapreplace(heap, entry)
+    return sorted(heap, key=lambda entry: -entry[0])
+
+
+def _by_class(entries: list[_Entry], *, drop_empty: bool = False) -> dict[int, list[_Entry]]:
+    """Entries grouped by action id, in their order; `drop_empty` removes the boxes
+    the official evaluator removes from detections (not ``y1 < y2 and x1 < x2``)."""
+    grouped: dict[int, list[_Entry]] = {}
+    for entry in entries:
+        _, action_id, y1, x1, y2, x2 = entry
+        if not drop_empty or (y1 < y2 and x1 < x2):
+            grouped.setdefault(action_id, []).append(entry)
     return grouped
 
 
-def _match(
-    dets: list[Detection], gt_boxes: list[Box], iou_threshold: float, matching: str
-) -> list[bool]:
-    """True positive flags of one keyframe's detections of one class, in input order."""
-    hits = [False] * len(dets)
-    if not gt_boxes:
+def _yxyx(entries: list[_Entry]) -> np.ndarray:
+    return np.asarray([entry[2:] for entry in entries], float).reshape(-1, 4)
+
+
+def _match(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """True-positive flags of one keyframe's detections of one class, in their order."""
+    hits = np.zeros(len(found), bool)
+    if not len(truth):
         return hits
-    order = sorted(range(len(dets)), key=lambda i: -dets[i].score)  # stable: ties keep order
-    iou = iou_matrix(np.asarray([d.box for d in dets], float), np.asarray(gt_boxes, float))
-    matched = np.zeros(len(gt_boxes), bool)
-    for i in order:
-        overlaps = iou[i] if matching == "voc" else np.where(matched, -1.0, iou[i])
-        best = int(np.argmax(overlaps))
-        if overlaps[best] >= iou_threshold and not matched[best]:
-            matched[best] = hits[i] = True
+    iou = _iou(found, truth)
+    best = np.argmax(iou, axis=1)
+    taken = np.zeros(len(truth), bool)
+    for i, j in enumerate(best):
+        if iou[i, j] >= IOU_THRESHOLD and not taken[j]:
+            hits[i] = taken[j] = True
     return hits
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of (y1, x1, y2, x2) boxes, computed as the TF API's ``np_box_ops``
+    does: areas are not clipped, so an inverted ground-truth box scores as it does there."""
+    heights = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    widths = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.maximum(heights, 0.0) * np.maximum(widths, 0.0)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 is NaN there too
+        return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def _joined(parts: list[np.ndarray] | None) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0)
