@@ -49,6 +49,12 @@ ModelName = Literal[
     "i3d_nl",
     "slowfast_r50",
     "slowfast_r101",
+    "mvit_v1_b",
+    "mvit_v2_s",
+    "swin3d_t",
+    "swin3d_s",
+    "swin3d_b",
+    "s3d",
 ]
 
 
@@ -106,10 +112,8 @@ class ClipConfig:
     stride: int = 2  # temporal stride in stored frames: needs (T-1)*stride+1 <= W
     crop: int | None = None  # square crop, random in training, centre in eval (None = model's)
     hflip: bool = True  # random horizontal flip in training (negates flow x)
-    # Per-channel (R, G, B) statistics that frames in [0, 1] are normalised with: those
-    # of the weights model.pretrained names (None = theirs, or ImageNet's without them).
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    mean: list[float] | None = None  # R, G, B means (None = model.pretrained's, else ImageNet's)
+    std: list[float] | None = None  # R, G, B stds (None = model.pretrained's, else ImageNet's)
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,7 @@ class ModelConfig:
     width: int | None = None  # channels of the first stage; later stages scale with it
     depth: int | None = None  # ResNet depth (18, 50, ...) where the family has one
     dropout: float | None = None  # before the classifier
-    # Weights to start from: a state_dict file (vidray's, PyTorchVideo's or PySlowFast's
-    # names), a vidray checkpoint, or a torchvision weights name (2D ones are inflated)
-    pretrained: str = ""
+    pretrained: str = ""  # weights file (any layout), vidray checkpoint or torchvision name
     alpha: int | None = None  # slowfast: fast/slow frame-rate ratio (None = checkpoint's)
     fusion_kernel: int | None = None  # slowfast: lateral conv time extent (None = checkpoint's)
     time_padding: Literal["replicate", "zeros"] | None = None  # i3d: None = what weights need
