@@ -4,8 +4,12 @@ field publishes them, with what they say about the network and its input.
     source                                     layout        normalisation
     torchvision weights name (r3d_18, ...)     vidray        the weights' own transforms
     state_dict file, vidray's names            vidray        not recorded: ImageNet's
-    PyTorchVideo hub state_dict                pytorchvideo  0.45 / 0.225
+    PyTorchVideo state_dict or zoo file        pytorchvideo  0.45 / 0.225
     PySlowFast checkpoint {"model_state"}      pyslowfast    its cfg's DATA.MEAN / STD
+                                                             (else 0.45 / 0.225)
+
+PyTorchVideo's zoo files (``I3D_8x8_R50.pyth``, ``SLOWFAST_8x8_R50.pyth``, ...)
+come in PySlowFast's checkpoint form with PyTorchVideo's names inside.
     vidray checkpoint directory                checkpoint    its run's clip.mean / clip.std
 
 The layout is told from the keys (`layout_of`), and the state comes back under
@@ -67,13 +71,15 @@ def read_pretrained(source: str, *, enum: type[WeightsEnum] | None = None) -> Pr
         weights = registry_weights(source, enum)
         return Pretrained(source, read_state_dict(source, enum=enum), "vidray", _of(weights))
     state = read_state_dict(source)
-    if "model_state" in state:
-        recorded = _pyslowfast_cfg(state.get("cfg"))
+    if "model_state" in state:  # PySlowFast's checkpoint form, PyTorchVideo's zoo files too
+        inner, recorded = state["model_state"], _pyslowfast_cfg(state.get("cfg"))
         data = recorded.get("DATA", {})
         normalization = Normalization.of_values(data.get("MEAN"), data.get("STD"), PYSLOWFAST)
-        return Pretrained(
-            source, from_pyslowfast(state["model_state"]), "pyslowfast", normalization, recorded
-        )
+        if is_pytorchvideo(inner):
+            return Pretrained(
+                source, from_pytorchvideo(inner), "pytorchvideo", normalization, recorded
+            )
+        return Pretrained(source, from_pyslowfast(inner), "pyslowfast", normalization, recorded)
     if is_pytorchvideo(state):
         return Pretrained(source, from_pytorchvideo(state), "pytorchvideo", PYSLOWFAST)
     return Pretrained(source, state, "vidray", None)
