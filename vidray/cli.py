@@ -405,6 +405,56 @@ def _models(argv: Sequence[str]) -> int:
     return 0
 
 
+def _ava_map(argv: Sequence[str]) -> int:
+    """``vidray ava-map``: ActivityNet's AVA frame-mAP of a detections CSV
+    (`vidray.detect.frame_map`, the implementation training's val/frame_map uses)."""
+    parser = argparse.ArgumentParser(
+        prog="vidray ava-map",
+        description="frame-mAP at IoU 0.5 of AVA detections, as ActivityNet's "
+        "get_ava_performance.py scores them (same inputs)",
+    )
+    parser.add_argument("-l", "--labelmap", required=True, metavar="PBTXT", help="classes scored")
+    parser.add_argument("-g", "--groundtruth", required=True, metavar="CSV", help="ground truth")
+    parser.add_argument("-d", "--detections", required=True, metavar="CSV", help="scored boxes")
+    parser.add_argument("-e", "--exclusions", metavar="CSV", help="keyframes left out")
+    parser.add_argument("--json", metavar="OUT", help='write {"mAP": ..., "per_class": {id: AP}}')
+    args = parser.parse_args(argv)
+    try:
+        from vidray.detect.frame_map import frame_map_of_files
+
+        result, classes = frame_map_of_files(
+            args.labelmap, args.groundtruth, args.detections, args.exclusions
+        )
+        if args.json:
+            _write_json(args.json, {"mAP": result.mean_ap, "per_class": result.per_class})
+    except VidrayError as exc:
+        print(f"vidray ava-map: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"frame-mAP@{result.iou_threshold}IOU: {result.mean_ap:.6f} (mean AP of the "
+        f"{len(result.per_class)} classes with ground truth; {len(classes)} in the label map)"
+    )
+    for action_id in classes.ids:
+        ap = result.per_class.get(action_id)
+        name = classes.name(action_id)
+        if ap is None:
+            print(f"  {action_id:>4}  {'-':>8}  {name} (no ground truth: not averaged)")
+        else:
+            print(f"  {action_id:>4}  {ap:8.6f}  {name}")
+    return 0
+
+
+def _write_json(path: str, content: dict[str, Any]) -> None:
+    import json
+    from pathlib import Path
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(content, indent=2) + "\n")
+    except OSError as exc:
+        raise VidrayError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -418,6 +468,7 @@ TOOLS = {
     "synth": ("write a synthetic dataset (motion classes, or --task ava)", _synth),
     "models": ("the model zoo: params, GMACs and input of every family", _models),
     "config": ("every setting with its default and meaning (vidray config [SECTION])", _config),
+    "ava-map": ("AVA frame-mAP of a detections CSV, as ActivityNet scores it", _ava_map),
 }
 
 

@@ -3,9 +3,15 @@
 Every box a clip carries (person proposals above ``detection.proposal_threshold``,
 or the ground-truth boxes with ``detection.eval_boxes=truth``) gets one
 detection per action class, scored by the sigmoid of its logit, and
-`vidray.detect.frame_map` ranks them against the keyframe's ground truth
-(IoU 0.5). ``detection.eval_label_map`` (AVA: the 60-class list) picks the
-classes averaged; by default every class with ground truth counts.
+`vidray.detect.frame_map` scores them against the keyframe's ground truth as
+ActivityNet's AVA evaluator does (the 50 strongest per keyframe, IoU 0.5): the
+same implementation as `vidray ava-map`. Every keyframe of the split counts, one
+without boxes too. ``detection.eval_label_map`` (AVA: the 60-class list) picks
+the classes averaged; by default every class with ground truth counts.
+
+The ground truth is the ingested one, so it differs from ava-map's reading of the
+CSV where ingest differs: a box's actions are a set (a repeated row counts once)
+and rows ingest left out (a box outside [0, 1]) are not there.
 """
 
 from __future__ import annotations
