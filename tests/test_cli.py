@@ -128,7 +128,7 @@ def test_config_typo_is_one_line_without_traceback(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "vidray train: error: config: unknown key 'clip.TT' (did you mean 'clip.T'?); "
-        "valid: T, stride, crop, hflip"
+        "valid: T, stride, crop, hflip, mean, std"
     )
 
 

@@ -72,15 +72,22 @@ def load_model(checkpoint: str | Path) -> tuple[nn.Module, Config, dict[str, Any
     stored = Config.from_stored(meta["config"])
     # Resolved without those weights: the checkpoint records what they fixed (the
     # normalisation, the family's settings; an older one was trained with what the
-    # defaults give).
-    trained = resolve_inputs(
+    # defaults give). The config returned still names them: where the run started.
+    blank = resolve_inputs(
         replace(
             stored,
             model=replace(stored.model, pretrained=""),
             detection=replace(stored.detection, backbone_checkpoint=""),
         )
     )
-    model = build_model(trained, len(meta["classes"]))
+    model = build_model(blank, len(meta["classes"]))
+    trained = replace(
+        blank,
+        model=replace(blank.model, pretrained=stored.model.pretrained),
+        detection=replace(
+            blank.detection, backbone_checkpoint=stored.detection.backbone_checkpoint
+        ),
+    )
     model.load_state_dict(state["model"])
     return model.eval(), trained, meta
 
