@@ -13,6 +13,7 @@ from vidray.models import (  # noqa: F401  (importing a family module registers 
     slow_fusion,
     slowfast,
     two_stream,
+    video_transformers,
 )
 from vidray.models.registry import InputSpec, arguments, available, build, entry
 
