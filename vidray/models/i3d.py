@@ -30,7 +30,7 @@ pads with zeros; the choice changes no parameter count or MAC.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torchvision
@@ -181,19 +181,32 @@ def i3d_settings(weights: Pretrained) -> dict[str, object]:
 
 
 def _i3d(
-    spec_of: Callable[[TimePadding], PathwaySpec],
     *,
     num_classes: int,
+    depth: int,
+    width: int,
     dropout: float,
     pretrained: str | None,
+    res5_stride: int,
+    res5_dilation: int,
     time_padding: TimePadding | None,
+    nonlocal_mode: NonLocalMode | None = None,
 ) -> ResNet3d:
-    """The network of ``spec_of(time padding)``, the padding as given, else the
-    weights', else replicate; 2D weights inflated into it, 3D ones loaded."""
+    """The I3D network (with non-local blocks where ``nonlocal_mode`` is given), its
+    time padding as given, else the weights', else replicate; 2D weights inflated
+    into it, 3D ones loaded."""
     weights = read_pretrained(pretrained) if pretrained else None
     implied = i3d_settings(weights) if weights else {}
-    padding = time_padding or implied.get("time_padding") or "replicate"
-    model = ResNet3d(spec_of(padding), num_classes=num_classes, dropout=dropout)
+    spec = i3d_spec(
+        depth,
+        width=width,
+        res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
+        time_padding=time_padding or implied.get("time_padding") or "replicate",
+    )
+    if nonlocal_mode is not None:
+        spec = _with_nonlocal_blocks(spec, depth=depth, mode=nonlocal_mode)
+    model = ResNet3d(spec, num_classes=num_classes, dropout=dropout)
     if weights is None:
         return model
     if "conv1.weight" in weights.state:  # a torchvision 2D ResNet's stem
@@ -201,6 +214,16 @@ def _i3d(
     else:
         load_pretrained(model, weights.state, source=weights.source, head=TRUNK_HEAD)
     return model
+
+
+def _with_nonlocal_blocks(spec: PathwaySpec, *, depth: int, mode: NonLocalMode) -> PathwaySpec:
+    """The paper's 5 blocks: 2 in res3, 3 in res4 (`nonlocal_positions`)."""
+    spec = replace(spec, nonlocal_mode=mode)
+    for stage, count in ((1, 2), (2, 3)):
+        every = 7 if stage == 2 and depth == 101 else 2
+        positions = nonlocal_positions(spec.stages[stage].blocks, count, every=every)
+        spec = spec.with_stage(stage, nonlocal_after=positions)
+    return spec
 
 
 @register("i3d", paper=PAPER, input=InputSpec(frames=8, crop=224), settings_from=i3d_settings)
@@ -228,21 +251,14 @@ def i3d(
     inflation, see the module docstring) or "zeros" (PyTorchVideo's and PySlowFast's);
     unset, it is what the weights were trained with (`i3d_settings`), else replicate.
     """
-
-    def spec_of(padding: TimePadding) -> PathwaySpec:
-        return i3d_spec(
-            depth,
-            width=width,
-            res5_stride=res5_stride,
-            res5_dilation=res5_dilation,
-            time_padding=padding,
-        )
-
     return _i3d(
-        spec_of,
         num_classes=num_classes,
+        depth=depth,
+        width=width,
         dropout=dropout,
         pretrained=pretrained,
+        res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
         time_padding=time_padding,
     )
 
@@ -280,26 +296,14 @@ def i3d_nl(
     start; 3D ones must hold them); `nonlocal_mode` is "embedded_gaussian" (the
     paper's default) or "dot_product".
     """
-
-    def spec_of(padding: TimePadding) -> PathwaySpec:
-        spec = i3d_spec(
-            depth,
-            width=width,
-            res5_stride=res5_stride,
-            res5_dilation=res5_dilation,
-            time_padding=padding,
-        )
-        spec = replace(spec, nonlocal_mode=nonlocal_mode)
-        for stage, count in ((1, 2), (2, 3)):
-            every = 7 if stage == 2 and depth == 101 else 2
-            positions = nonlocal_positions(spec.stages[stage].blocks, count, every=every)
-            spec = spec.with_stage(stage, nonlocal_after=positions)
-        return spec
-
     return _i3d(
-        spec_of,
         num_classes=num_classes,
+        depth=depth,
+        width=width,
         dropout=dropout,
         pretrained=pretrained,
+        res5_stride=res5_stride,
+        res5_dilation=res5_dilation,
         time_padding=time_padding,
+        nonlocal_mode=nonlocal_mode,
     )
