@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import randomise
 
 from vidray.errors import VidrayError
 from vidray.models import build
@@ -18,25 +19,6 @@ hub = pytest.importorskip("pytorchvideo.models.hub")
 slowfast = pytest.importorskip("pytorchvideo.models.slowfast")
 
 pytestmark = pytest.mark.slow  # full-size networks on CPU: a few seconds each
-
-
-def _randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Every batch norm's scale, shift and statistics drawn at random (PyTorchVideo's own
-    initialisation leaves them at 1, 0, 0, 1), and the classifier too."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.copy_(torch.rand_like(tensor) + 0.5)
-            elif name.endswith("running_mean"):
-                tensor.normal_(0, 0.1)
-            elif tensor.dim() == 1 and name.endswith("weight"):  # a norm's scale
-                tensor.copy_(torch.rand_like(tensor) + 0.5)
-            elif tensor.dim() == 1 and tensor.is_floating_point():  # a norm's or fc's shift
-                tensor.normal_(0, 0.1)
-            elif tensor.dim() == 2:  # the classifier
-                tensor.normal_(0, 0.01)
-    return model.eval()
 
 
 def _same_logits(reference, ours, reference_input, clip) -> None:
@@ -53,7 +35,7 @@ def _same_logits(reference, ours, reference_input, clip) -> None:
 
 
 def test_i3d_r50_is_pytorchvideos():
-    reference = _randomise(hub.i3d_r50(pretrained=False))
+    reference = randomise(hub.i3d_r50(pretrained=False))
     ours = build("i3d", num_classes=400, time_padding="zeros")  # PyTorchVideo pads with zeros
     clip = torch.randn(1, 3, 8, 224, 224)
     _same_logits(reference, ours, clip, clip)
@@ -78,7 +60,7 @@ def test_i3d_r50_is_pytorchvideos():
     ids=["r50-8x8", "r50-4x16", "r101-8x8"],
 )
 def test_slowfast_is_pytorchvideos(name, reference_builder, alpha, fusion_kernel):
-    reference = _randomise(reference_builder())
+    reference = randomise(reference_builder())
     ours = build(name, num_classes=400, alpha=alpha, fusion_kernel=fusion_kernel)
     clip = torch.randn(1, 3, 32, 224, 224)
     slow = clip.index_select(2, torch.linspace(0, 31, 32 // alpha).long())

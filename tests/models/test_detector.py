@@ -178,3 +178,22 @@ def test_a_family_without_a_detector_entry_is_a_one_line_error():
 def test_boxes_without_a_batch_index_are_refused():
     with pytest.raises(ValueError, match=r"boxes must be \(K, 5\)"):
         small_detector()(torch.randn(CLIPS), BOXES[:, 1:])
+
+
+@pytest.mark.parametrize("name", ["slowfast_r50", "slowfast_r101", "i3d", "i3d_nl"])
+def test_every_backbone_runs_res5_at_stride_1_with_its_3x3_convs_dilated_by_2(name):
+    with torch.device("meta"):
+        net = build_detector(name, num_classes=3).backbone.net
+    spatial = {n: m for n, m in net.named_modules() if n.endswith("conv2")}  # each 1×3×3
+    res5 = {n: m for n, m in spatial.items() if "layer4." in n}
+    assert res5 and len(res5) < len(spatial)
+    for n, conv in spatial.items():
+        dilated = n in res5
+        assert conv.dilation == ((1, 2, 2) if dilated else (1, 1, 1)), n
+        assert conv.padding[1:] == ((2, 2) if dilated else (1, 1)), n  # the map keeps its size
+        assert conv.stride == (1, 1, 1) or not dilated, n
+
+
+def test_a_res5_dilation_below_1_is_a_one_line_error():
+    with pytest.raises(VidrayError, match=r"^res5_dilation must be >= 1, got 0$"):
+        small_detector(res5_dilation=0)

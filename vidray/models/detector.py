@@ -5,7 +5,7 @@ al. 2019, sec. 5): person boxes come from an off-the-shelf detector, and each bo
 classified from the clip's last feature map, as in Faster R-CNN's second stage:
 
     clips (B, 3, T, H, W)                            boxes (K, 5): batch index, x1, y1, x2, y2
-      └─ backbone   a zoo family with res5's spatial stride 1, no head     in input pixels
+      └─ backbone   a zoo family, res5 at stride 1, dilation 2, no head    in input pixels
                     SlowFast R50: slow (B, 2048, T/α, H/16, W/16)               │
                                   fast (B,  256, T,   H/16, W/16)               │
       └─ average each map over time, concatenate channels  (B, 2304, H/16, W/16)
@@ -19,10 +19,22 @@ The logits are multi-label (a person can stand, talk and watch at once): train w
 per-class sigmoid scores.
 
 Which families can serve is data (`BACKBONES`): how to read a net's last maps, the
-builder arguments that keep its last stage at 1/16 resolution (the paper's "spatial
-stride of res5 set to 1", with dilation left out as the paper does), and the name of
-its classification head, which the detector drops. The RoIAlign scale is not written
-down anywhere: it is measured from the built net by one shape-only pass.
+builder arguments that keep its last stage at 1/16 resolution, and the name of its
+classification head, which the detector drops. Those arguments are the paper's: res5's
+spatial stride set to 1 (instead of 2) and a dilation of 2 for its filters, so res5's
+3×3 convs span on the denser map what they spanned in the Kinetics network
+(PySlowFast's `SPATIAL_DILATIONS` [[1, 1], [1, 1], [1, 1], [2, 2]]; PyTorchVideo's
+`create_slowfast_with_roi_head`, dilation (1, 2, 2) on every res5 block's conv_b).
+Dilation has no weights: a Kinetics backbone loads as it is, but without it the
+same weights score boxes differently. The RoIAlign scale is not written down
+anywhere: it is measured from the built net by one shape-only pass.
+
+RoIAlign is `aligned` (a pixel's centre at +0.5), as PySlowFast trains its AVA
+detectors (`DETECTION.ALIGNED`, detectron2's ROIAlign). PyTorchVideo's hub detector
+builds torchvision's RoIAlign with its legacy default (`aligned=False`), which reads
+every box half a map cell (8 input pixels) further down and right: the same
+weights give its scores here for each box shifted by +8 pixels
+(`tests/models/test_detector_reference.py`).
 """
 
 from __future__ import annotations
@@ -65,13 +77,16 @@ class DetectorBackbone:
     """How a registered family serves as a detector backbone.
 
     `feature_maps(net, clip)` gives the net's last maps, (B, C_i, T_i, H', W') each.
-    `dense` are the builder's arguments that keep the last stage at spatial stride 1.
+    `dense` are the builder's arguments that keep the last stage at spatial stride 1
+    with its convs dilated by 2, as the SlowFast paper's AVA detector (module docstring).
     `head` names the classification head: dropped from the backbone, and its weights
     ignored when a classification checkpoint is loaded.
     """
 
     feature_maps: FeatureMaps
-    dense: Mapping[str, object] = field(default_factory=lambda: {"res5_stride": 1})
+    dense: Mapping[str, object] = field(
+        default_factory=lambda: {"res5_stride": 1, "res5_dilation": 2}
+    )
     head: str = "head"
 
 
@@ -228,7 +243,7 @@ def build_detector(
     of the same family and arguments; its classification head is ignored. `roi_size`:
     RoIAlign output bins per side (7). `dropout`: before the fc (0.5). The rest goes
     to the family's builder (`width`, `alpha`, ...); the last stage's spatial stride is
-    1 unless `res5_stride` is given.
+    1 and its dilation 2 unless `res5_stride` or `res5_dilation` is given.
     """
     family = detector_backbone(backbone)
     if num_classes < 1:
