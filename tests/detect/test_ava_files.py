@@ -185,6 +185,12 @@ def test_excluded_keyframes_are_read_and_dropped_from_annotations(tmp_path):
         (read_detections, "v,902,0.1,0.2,0.3,0.4,1,0.9,0\n", 1, "got 9"),
         (read_detections, "v,902,0.1,0.2,0.3,0.4,1,high\n", 1, "score 'high' is not"),
         (read_ground_truth, "v,902,0.1,0.2,0.3,0.4,1,0\nv\n", 2, "expected 2, 7 or 8 columns"),
+        (
+            read_ground_truth,
+            "v,902,0.1,0.4,0.3,0.2,1,0\n",
+            1,
+            "box (0.1, 0.4, 0.3, 0.2) is inverted",
+        ),
     ],
 )
 def test_malformed_csv_line_is_a_one_line_error_naming_file_and_line(

@@ -87,6 +87,7 @@ __all__ = [
     "box_from_pixels",
     "box_to_pixels",
     "frame_to_seconds",
+    "iter_detections",
     "keyframe_to_frame",
     "read_annotations",
     "read_detections",
@@ -365,15 +366,21 @@ def read_ground_truth(path: str | Path) -> Annotations:
 
     Every row is one ground-truth instance: a `LabeledBox` with that row's one
     action id, even where a row repeats another. Boxes are kept as written
-    (outside [0, 1] too). A 2-column row is a keyframe with no box: it is in the
-    data with an empty list, so detections there are scored (as false positives).
-    Keyframes and rows keep file order; nothing is left out, so there are no
-    problems.
+    (outside [0, 1] and empty too); an inverted box (x2 < x1 or y2 < y1), which
+    the official code fails on, is a `VidrayError`. A 2-column row is a keyframe
+    with no box: it is in the data with an empty list, so detections there are
+    scored (as false positives). Keyframes and rows keep file order; nothing is
+    left out, so there are no problems.
     """
     name = str(path)
     keyframes: dict[KeyframeKey, list[LabeledBox]] = {}
     for row in _keyframe_rows(path, (7, 8), _ANNOTATION_COLUMNS):
         people = keyframes.setdefault(row.key, [])
+        if row.box is not None and (row.box.x2 < row.box.x1 or row.box.y2 < row.box.y1):
+            raise VidrayError(
+                f"{name}:{row.line}: box {_box_text(row.box)} is inverted (needs x1 <= x2 and "
+                "y1 <= y2): ActivityNet's evaluator cannot score it either"
+            )
         if row.box is not None:
             action_id, person_id = _action_and_person(row, name)
             people.append(LabeledBox(box=row.box, action_ids=(action_id,), person_id=person_id))
@@ -463,17 +470,30 @@ def read_detections(path: str | Path, *, label_map: LabelMap | None = None) -> D
     name = str(path)
     keyframes: dict[KeyframeKey, list[Detection]] = {}
     problems: list[Problem] = []
+    for line, key, detection in _detection_rows(path):
+        reason = _unknown_action(detection.action_id, label_map)
+        if reason:
+            problems.append(Problem(name, line, reason, video_id=key[0]))
+            continue
+        keyframes.setdefault(key, []).append(detection)
+    return Detections(keyframes=keyframes, problems=problems)
+
+
+def iter_detections(path: str | Path) -> Iterator[tuple[KeyframeKey, Detection]]:
+    """(keyframe, detection) of every row of a detections CSV in file order, read as
+    `read_detections` reads them but one row at a time: a file of any size."""
+    for _, key, detection in _detection_rows(path):
+        yield key, detection
+
+
+def _detection_rows(path: str | Path) -> Iterator[tuple[int, KeyframeKey, Detection]]:
+    name = str(path)
     for row in _keyframe_rows(path, (7, 8), _DETECTION_COLUMNS):
         if row.box is None:
             continue
         action_id = _int(row.fields[6], "action_id", name, row.line)
         score = _float(row.fields[7], "score", name, row.line) if len(row.fields) == 8 else 1.0
-        reason = _unknown_action(action_id, label_map)
-        if reason:
-            problems.append(Problem(name, row.line, reason, video_id=row.key[0]))
-            continue
-        keyframes.setdefault(row.key, []).append(Detection(row.box, action_id, score))
-    return Detections(keyframes=keyframes, problems=problems)
+        yield row.line, row.key, Detection(row.box, action_id, score)
 
 
 def _csv_rows(path: str | Path) -> Iterator[tuple[int, list[str]]]:

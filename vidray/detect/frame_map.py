@@ -43,7 +43,7 @@ from vidray.data.ava_files import (
     Detection,
     LabeledBox,
     LabelMap,
-    read_detections,
+    iter_detections,
     read_excluded,
     read_ground_truth,
     read_label_map,
@@ -110,7 +110,7 @@ def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_gt: in
 
 def frame_map(
     ground_truth: Mapping[Hashable, Sequence[LabeledBox]],
-    detections: Mapping[Hashable, Sequence[Detection]],
+    detections: Mapping[Hashable, Iterable[Detection]] | Iterable[tuple[Hashable, Detection]],
     *,
     label_map: LabelMap | Iterable[int] | None = None,
     excluded: Iterable[Hashable] = (),
@@ -118,34 +118,25 @@ def frame_map(
     """Frame-mAP of `detections` against `ground_truth`, both keyed by keyframe.
 
     Each action id of each `LabeledBox` is one ground-truth instance (repeats
-    count). `label_map` (a `LabelMap` or action ids) picks the classes that count;
-    None means every class. The order of `detections` (keyframes, and detections
-    within one) decides ties as in the official script. See the module docstring
-    for the protocol. Raises `VidrayError` when no class has ground truth.
+    count). `detections` is a mapping from keyframe to detections or a stream of
+    (keyframe, detection) pairs (a file's rows: only the top 50 of each keyframe
+    are held); its order decides ties as in the official script. `label_map` (a
+    `LabelMap` or action ids) picks the classes that count; None means every class.
+    See the module docstring for the protocol. Raises `VidrayError` when no class
+    has ground truth.
     """
     allowed = None if label_map is None else frozenset(_ids(label_map))
     skip = frozenset(excluded)
     truth = {
-        key: _by_class(_ranked(_truth_entries(people, allowed), limit=None))
+        key: _by_class(_descending(_heap(_truth_entries(people, allowed))))
         for key, people in ground_truth.items()
         if key not in skip
     }
-    num_gt: dict[int, int] = {}
-    for by_class in truth.values():
-        for action_id, boxes in by_class.items():
-            num_gt[action_id] = num_gt.get(action_id, 0) + len(boxes)
-    if not num_gt:
-        raise VidrayError(
-            "frame-mAP: no ground-truth box of an evaluated class outside the excluded "
-            "keyframes: check the annotations and the evaluation label map"
-        )
+    num_gt = _instances(truth)
     scores: dict[int, list[np.ndarray]] = {}
     hits: dict[int, list[np.ndarray]] = {}
-    for key, found in detections.items():
-        if key not in truth:
-            continue
-        kept = _ranked(_detection_entries(found, allowed), limit=TOP_DETECTIONS_PER_KEYFRAME)
-        for action_id, boxes in _by_class(kept, drop_empty=True).items():
+    for key, heap in _top_detections(_pairs(detections), truth, allowed).items():
+        for action_id, boxes in _by_class(_descending(heap), drop_empty=True).items():
             scores.setdefault(action_id, []).append(np.asarray([e[0] for e in boxes], float))
             matched = _match(_yxyx(boxes), _yxyx(truth[key].get(action_id, [])))
             hits.setdefault(action_id, []).append(matched)
@@ -168,11 +159,12 @@ def frame_map_of_files(
     excluded: str | Path | None = None,
 ) -> tuple[FrameMAP, LabelMap]:
     """`frame_map` of the official script's inputs: a label map (pbtxt), a ground-truth
-    CSV, a detections CSV and, optionally, an excluded-timestamps CSV."""
+    CSV, a detections CSV (read a row at a time) and, optionally, an
+    excluded-timestamps CSV."""
     classes = read_label_map(label_map)
     result = frame_map(
         read_ground_truth(ground_truth).keyframes,
-        read_detections(detections, label_map=classes).keyframes,
+        iter_detections(detections),
         label_map=classes,
         excluded=read_excluded(excluded) if excluded else (),
     )
@@ -181,6 +173,14 @@ def frame_map_of_files(
 
 def _ids(label_map: LabelMap | Iterable[int]) -> Iterable[int]:
     return label_map.ids if isinstance(label_map, LabelMap) else label_map
+
+
+def _pairs(
+    detections: Mapping[Hashable, Iterable[Detection]] | Iterable[tuple[Hashable, Detection]],
+) -> Iterable[tuple[Hashable, Detection]]:
+    if isinstance(detections, Mapping):
+        return ((key, d) for key, found in detections.items() for d in found)
+    return detections
 
 
 def _truth_entries(people: Iterable[LabeledBox], allowed: frozenset[int] | None) -> list[_Entry]:
@@ -192,26 +192,56 @@ def _truth_entries(people: Iterable[LabeledBox], allowed: frozenset[int] | None)
     ]
 
 
-def _detection_entries(found: Iterable[Detection], allowed: frozenset[int] | None) -> list[_Entry]:
-    return [
-        (d.score, d.action_id, d.box.y1, d.box.x1, d.box.y2, d.box.x2)
-        for d in found
-        if allowed is None or d.action_id in allowed
-    ]
+def _instances(truth: dict[Hashable, dict[int, list[_Entry]]]) -> dict[int, int]:
+    """Ground-truth instances per class; a `VidrayError` when there are none."""
+    counts: dict[int, int] = {}
+    for by_class in truth.values():
+        for action_id, boxes in by_class.items():
+            counts[action_id] = counts.get(action_id, 0) + len(boxes)
+    if not counts:
+        raise VidrayError(
+            "frame-mAP: no ground-truth box of an evaluated class outside the excluded "
+            "keyframes: check the annotations and the evaluation label map"
+        )
+    return counts
 
 
-def _ranked(entries: list[_Entry], *, limit: int | None) -> list[_Entry]:
-    """The `limit` entries the official script keeps (all if None), by descending score.
+def _top_detections(
+    pairs: Iterable[tuple[Hashable, Detection]],
+    truth: Mapping[Hashable, object],
+    allowed: frozenset[int] | None,
+) -> dict[Hashable, list[_Entry]]:
+    """Per scored keyframe (in the order of its first detection of an evaluated class),
+    the heap of the detections the official script keeps."""
+    heaps: dict[Hashable, list[_Entry]] = {}
+    for key, d in pairs:
+        if key in truth and (allowed is None or d.action_id in allowed):
+            entry = (d.score, d.action_id, d.box.y1, d.box.x1, d.box.y2, d.box.x2)
+            _push(heaps.setdefault(key, []), entry, TOP_DETECTIONS_PER_KEYFRAME)
+    return heaps
 
-    Its min-heap decides which of equal scores stay (the smallest tuple goes first)
-    and, through the heap's array order and a stable sort, their order.
-    """
+
+def _push(heap: list[_Entry], entry: _Entry, limit: int | None) -> None:
+    """Feed `entry` to a heap of at most `limit` entries (None: no limit) as the
+    official script does: when full, it replaces the smallest entry only with a
+    strictly higher score, so the smallest tuple among equal scores goes first."""
+    if limit is None or len(heap) < limit:
+        heapq.heappush(heap, entry)
+    elif entry[0] > heap[0][0]:
+        heapq.heapreplace(heap, entry)
+
+
+def _heap(entries: Iterable[_Entry]) -> list[_Entry]:
+    """All `entries` in a heap: the official script reads ground truth through one too,
+    which orders each keyframe's boxes (and so decides between equal IoUs)."""
     heap: list[_Entry] = []
     for entry in entries:
-        if limit is None or len(heap) < limit:
-            heapq.heappush(heap, entry)
-        elif entry[0] > heap[0][0]:
-            heapq.heapreplace(heap, entry)
+        _push(heap, entry, None)
+    return heap
+
+
+def _descending(heap: list[_Entry]) -> list[_Entry]:
+    """A heap's entries by descending score; equal scores in the heap's array order."""
     return sorted(heap, key=lambda entry: -entry[0])
 
 
