@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import torch
 
 from vidray.data.ava_files import (
     Box,
@@ -19,7 +20,9 @@ from vidray.data.ava_files import (
     write_excluded,
     write_label_map,
 )
-from vidray.detect.frame_map import average_precision, frame_map, frame_map_of_files
+from vidray.detect.evaluate import collect
+from vidray.detect.frame_map import TopDetections, average_precision, frame_map, frame_map_of_files
+from vidray.device import IMAGENET
 from vidray.errors import VidrayError
 
 A = Box(0.1, 0.1, 0.4, 0.9)
@@ -409,3 +412,44 @@ def test_agrees_with_a_transcription_of_the_official_code_on_random_cases(tmp_pa
         assert result.per_class == pytest.approx(expected, abs=1e-12), case
         checked += 1
     assert checked > 40
+
+
+# ---------------------------------------------------------------- training's val/frame_map
+
+
+class FixedScores(torch.nn.Module):
+    """A detector whose logits per box are given: (clips, boxes) -> (boxes, classes)."""
+
+    def __init__(self, logits: list[list[float]]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, clips: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.logits[: len(boxes)]
+
+
+def test_validation_scores_the_top_50_per_keyframe_as_the_evaluator_does():
+    # One keyframe, GT A of class 1; the head sees A and 25 boxes elsewhere, classes
+    # (1, 2). Class 2 scores sigmoid(5) on every box; class 1 sigmoid(1) = .73 on the
+    # 25 others and sigmoid(0) = .5 on A. 52 detections: the top 50 leave out the two
+    # weakest, A's class-1 TP among them -> AP 0 (uncapped: 25 FPs, then the TP -> 1/26).
+    boxes = [list(A), *[list(ELSEWHERE)] * 25]
+    logits = [[0.0, 5.0], *[[1.0, 5.0]] * 25]
+    batch = {
+        "video_key": torch.tensor([0]),
+        "keyframe_sec": torch.tensor([902]),
+        "truth_boxes": torch.tensor([list(A)]),
+        "truth_targets": torch.tensor([[1.0, 0.0]]),
+        "truth_owner": torch.tensor([0]),
+        "frames": torch.zeros(1, 2, 4, 4, 3, dtype=torch.uint8),
+        "boxes": torch.zeros(len(boxes), 5),
+        "normalised": torch.tensor(boxes),
+        "owner": torch.zeros(len(boxes), dtype=torch.long),
+    }
+    found = TopDetections()
+    truth = collect(
+        FixedScores(logits), [batch], (1, 2), torch.device("cpu"), found, normalization=IMAGENET
+    )
+    assert truth == {(0, 902): [LabeledBox(Box(*np.float32(A).tolist()), (1,))]}
+    assert [len(heap) for heap in found.heaps.values()] == [50]
+    assert frame_map(truth, found).per_class == {1: 0.0}

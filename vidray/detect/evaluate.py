@@ -30,7 +30,7 @@ from vidray.config import Config
 from vidray.data.ava_files import Box, Detection, LabeledBox, read_label_map
 from vidray.data.manifest import read_dataset_info
 from vidray.detect.clips import action_ids
-from vidray.detect.frame_map import FrameMAP, frame_map
+from vidray.detect.frame_map import TopDetections, frame_map
 from vidray.device import Normalization, autocast, frames_to_input
 
 KeyframeKey = tuple[int, int]  # (video_key, keyframe second)
@@ -42,14 +42,15 @@ def collect(
     batches: Iterable[dict[str, torch.Tensor]],
     ids: tuple[int, ...],
     device: torch.device,
+    found: TopDetections,
     *,
     normalization: Normalization,
     precision: str = "fp32",
-) -> tuple[dict[KeyframeKey, list[LabeledBox]], dict[KeyframeKey, list[Detection]]]:
-    """(ground truth, detections) by keyframe, from collated batches (`collate`)."""
+) -> dict[KeyframeKey, list[LabeledBox]]:
+    """The ground truth by keyframe, from collated batches (`collate`); the detections
+    (every box, every class) go into `found`, which keeps what the evaluator keeps."""
     model.eval()
     truth: dict[KeyframeKey, list[LabeledBox]] = defaultdict(list)
-    found: dict[KeyframeKey, list[Detection]] = defaultdict(list)
     for batch in batches:
         keys = list(zip(batch["video_key"].tolist(), batch["keyframe_sec"].tolist(), strict=True))
         for key in keys:  # a keyframe without boxes still counts: it can only hold misses
@@ -72,10 +73,9 @@ def collect(
         for box, row, owner in zip(
             batch["normalised"].tolist(), scores, batch["owner"].tolist(), strict=True
         ):
-            found[keys[owner]].extend(
-                Detection(Box(*box), action, score) for action, score in zip(ids, row, strict=True)
-            )
-    return dict(truth), dict(found)
+            for action, score in zip(ids, row, strict=True):
+                found.add(keys[owner], Detection(Box(*box), action, score))
+    return dict(truth)
 
 
 def detection_metrics(
@@ -89,15 +89,20 @@ def detection_metrics(
     """``{prefix}/frame_map`` and ``{prefix}/ap/<class>`` of every evaluated class."""
     ids = action_ids(cfg.train.data)
     names = dict(zip(ids, read_dataset_info(cfg.train.data)["classes"], strict=True))
-    truth, found = collect(
+    evaluated = (
+        read_label_map(cfg.detection.eval_label_map) if cfg.detection.eval_label_map else None
+    )
+    found = TopDetections(evaluated)
+    truth = collect(
         model,
         batches,
         ids,
         device,
+        found,
         normalization=Normalization.of(cfg.clip),
         precision=cfg.train.precision,
     )
-    result = score(truth, found, cfg)
+    result = frame_map(truth, found, label_map=evaluated)
     per_class = {tracking.safe_name(names[a]): ap for a, ap in result.per_class.items()}
     return {
         tracking.split_metric(prefix, tracking.FRAME_MAP): result.mean_ap,
@@ -106,15 +111,6 @@ def detection_metrics(
             for name, ap in per_class.items()
         },
     }
-
-
-def score(
-    truth: dict[KeyframeKey, list[LabeledBox]], found: dict[KeyframeKey, list[Detection]], cfg
-) -> FrameMAP:
-    evaluated = (
-        read_label_map(cfg.detection.eval_label_map) if cfg.detection.eval_label_map else None
-    )
-    return frame_map(truth, found, label_map=evaluated)
 
 
 def write_ap_table(path: Path, metrics: dict[str, Any], *, prefix: str) -> Path:

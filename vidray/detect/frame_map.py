@@ -54,6 +54,7 @@ __all__ = [
     "IOU_THRESHOLD",
     "TOP_DETECTIONS_PER_KEYFRAME",
     "FrameMAP",
+    "TopDetections",
     "average_precision",
     "frame_map",
     "frame_map_of_files",
@@ -80,6 +81,24 @@ class FrameMAP:
     def by_name(self, label_map: LabelMap) -> dict[str, float]:
         """Per-class AP keyed by class name (for logging)."""
         return {label_map.name(i): ap for i, ap in self.per_class.items()}
+
+
+class TopDetections:
+    """Detections fed one at a time and held as the official script holds them: per
+    keyframe (in the order of its first detection of an evaluated class), a heap of
+    at most 50 detections of the label map's classes (every class if None). Memory
+    stays bounded however many detections a split has; `frame_map` takes it in
+    place of a mapping."""
+
+    def __init__(self, label_map: LabelMap | Iterable[int] | None = None) -> None:
+        self.allowed = None if label_map is None else frozenset(_ids(label_map))
+        self.heaps: dict[Hashable, list[_Entry]] = {}
+
+    def add(self, key: Hashable, detection: Detection) -> None:
+        if self.allowed is None or detection.action_id in self.allowed:
+            d = detection
+            entry = (d.score, d.action_id, d.box.y1, d.box.x1, d.box.y2, d.box.x2)
+            _push(self.heaps.setdefault(key, []), entry, TOP_DETECTIONS_PER_KEYFRAME)
 
 
 def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_gt: int) -> float:
@@ -110,7 +129,9 @@ def average_precision(scores: Sequence[float], is_tp: Sequence[bool], num_gt: in
 
 def frame_map(
     ground_truth: Mapping[Hashable, Sequence[LabeledBox]],
-    detections: Mapping[Hashable, Iterable[Detection]] | Iterable[tuple[Hashable, Detection]],
+    detections: TopDetections
+    | Mapping[Hashable, Iterable[Detection]]
+    | Iterable[tuple[Hashable, Detection]],
     *,
     label_map: LabelMap | Iterable[int] | None = None,
     excluded: Iterable[Hashable] = (),
@@ -118,14 +139,15 @@ def frame_map(
     """Frame-mAP of `detections` against `ground_truth`, both keyed by keyframe.
 
     Each action id of each `LabeledBox` is one ground-truth instance (repeats
-    count). `detections` is a mapping from keyframe to detections or a stream of
+    count). `detections` is a mapping from keyframe to detections, a stream of
     (keyframe, detection) pairs (a file's rows: only the top 50 of each keyframe
-    are held); its order decides ties as in the official script. `label_map` (a
-    `LabelMap` or action ids) picks the classes that count; None means every class.
-    See the module docstring for the protocol. Raises `VidrayError` when no class
-    has ground truth.
+    are held) or a `TopDetections` built with the same label map; its order decides
+    ties as in the official script. `label_map` (a `LabelMap` or action ids) picks
+    the classes that count; None means every class. See the module docstring for
+    the protocol. Raises `VidrayError` when no class has ground truth.
     """
-    allowed = None if label_map is None else frozenset(_ids(label_map))
+    top = _top_detections(detections, label_map)
+    allowed = top.allowed
     skip = frozenset(excluded)
     truth = {
         key: _by_class(_descending(_heap(_truth_entries(people, allowed))))
@@ -135,7 +157,9 @@ def frame_map(
     num_gt = _instances(truth)
     scores: dict[int, list[np.ndarray]] = {}
     hits: dict[int, list[np.ndarray]] = {}
-    for key, heap in _top_detections(_pairs(detections), truth, allowed).items():
+    for key, heap in top.heaps.items():
+        if key not in truth:
+            continue
         for action_id, boxes in _by_class(_descending(heap), drop_empty=True).items():
             scores.setdefault(action_id, []).append(np.asarray([e[0] for e in boxes], float))
             matched = _match(_yxyx(boxes), _yxyx(truth[key].get(action_id, [])))
@@ -175,14 +199,6 @@ def _ids(label_map: LabelMap | Iterable[int]) -> Iterable[int]:
     return label_map.ids if isinstance(label_map, LabelMap) else label_map
 
 
-def _pairs(
-    detections: Mapping[Hashable, Iterable[Detection]] | Iterable[tuple[Hashable, Detection]],
-) -> Iterable[tuple[Hashable, Detection]]:
-    if isinstance(detections, Mapping):
-        return ((key, d) for key, found in detections.items() for d in found)
-    return detections
-
-
 def _truth_entries(people: Iterable[LabeledBox], allowed: frozenset[int] | None) -> list[_Entry]:
     return [
         (1.0, action_id, p.box.y1, p.box.x1, p.box.y2, p.box.x2)
@@ -207,18 +223,25 @@ def _instances(truth: dict[Hashable, dict[int, list[_Entry]]]) -> dict[int, int]
 
 
 def _top_detections(
-    pairs: Iterable[tuple[Hashable, Detection]],
-    truth: Mapping[Hashable, object],
-    allowed: frozenset[int] | None,
-) -> dict[Hashable, list[_Entry]]:
-    """Per scored keyframe (in the order of its first detection of an evaluated class),
-    the heap of the detections the official script keeps."""
-    heaps: dict[Hashable, list[_Entry]] = {}
-    for key, d in pairs:
-        if key in truth and (allowed is None or d.action_id in allowed):
-            entry = (d.score, d.action_id, d.box.y1, d.box.x1, d.box.y2, d.box.x2)
-            _push(heaps.setdefault(key, []), entry, TOP_DETECTIONS_PER_KEYFRAME)
-    return heaps
+    detections: TopDetections
+    | Mapping[Hashable, Iterable[Detection]]
+    | Iterable[tuple[Hashable, Detection]],
+    label_map: LabelMap | Iterable[int] | None,
+) -> TopDetections:
+    allowed = None if label_map is None else frozenset(_ids(label_map))
+    if isinstance(detections, TopDetections):
+        if detections.allowed != allowed:
+            raise ValueError("the TopDetections were kept for other classes than label_map")
+        return detections
+    top = TopDetections(allowed)
+    pairs = (
+        ((key, d) for key, found in detections.items() for d in found)
+        if isinstance(detections, Mapping)
+        else detections
+    )
+    for key, detection in pairs:
+        top.add(key, detection)
+    return top
 
 
 def _push(heap: list[_Entry], entry: _Entry, limit: int | None) -> None:
