@@ -254,7 +254,8 @@ def test_proposals_read_in_seven_and_eight_column_forms(tmp_path):
         "v,0902,0.1,0.2,0.3,0.4,0.95\n"  # video_id, timestamp, box, score
         "v,0902,0.5,0.2,0.9,0.8,,0.30\n"  # SlowFast: empty action_id column, then score
         "v,0903,0.5,0.2,0.9,0.8,-1,0.05\n"
-        "v,0903,0.5,0.2,1.9,0.8,-1,0.99\n",
+        "v,0903,0.5,0.2,1.9,0.8,-1,0.99\n"
+        "v,0904\n",  # the 2020 form's keyframe with no box: nothing to propose
     )
     proposals = read_proposals(path)
     assert proposals.keyframes == {

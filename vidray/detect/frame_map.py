@@ -3,7 +3,9 @@
 One implementation of what ActivityNet's ``get_ava_performance.py`` (AVA v2.2,
 the 2019 challenge's script as changed in April 2020) computes with the TF
 Object Detection API's ``PascalDetectionEvaluator`` underneath. Training's
-``val/frame_map`` and `vidray ava-map` both call `frame_map`.
+``val/frame_map`` (`vidray.detect.evaluate`, feeding a `TopDetections` as it
+collects) and `vidray ava-map` (`frame_map_of_files`, a file's rows one at a time)
+both call `frame_map`.
 
 1. Only classes of the label map count: ground truth and detections of other
    action ids are dropped first. Without a label map every class counts.
