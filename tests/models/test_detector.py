@@ -11,7 +11,12 @@ from untrained import save_untrained
 from vidray.config import Config
 from vidray.errors import VidrayError
 from vidray.models import build
-from vidray.models.detector import ActionDetector, BackboneFeatures, build_detector
+from vidray.models.detector import (
+    ActionDetector,
+    BackboneFeatures,
+    build_detector,
+    detector_backbone,
+)
 from vidray.models.flops import count_params
 
 SMALL_SLOWFAST = {"width": 8, "alpha": 4}  # fast pathway width 1, slow pathway 2 of 8 frames
@@ -86,6 +91,9 @@ def test_the_backbones_last_stage_keeps_one_sixteenth_of_the_input(name, kwargs,
     detector = build_detector(name, num_classes=2, **kwargs)
     assert detector.spatial_scale == 1 / 16
     assert detector.backbone(clips).shape == (1, channels, 4, 4)
+    net = detector.backbone.net
+    res5_convs = [m for n, m in net.named_modules() if n.endswith("layer4.0.conv2")]
+    assert res5_convs and all(conv.dilation == (1, 2, 2) for conv in res5_convs)
     # The classification net of the same family stops at 1/32.
     classifier = build(name, num_classes=2, **kwargs)
     maps = classifier.features(clips)
@@ -182,8 +190,8 @@ def test_boxes_without_a_batch_index_are_refused():
 
 @pytest.mark.parametrize("name", ["slowfast_r50", "slowfast_r101", "i3d", "i3d_nl"])
 def test_every_backbone_runs_res5_at_stride_1_with_its_3x3_convs_dilated_by_2(name):
-    with torch.device("meta"):
-        net = build_detector(name, num_classes=3).backbone.net
+    with torch.device("meta"):  # the net build_detector builds, without its shape probe
+        net = build(name, num_classes=1, **detector_backbone(name).dense)
     spatial = {n: m for n, m in net.named_modules() if n.endswith("conv2")}  # each 1×3×3
     res5 = {n: m for n, m in spatial.items() if "layer4." in n}
     assert res5 and len(res5) < len(spatial)
