@@ -185,8 +185,9 @@ class DetectionConfig:
     max_boxes: int = 32  # boxes per keyframe at most (the highest-scoring proposals)
     eval_label_map: str = ""  # classes frame-mAP averages over ("" = all with ground truth)
     roi_size: int = 7  # RoIAlign output (SlowFast: 7x7, then spatial max pool)
-    # a classification checkpoint (vidray train, e.g. Kinetics) the backbone starts from;
-    # model.pretrained stays 2D image weights, as for a classifier
+    res5_dilation: int = 2  # 3D ResNet backbones: res5's 3x3 dilation (SlowFast's AVA setup)
+    # a classification checkpoint the backbone starts from: vidray's (e.g. a Kinetics run),
+    # or PyTorchVideo's / PySlowFast's files, as model.pretrained takes them
     backbone_checkpoint: str = ""
 
 
@@ -286,6 +287,9 @@ class Config:
         ):
             checkpoint = data["model"].pop("pretrained")
             data.setdefault("detection", {})["backbone_checkpoint"] = checkpoint
+        # Detectors trained before res5 was dilated were trained without.
+        if data.get("train", {}).get("task") == "detect":
+            data.setdefault("detection", {}).setdefault("res5_dilation", 1)
         return cls.from_dict(data)
 
 

@@ -304,3 +304,39 @@ def test_another_layout_key_is_named(tmp_path):
     torch.save({"model_state": {"s2.pathway0_attention.weight": torch.zeros(1)}}, path)
     with pytest.raises(VidrayError, match=r"PySlowFast weight 's2.pathway0_attention.weight'"):
         build("i3d", num_classes=4, pretrained=str(path))
+
+
+def test_a_detector_backbone_starts_from_a_pyslowfast_checkpoint_with_its_settings(tmp_path):
+    from vidray.detect.task import Detect
+
+    source = randomised(build("slowfast_r50", num_classes=400, width=8, alpha=4, fusion_kernel=7))
+    path = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    cfg = {"SLOWFAST": {"ALPHA": 4}}
+    torch.save({"model_state": as_pyslowfast(source.state_dict()), "cfg": yaml.dump(cfg)}, path)
+    cfg = resolve_inputs(
+        load_config(
+            None,
+            [
+                "train.task=detect",
+                "model.name=slowfast_r50",
+                "model.width=8",
+                f"detection.backbone_checkpoint={path}",
+            ],
+        )
+    )
+    assert (cfg.model.alpha, cfg.model.fusion_kernel, cfg.clip.mean) == (4, 7, [0.45] * 3)
+    detector = Detect().build(cfg, num_classes=3)
+    backbone = detector.backbone.net.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(backbone[key], value), key
+    assert detector.backbone.net.slow.layer4[0].conv2.dilation == (1, 2, 2)
+
+
+def test_a_detector_trained_before_res5_was_dilated_rebuilds_without_it():
+    from vidray.config import Config
+
+    stored = load_config(None, ["train.task=detect", "model.name=slowfast_r50"]).to_dict()
+    del stored["detection"]["res5_dilation"]  # as an older vidray wrote it
+    assert Config.from_stored(stored).detection.res5_dilation == 1
+    assert load_config(None, ["train.task=detect"]).detection.res5_dilation == 2

@@ -22,7 +22,7 @@ from vidray.config import Config
 from vidray.detect.clips import collate, read_keyframes
 from vidray.detect.evaluate import detection_metrics, write_ap_table
 from vidray.device import Normalization, autocast, frames_to_input
-from vidray.models.detector import build_detector
+from vidray.models.detector import build_detector, detector_backbone
 from vidray.train.inputs import model_kwargs
 from vidray.train.tasks import register_task, shard_batches
 
@@ -35,10 +35,12 @@ class Detect:
 
     def build(self, cfg: Config, num_classes: int) -> nn.Module:
         kwargs = model_kwargs(cfg.model)
-        # model.dropout is the head's; the rest (model.pretrained: 2D image weights, as
-        # for a classifier) goes to the backbone's family. A classification checkpoint
-        # of the backbone (e.g. Kinetics) is detection.backbone_checkpoint.
+        # model.dropout is the head's; the rest (model.pretrained as for a classifier)
+        # goes to the backbone's family. A classification checkpoint of the backbone
+        # (e.g. Kinetics) is detection.backbone_checkpoint.
         head = {"dropout": kwargs.pop("dropout")} if "dropout" in kwargs else {}
+        if "res5_dilation" in detector_backbone(cfg.model.name).dense:
+            kwargs["res5_dilation"] = cfg.detection.res5_dilation
         return build_detector(
             cfg.model.name,
             num_classes=num_classes,

@@ -41,19 +41,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torchvision.ops import roi_align
 
-from vidray import storage
-from vidray.checkpoints import load_checkpoint
 from vidray.errors import VidrayError
+from vidray.models.pretrained import read_pretrained
 from vidray.models.registry import build, entry
 from vidray.models.weights import HEAD_STD, init_weights
-from vidray.state_dicts import read_state_dict
 
 FeatureMaps = Callable[[nn.Module, Tensor], Sequence[Tensor]]
 
@@ -193,14 +190,6 @@ class ActionDetector(nn.Module):
         return torch.sigmoid(self(clips, boxes))
 
 
-def read_backbone_weights(source: str) -> dict[str, Tensor]:
-    """The weights in a vidray checkpoint directory (local or URI) or a state_dict file."""
-    if storage.is_uri(source) or Path(source).expanduser().is_dir():
-        state, _ = load_checkpoint(source)
-        return state["model"]
-    return read_state_dict(source)
-
-
 def load_backbone_weights(
     net: nn.Module, weights: Mapping[str, Tensor], *, head: str, source: str
 ) -> None:
@@ -238,9 +227,10 @@ def build_detector(
 ) -> ActionDetector:
     """An AVA-style action detector (module docstring) on the zoo family `backbone`.
 
-    `num_classes`: action classes (AVA evaluates 60 of its 80). `pretrained_backbone`: a
-    vidray classification checkpoint directory (e.g. Kinetics-400) or a state_dict file
-    of the same family and arguments; its classification head is ignored. `roi_size`:
+    `num_classes`: action classes (AVA evaluates 60 of its 80). `pretrained_backbone`:
+    weights of the same family and arguments as `vidray.models.pretrained` reads them
+    (a vidray checkpoint directory, PyTorchVideo's or PySlowFast's files, a state_dict);
+    their classification or detection head is ignored. `roi_size`:
     RoIAlign output bins per side (7). `dropout`: before the fc (0.5). The rest goes
     to the family's builder (`width`, `alpha`, ...); the last stage's spatial stride is
     1 and its dilation 2 unless `res5_stride` or `res5_dilation` is given.
@@ -256,7 +246,7 @@ def build_detector(
     net = build(backbone, num_classes=1, **{**family.dense, **backbone_kwargs})
     delattr(net, family.head)
     if pretrained_backbone:
-        weights = read_backbone_weights(pretrained_backbone)
+        weights = read_pretrained(pretrained_backbone).state
         load_backbone_weights(net, weights, head=family.head, source=pretrained_backbone)
     return ActionDetector(
         BackboneFeatures(net, family.feature_maps),

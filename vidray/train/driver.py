@@ -97,10 +97,6 @@ def check_model(cfg: Config, *, num_classes: int) -> nn.Module:
     on the clip it declares (its `InputSpec`), with the configured ``model.*``: a
     failure there is a bug in vidray and keeps its traceback.
     """
-    if cfg.detection.backbone_checkpoint and not storage.exists(cfg.detection.backbone_checkpoint):
-        raise VidrayError(
-            f"detection.backbone_checkpoint={cfg.detection.backbone_checkpoint}: not found"
-        )
     # Weights are read by the workers; here only shapes are built.
     shapes_only = replace(
         cfg,

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
+from vidray import storage
 from vidray.config import Config, ModelConfig
 from vidray.device import IMAGENET
 from vidray.errors import VidrayError
 from vidray.models import entry
-from vidray.models.pretrained import is_checkpoint, normalization_of, read_pretrained
+from vidray.models.pretrained import normalization_of, read_pretrained
 
 
 def resolve_inputs(cfg: Config) -> Config:
@@ -37,17 +38,22 @@ def resolve_inputs(cfg: Config) -> Config:
 
 
 def resolve_weights(cfg: Config) -> Config:
-    """``cfg`` with what ``model.pretrained`` fixes filled into the keys left unset:
+    """``cfg`` with what ``model.pretrained`` (or ``detection.backbone_checkpoint``)
+    fixes filled into the keys left unset:
     the normalisation the weights were trained with (`clip.mean` / `clip.std`;
     ImageNet's where they record none) and the family's settings they imply
     (`ModelEntry.settings_from`, e.g. SlowFast's α, I3D's time padding). A torchvision
     weights name is answered from its transforms without fetching anything; a file
     or checkpoint is read."""
-    if not cfg.model.pretrained:
+    # A detector's backbone may start from a classification checkpoint instead.
+    source = cfg.model.pretrained or cfg.detection.backbone_checkpoint
+    if not source:
         return cfg
+    on_disk = Path(source).expanduser().is_file() or storage.exists(source)
+    if source == cfg.detection.backbone_checkpoint and not on_disk:
+        raise VidrayError(f"detection.backbone_checkpoint={source}: not found")
     family = entry(cfg.model.name)
-    source = cfg.model.pretrained
-    if is_checkpoint(source) or Path(source).expanduser().is_file():
+    if on_disk:
         weights = read_pretrained(source, enum=family.weights)
         normalization = weights.normalization or IMAGENET
         settings = family.settings_from(weights) if family.settings_from else {}
