@@ -18,7 +18,7 @@ between them, as I3D's after res2, holds none) and path ``p`` is 0 = slow,
 backbone under ``model.`` and its box classifier ``detection_head.proj``, renamed
 ``head.fc`` as a classifier's (the detector's ``fc`` takes it). The rename is all
 there is to it: the networks are the same layer for layer
-(``tests/models/test_converted.py`` compares logits).
+(``tests/models/test_pretrained.py`` compares logits with PyTorchVideo's own networks).
 
 PySlowFast (whose checkpoints hold ``{"model_state": ..., "cfg": ...}``) names
 stages ``s1`` (the stem) to ``s5`` and pathways ``pathway0`` (slow) and ``pathway1``:
