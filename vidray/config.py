@@ -205,7 +205,7 @@ class DetectConfig:
         "fasterrcnn_mobilenet_v3_large_fpn",
         "fasterrcnn_mobilenet_v3_large_320_fpn",
     ] = "fasterrcnn_resnet50_fpn"
-    proposals: str = ""  # person boxes from this CSV (video_id = file stem) instead of a detector
+    proposals: str = ""  # person boxes from a CSV or FAIR .pkl (video_id = file stem), no detector
     time_offset: int = 0  # the annotation second of a video's first frame (AVA cuts: 900)
     output: str = ""  # the CSV ("" = <video stem>_detections.csv), or a folder for a folder
     render: str = ""  # an .mp4 to draw the boxes and top actions on (single video only)
