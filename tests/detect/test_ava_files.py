@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from pathlib import Path
 
 import av
@@ -357,6 +358,22 @@ def test_unreadable_proposals_pickle_is_a_one_line_error(tmp_path, content, reas
     path = tmp_path / "proposals.pkl"
     path.write_bytes(content)
     assert reason in error_of(read_proposals, path)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_proposals_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "ava_dense_proposals_val.FAIR.recall_93.9.pkl"
+    path.write_bytes(pickle.dumps({"v,0902": _RunsCode(marker)}, protocol=2))
+    assert re.search(r"it asks for \S+, refused", error_of(read_proposals, path))
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- label maps

@@ -17,12 +17,14 @@ import shutil
 import pytest
 import torch
 import yaml
+from reference import randomise
 
 from vidray.checkpoints import save_checkpoint
 from vidray.config import load_config
 from vidray.device import IMAGENET, PYSLOWFAST
 from vidray.errors import VidrayError
 from vidray.models import build
+from vidray.models.converted import from_pytorchvideo
 from vidray.models.pretrained import read_pretrained
 from vidray.train.evaluate import load_model
 from vidray.train.inputs import resolve_inputs
@@ -30,25 +32,6 @@ from vidray.train.loop import build_model
 
 hub = pytest.importorskip("pytorchvideo.models.hub")
 pv_slowfast = pytest.importorskip("pytorchvideo.models.slowfast")
-
-
-def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every batch norm's scale, shift and statistics drawn at random (a fresh network
-    leaves them at 1, 0, 0, 1, which hides a misplaced one), and the classifier too."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.copy_(torch.rand_like(tensor) + 0.5)
-            elif name.endswith("running_mean"):
-                tensor.normal_(0, 0.1)
-            elif tensor.dim() == 1 and name.endswith("weight"):
-                tensor.copy_(torch.rand_like(tensor) + 0.5)
-            elif tensor.dim() == 1 and tensor.is_floating_point():
-                tensor.normal_(0, 0.1)
-            elif tensor.dim() == 2:
-                tensor.normal_(0, 0.01)
-    return model.eval()
 
 
 def assert_same_logits(expected: torch.Tensor, got: torch.Tensor) -> None:
@@ -106,7 +89,7 @@ REFERENCES = {
 @pytest.mark.parametrize("reference", REFERENCES)
 def test_a_pytorchvideo_hub_file_loads_into_the_network_it_was(reference, tmp_path):
     name, make, inferred, reference_input, frames = REFERENCES[reference]
-    theirs = randomised(make())
+    theirs = randomise(make())
     path = tmp_path / f"{reference}.pyth"
     # As the hub's state_dict (I3D), and as PyTorchVideo's zoo files hold it (the rest).
     saved = theirs.state_dict()
@@ -182,7 +165,7 @@ def as_pyslowfast(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ids=["slowfast_r50_8x8_kernel5", "i3d_nl"],
 )
 def test_a_pyslowfast_checkpoint_loads_into_the_network_it_was(name, kwargs, cfg, frames, tmp_path):
-    theirs = randomised(build(name, num_classes=400, **kwargs))
+    theirs = randomise(build(name, num_classes=400, **kwargs))
     state = as_pyslowfast(theirs.state_dict())
     for known in ("s1.pathway0_stem.conv.weight", "s2.pathway0_res0.branch1_bn.running_var"):
         assert known in state  # names as in PySlowFast's published checkpoints
@@ -224,7 +207,7 @@ def test_the_weights_settings_are_recorded_so_a_checkpoint_rebuilds_without_them
     )
     assert (cfg.model.alpha, cfg.model.fusion_kernel) == (4, 7)
     assert (tuple(cfg.clip.mean), tuple(cfg.clip.std)) == (PYSLOWFAST.mean, PYSLOWFAST.std)
-    model = randomised(build_model(cfg, num_classes=3))
+    model = randomise(build_model(cfg, num_classes=3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     checkpoint = save_checkpoint(
         tmp_path / "run" / "checkpoint",
@@ -252,7 +235,7 @@ def test_a_vidray_checkpoint_is_pretrained_weights_with_its_settings(tmp_path):
             ["model.name=i3d", "model.width=8", "model.time_padding=zeros", "clip.mean=[.5,.5,.5]"],
         )
     )
-    model = randomised(build_model(cfg, num_classes=3))
+    model = randomise(build_model(cfg, num_classes=3))
     checkpoint = save_checkpoint(
         tmp_path / "checkpoint",
         model=model,
@@ -309,7 +292,7 @@ def test_another_layout_key_is_named(tmp_path):
 def test_a_detector_backbone_starts_from_a_pyslowfast_checkpoint_with_its_settings(tmp_path):
     from vidray.detect.task import Detect
 
-    source = randomised(build("slowfast_r50", num_classes=400, width=8, alpha=4, fusion_kernel=7))
+    source = randomise(build("slowfast_r50", num_classes=400, width=8, alpha=4, fusion_kernel=7))
     path = tmp_path / "SLOWFAST_8x8_R50.pyth"
     cfg = {"SLOWFAST": {"ALPHA": 4}}
     torch.save({"model_state": as_pyslowfast(source.state_dict()), "cfg": yaml.dump(cfg)}, path)
@@ -340,3 +323,10 @@ def test_a_detector_trained_before_res5_was_dilated_rebuilds_without_it():
     del stored["detection"]["res5_dilation"]  # as an older vidray wrote it
     assert Config.from_stored(stored).detection.res5_dilation == 1
     assert load_config(None, ["train.task=detect"]).detection.res5_dilation == 2
+
+
+def test_a_pytorchvideo_key_of_no_known_kind_is_named():
+    with pytest.raises(VidrayError, match=r"'blocks\.3\.attention\.weight' has no place"):
+        from_pytorchvideo(
+            {"blocks.0.conv.weight": torch.zeros(1), "blocks.3.attention.weight": torch.zeros(1)}
+        )

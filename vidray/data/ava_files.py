@@ -30,8 +30,8 @@ File kinds (CSV files have no header; blank lines are skipped; fields are stripp
   is ignored (it is empty or -1 there). The score is always the last column.
   Or FAIR's dense proposals pickle (``ava_dense_proposals_{split}.FAIR.recall_93.9.pkl``,
   any ``.pkl``): a dict from ``"video_id,%04d"`` to an (N, 5) array of normalised
-  ``x1, y1, x2, y2, score`` (or (N, 4): score 1). A pickle runs code when it is
-  read: read only files from a source you trust.
+  ``x1, y1, x2, y2, score`` (or (N, 4): score 1). It is unpickled with nothing but
+  numpy arrays allowed, so a tampered file cannot run code.
 - detections (the AVA evaluation result format), 8 columns
   ``video_id, timestamp, x1, y1, x2, y2, action_id, score`` (7 columns: score 1,
   and a 2-column row adds nothing, as the official evaluator reads them).
@@ -447,11 +447,27 @@ def _pickled_proposals(path: str | Path) -> Iterator[tuple[int, KeyframeKey, Box
             yield 0, key, Box(*box[:4]), box[4] if len(box) == 5 else 1.0
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles containers, numbers, strings and numpy arrays, and refuses any other
+    global: a proposals file from elsewhere cannot run code here."""
+
+    ALLOWED = frozenset(
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes, protocol 2
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, refused")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: str | Path) -> object:
     try:
         with open(path, "rb") as handle:
             # latin1: FAIR's files were pickled by Python 2 (numpy arrays of bytes).
-            return pickle.load(handle, encoding="latin1")
+            return _ArraysOnly(handle, encoding="latin1").load()
     except OSError as e:
         raise VidrayError(f"cannot read {path}: {e.strerror or e}") from e
     except Exception as e:  # a damaged or foreign pickle fails with any error type
