@@ -98,6 +98,37 @@ def test_frame_map_per_epoch_and_the_ap_table_go_to_mlflow(trained):
     )
 
 
+@pytest.mark.slow
+def test_vidray_evaluate_scores_a_detection_checkpoint_as_validation_did(
+    trained, tmp_path, monkeypatch
+):
+    """The best checkpoint, evaluated on the val split with the command a user types,
+    gets the frame-mAP its epoch logged: one implementation of the scoring."""
+    from vidray.cli import run_command
+
+    _, result = trained
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # and again into the same output
+        code = run_command(
+            "evaluate",
+            [
+                "--checkpoint",
+                result.checkpoint,
+                "--split",
+                "val",
+                "--output",
+                "eval_val",
+                f"mlflow.tracking_uri={result.tracking_uri}",
+            ],
+        )
+        assert code == 0
+    with Path("eval_val/per_class_ap.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert float(rows[-1][1]) == pytest.approx(result.metrics["val/frame_map"])
+    run = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.run_id)
+    assert run.data.metrics["eval/val/frame_map"] == pytest.approx(result.metrics["val/frame_map"])
+
+
 def test_detection_on_classification_data_is_a_clear_error(motion_data, tmp_path):
     cfg = demo_config(motion_data, tmp_path)
     with pytest.raises(VidrayError, match=r"train.task=detect needs keyframe rows.*layout ava"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,14 @@ from vidray import tracking
 from vidray.config import Config
 from vidray.data.ava_files import Box, Detection, LabeledBox, read_label_map
 from vidray.data.manifest import read_dataset_info
-from vidray.detect.clips import action_ids
+from vidray.detect.clips import action_ids, collate, iter_keyframe_batches
 from vidray.detect.frame_map import TopDetections, frame_map
-from vidray.device import Normalization, autocast, frames_to_input
+from vidray.device import Normalization, autocast, for_inference, frames_to_input
+from vidray.errors import VidrayError
+from vidray.train.evaluate import Evaluated, register_evaluator
 
 KeyframeKey = tuple[int, int]  # (video_key, keyframe second)
+AP_TABLE_FILE = "per_class_ap.csv"
 
 
 @torch.no_grad()
@@ -128,3 +132,53 @@ def write_ap_table(path: Path, metrics: dict[str, Any], *, prefix: str) -> Path:
             ["mean (frame-mAP)", metrics.get(tracking.split_metric(prefix, tracking.FRAME_MAP))]
         )
     return path
+
+
+def evaluate_keyframes(
+    cfg: Config, model: nn.Module, trained: Config, classes: list[str], data: str, output: Path
+) -> Evaluated:
+    """``vidray evaluate`` on a detection checkpoint: one clip per keyframe of
+    ``eval.split`` (in this process), scored as validation scores (`detection_metrics`);
+    writes the per-class AP table."""
+    split = cfg.eval.split
+    if (cfg.eval.temporal_views, cfg.eval.spatial_views) != (1, 1) or cfg.eval.workers:
+        raise VidrayError(
+            "a detection checkpoint is evaluated on one clip per keyframe, in this process: "
+            "leave eval.temporal_views, eval.spatial_views and eval.workers unset"
+        )
+    scored = replace(trained, train=replace(trained.train, data=data))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    videos: set[int] = set()
+    clips = 0
+
+    def counted(batches: Iterable[dict[str, Any]]) -> Iterable[dict[str, torch.Tensor]]:
+        nonlocal clips
+        for batch in batches:
+            clips += len(batch["video_key"])
+            videos.update(batch["video_key"].tolist())
+            yield collate(batch)
+
+    prefix = f"eval/{split}"
+    metrics = detection_metrics(
+        for_inference(model, device),
+        counted(iter_keyframe_batches(scored, split=split)),
+        scored,
+        device,
+        prefix=prefix,
+    )
+    if not clips:
+        raise VidrayError(f"{data} has no keyframes in split {split!r}")
+    output.mkdir(parents=True, exist_ok=True)
+    table = write_ap_table(output / AP_TABLE_FILE, metrics, prefix=prefix)
+    mean_ap = metrics[tracking.split_metric(prefix, tracking.FRAME_MAP)]
+    return Evaluated(
+        clips=clips,
+        videos=len(videos),
+        views=1,
+        metrics=metrics,
+        written=[table],
+        headline=f"frame-mAP {mean_ap:.3f} over {len(classes)} classes",
+    )
+
+
+register_evaluator("detect", evaluate_keyframes)

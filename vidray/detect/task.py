@@ -20,7 +20,7 @@ from torch import nn
 from vidray import tracking
 from vidray.config import Config
 from vidray.detect.clips import collate, read_keyframes
-from vidray.detect.evaluate import detection_metrics, write_ap_table
+from vidray.detect.evaluate import AP_TABLE_FILE, detection_metrics, write_ap_table
 from vidray.device import Normalization, autocast, frames_to_input
 from vidray.models.detector import build_detector, detector_backbone
 from vidray.train.inputs import model_kwargs
@@ -90,7 +90,7 @@ class Detect:
 
     def tables(self, metrics: dict[str, Any], directory: Path) -> list[Path]:
         """The best epoch's per-class AP table (``per_class_ap.csv``)."""
-        return [write_ap_table(directory / "per_class_ap.csv", metrics, prefix="val")]
+        return [write_ap_table(directory / AP_TABLE_FILE, metrics, prefix="val")]
 
 
 DETECT = register_task(Detect())

@@ -1,4 +1,6 @@
-"""Evaluate a checkpoint in-process: multi-view testing on one split.
+"""Evaluate a checkpoint on one split, as its task scores (`register_evaluator`):
+classification here, multi-view testing; detection in `vidray.detect.evaluate`
+(frame-mAP, the one implementation `vidray ava-map` runs).
 
 Each stored window gives ``eval.temporal_views`` clips (evenly spaced over the
 window) x ``eval.spatial_views`` crops (1: centre; 3: along the long side); a
@@ -18,6 +20,7 @@ from a Ray Data batch-inference job instead, the model replicated N times:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,31 @@ from vidray.train.tasks import predict
 CLIPS_PER_BATCH = 32
 
 
+@dataclass(frozen=True)
+class Evaluated:
+    """What a task's evaluation of one split found and wrote."""
+
+    clips: int  # clips scored (one per keyframe for detection)
+    videos: int
+    views: int  # clips per window
+    metrics: dict[str, float]  # eval/<split>/<name>
+    written: list[Path]  # report files
+    headline: str  # the numbers the console line shows
+
+
+# (cfg, the checkpoint's model, its config, its classes, the data, the output folder)
+Evaluator = Callable[[Config, nn.Module, Config, list[str], str, Path], Evaluated]
+_EVALUATORS: dict[str, Evaluator] = {}
+
+
+def register_evaluator(task: str, evaluator: Evaluator) -> None:
+    """How ``vidray evaluate`` scores a checkpoint of ``train.task=<task>``: a task
+    package registers its own, as it registers its task (`register_task`)."""
+    if task in _EVALUATORS:
+        raise ValueError(f"an evaluator for task {task!r} is registered twice")
+    _EVALUATORS[task] = evaluator
+
+
 @dataclass
 class EvalReport:
     split: str
@@ -50,14 +78,12 @@ class EvalReport:
     metrics: dict[str, float]  # eval/<split>/<name>
     output: Path  # the directory holding the report files
     run_id: str | None
+    headline: str
 
     def report(self) -> str:
-        m = {k.rsplit("/", 1)[-1]: v for k, v in self.metrics.items()}
         return (
             f"evaluate [{self.split}]: {self.videos} videos, {self.clips} clips "
-            f"({self.views} per window): video top-1 {m[tracking.VIDEO_TOP1]:.3f}, "
-            f"top-5 {m[tracking.VIDEO_TOP5]:.3f}, mean class {m[tracking.MEAN_CLASS_ACC]:.3f}, "
-            f"clip top-1 {m[tracking.CLIP_TOP1]:.3f}; reports in {self.output}"
+            f"({self.views} per window): {self.headline}; reports in {self.output}"
         )
 
 
@@ -184,16 +210,46 @@ def default_output(checkpoint: str, split: str) -> Path:
 
 
 def run_evaluation(cfg: Config) -> EvalReport:
-    """``vidray evaluate``: the checkpoint's clip logits on every view of every window
-    of ``eval.split`` -> video predictions, reports, and ``eval/<split>/*`` metrics on
-    the training run."""
+    """``vidray evaluate``: the checkpoint scored on ``eval.split`` as its task scores
+    (`register_evaluator`), the reports written, and the ``eval/<split>/*`` metrics
+    logged on the training run."""
     _check_evaluation(cfg)
-    split = cfg.eval.split
     model, trained, meta = load_model(cfg.eval.checkpoint)
-    classes: list[str] = list(meta["classes"])
     data = cfg.eval.data or trained.train.data
     if not storage.exists(data):
         raise VidrayError(f"evaluation data {data!r} not found: pass --data DIR")
+    if trained.train.task not in _EVALUATORS:
+        raise VidrayError(
+            f"{cfg.eval.checkpoint} is a train.task={trained.train.task} checkpoint, which "
+            f"vidray evaluate cannot score (it scores: {', '.join(sorted(_EVALUATORS))})"
+        )
+    output = Path(cfg.eval.output or default_output(cfg.eval.checkpoint, cfg.eval.split))
+    evaluate = _EVALUATORS[trained.train.task]
+    found = evaluate(cfg, model, trained, list(meta["classes"]), data, output)
+    run_id = meta.get("run_id")
+    if run_id:
+        uri = tracking.tracking_uri(cfg.mlflow)
+        tracking.log_metrics(uri, run_id, found.metrics, step=meta["epoch"])
+        for path in found.written:
+            tracking.log_artifact(uri, run_id, path, f"eval_{cfg.eval.split}")
+    return EvalReport(
+        split=cfg.eval.split,
+        clips=found.clips,
+        videos=found.videos,
+        views=found.views,
+        metrics=found.metrics,
+        output=output,
+        run_id=run_id,
+        headline=found.headline,
+    )
+
+
+def evaluate_clips(
+    cfg: Config, model: nn.Module, trained: Config, classes: list[str], data: str, output: Path
+) -> Evaluated:
+    """Classification: the clip logits of every view of every window of the split ->
+    video predictions -> metrics, predictions.csv, per_class.csv, the confusion matrix."""
+    split = cfg.eval.split
     views = cfg.eval.temporal_views * cfg.eval.spatial_views
     if cfg.eval.workers:
         out = _predict_with_ray(cfg, trained, data, views)
@@ -203,33 +259,25 @@ def run_evaluation(cfg: Config) -> EvalReport:
     result = video_predictions(out["logits"], labels, out["keys"], len(classes))
     id_of = dict(zip(out["keys"].tolist(), out["video_ids"].tolist(), strict=True))
     video_ids = [id_of[k] for k in result.keys.tolist()]
-
-    output = Path(cfg.eval.output or default_output(cfg.eval.checkpoint, split))
     title = (
         f"{trained.model.name} [{split}]: {len(video_ids)} videos, "
         f"{cfg.eval.temporal_views}x{cfg.eval.spatial_views} views"
     )
-    written = write_reports(output, result, video_ids, classes, title=title)
-    # Under eval/: the training run's own val/ metrics stay as training logged them.
-    metrics = {
-        tracking.split_metric(f"eval/{split}", name): value
-        for name, value in result.metrics.items()
-    }
-    run_id = meta.get("run_id")
-    if run_id:
-        uri = tracking.tracking_uri(cfg.mlflow)
-        tracking.log_metrics(uri, run_id, metrics, step=meta["epoch"])
-        for path in written:
-            tracking.log_artifact(uri, run_id, path, f"eval_{split}")
-    return EvalReport(
-        split=split,
+    m = result.metrics
+    return Evaluated(
         clips=len(labels),
         videos=len(video_ids),
         views=views,
-        metrics=metrics,
-        output=output,
-        run_id=run_id,
+        metrics={tracking.split_metric(f"eval/{split}", k): v for k, v in m.items()},
+        written=write_reports(output, result, video_ids, classes, title=title),
+        headline=(
+            f"video top-1 {m[tracking.VIDEO_TOP1]:.3f}, top-5 {m[tracking.VIDEO_TOP5]:.3f}, "
+            f"mean class {m[tracking.MEAN_CLASS_ACC]:.3f}, clip top-1 {m[tracking.CLIP_TOP1]:.3f}"
+        ),
     )
+
+
+register_evaluator("classify", evaluate_clips)
 
 
 def _check_evaluation(cfg: Config) -> None:
