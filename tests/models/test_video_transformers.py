@@ -125,6 +125,7 @@ def test_a_clip_the_network_cannot_take_is_one_line_before_its_forward_pass(name
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.slow  # a full-size S3D forward pass on the meta device: a second or more
 def test_s3d_takes_the_smallest_clip_its_check_lets_through():
     with torch.device("meta"):
         assert build("s3d", num_classes=4)(torch.empty(1, 3, 13, 209, 209)).shape == (1, 4)
