@@ -123,8 +123,10 @@ _HEAD_PYSLOWFAST = re.compile(r"head\.projection\.(?P<param>\w+)$")
 
 
 def is_pytorchvideo(state: Mapping[str, Tensor]) -> bool:
-    """Whether ``state`` has PyTorchVideo's layout (its stem is ``blocks.0``)."""
-    return any(_strip(key).startswith("blocks.0.") for key in state)
+    """Whether ``state`` has PyTorchVideo's layout: its stem is ``blocks.0.conv`` or
+    ``blocks.0.multipathway_blocks`` (torchvision's MViT also has a ``blocks.0``)."""
+    stems = ("blocks.0.conv.", "blocks.0.multipathway_blocks.")
+    return any(_strip(key).startswith(stems) for key in state)
 
 
 def from_pytorchvideo(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

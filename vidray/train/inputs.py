@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
+from torchvision.models import WeightsEnum
+
 from vidray import storage
 from vidray.config import Config, ModelConfig
-from vidray.device import IMAGENET
+from vidray.device import IMAGENET, Normalization
 from vidray.errors import VidrayError
 from vidray.models import entry
 from vidray.models.pretrained import normalization_of, read_pretrained
@@ -55,7 +57,9 @@ def resolve_weights(cfg: Config) -> Config:
     family = entry(cfg.model.name)
     if on_disk:
         weights = read_pretrained(source, enum=family.weights)
-        normalization = weights.normalization or IMAGENET
+        # A bare state_dict records nothing: a family with torchvision weights was most
+        # likely saved from them (they share one normalisation), any other from ImageNet's.
+        normalization = weights.normalization or _registered(family.weights) or IMAGENET
         settings = family.settings_from(weights) if family.settings_from else {}
     else:
         normalization, settings = normalization_of(source, enum=family.weights), {}
@@ -66,6 +70,10 @@ def resolve_weights(cfg: Config) -> Config:
         std=cfg.clip.std or list(normalization.std),
     )
     return replace(cfg, model=replace(cfg.model, **unset), clip=clip)
+
+
+def _registered(enum: type[WeightsEnum] | None) -> Normalization | None:
+    return normalization_of(next(iter(enum.__members__)), enum=enum) if enum else None
 
 
 def model_kwargs(model: ModelConfig) -> dict[str, object]:
