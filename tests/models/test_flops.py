@@ -14,7 +14,7 @@ from vidray.models import available, build, entry
 from vidray.models.flops import count_macs, count_params
 from vidray.models.summary import example_input
 
-# 17 full-size networks on the meta device take about 16 s: more than the fast
+# 23 full-size networks on the meta device take about 25 s: more than the fast
 # part of the suite can spare.
 pytestmark = pytest.mark.slow
 
