@@ -259,6 +259,32 @@ def test_a_vidray_checkpoint_is_pretrained_weights_with_its_settings(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("name", "kwargs"), [("mc3_18", {}), ("c3d", {"width": 8}), ("s3d", {})], ids=str
+)
+def test_a_vidray_checkpoint_starts_any_3d_family(name, kwargs, tmp_path):
+    """A run's checkpoint (e.g. of Kinetics) is weights to fine-tune from, with a fresh
+    classifier for another class count."""
+    cfg = load_config(None, [f"model.name={name}", *(f"model.{k}={v}" for k, v in kwargs.items())])
+    trained = randomise(build_model(cfg, num_classes=5))
+    checkpoint = save_checkpoint(
+        tmp_path / "checkpoint",
+        model=trained,
+        optimizer=torch.optim.SGD(trained.parameters(), lr=0.1),
+        scheduler={"global_step": 0},
+        epoch=1,
+        cfg=cfg,
+        classes=list("abcde"),
+        run_id="",
+        metrics={},
+    )
+    fine_tune = build(name, num_classes=3, pretrained=str(checkpoint), **kwargs)
+    theirs = trained.state_dict()
+    kept = [k for k, v in fine_tune.state_dict().items() if v.shape == theirs[k].shape]
+    assert all(torch.equal(fine_tune.state_dict()[k], theirs[k]) for k in kept)
+    assert len(kept) >= len(theirs) - 2  # all but the classifier's weight and bias
+
+
+@pytest.mark.parametrize(
     ("pretrained", "mean"),
     [
         ("", None),  # nothing resolved: ImageNet's at run time, as before

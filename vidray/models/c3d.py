@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from vidray.models.pretrained import read_pretrained
 from vidray.models.registry import InputSpec, register
 from vidray.models.weights import HEAD_STD, init_weights, load_pretrained
-from vidray.state_dicts import read_state_dict
 
 # pool5's output at the paper's input; fc6 always reads this grid (see C3D.grid).
 _FC6_GRID = (1, 4, 4)
@@ -111,12 +111,13 @@ def c3d(
         num_classes: logits per clip (487 for Sports-1M).
         width: channels of conv1a; 64 is the paper's network, 8 a CPU-sized one.
         dropout: after fc6 and after fc7 (0.5 in the paper).
-        pretrained: a state_dict file: the converted Sports-1M weights (the port's key
-            names) or this module's; fc8 stays fresh for another number of classes.
+        pretrained: a state_dict file, the converted Sports-1M weights (the port's key
+            names) or this module's, or a vidray checkpoint; fc8 stays fresh for another
+            number of classes.
     """
     model = C3D(num_classes=num_classes, width=width, dropout=dropout)
     if pretrained:
-        state = _from_port(read_state_dict(pretrained))
+        state = _from_port(read_pretrained(pretrained).state)
         load_pretrained(model, state, source=pretrained, head=_HEAD)
     return model
 

@@ -43,9 +43,9 @@ from torchvision.models.video.resnet import (
 )
 
 from vidray.errors import VidrayError
+from vidray.models.pretrained import read_pretrained
 from vidray.models.registry import InputSpec, register
 from vidray.models.weights import load_pretrained
-from vidray.state_dicts import read_state_dict
 
 ConvMaker = type[Conv3DSimple | Conv3DNoTemporal | Conv2Plus1D]
 
@@ -149,7 +149,7 @@ def _build(
         dropout=dropout,
     )
     if pretrained is not None:
-        state = read_state_dict(pretrained, enum=variant.weights)
+        state = read_pretrained(pretrained, enum=variant.weights).state
         load_pretrained(model, state, source=pretrained, head=_HEAD)
     return model
 
@@ -170,7 +170,7 @@ def r3d_18(
         depth: 10, 18 (the paper's R3D-18) or 34 layers.
         width: stem channels; 64 is the paper's network, 8 a CPU-sized one.
         dropout: before fc (torchvision's network has none: 0).
-        pretrained: a state_dict file, or torchvision's weights by name
+        pretrained: a state_dict file, a vidray checkpoint, or torchvision's weights by name
             (``R3D_18_Weights.KINETICS400_V1``, or just ``KINETICS400_V1``); needs width 64
             and depth 18.
     """

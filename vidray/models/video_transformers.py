@@ -45,9 +45,9 @@ from torchvision.models import WeightsEnum
 from torchvision.models import video as tv_video
 
 from vidray.errors import VidrayError
+from vidray.models.pretrained import read_pretrained
 from vidray.models.registry import InputSpec, register
 from vidray.models.weights import load_pretrained
-from vidray.state_dicts import read_state_dict
 
 # The clip torchvision's weights of all six were trained or evaluated on (16 frames,
 # centre crops of 224 from frames scaled to 256) and its "_ops" are counted at.
@@ -162,7 +162,7 @@ def _build(name: str, num_classes: int, dropout: float | None, pretrained: str |
     if family.clip is not None:
         model.register_forward_pre_hook(ClipCheck(name, family.clip))
     if pretrained is not None:
-        state = read_state_dict(pretrained, enum=family.weights)
+        state = read_pretrained(pretrained, enum=family.weights).state
         head = (f"{family.head}.weight", f"{family.head}.bias")
         load_pretrained(model, state, source=pretrained, head=head)
     return model
