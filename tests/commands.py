@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 # How Ray prefixes a line it forwards from a worker to the driver: "(pid=7)" or
 # "(TrainController pid=7)", maybe in colour, maybe with the node's address.
 RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\([\w.:-]*\s?pid=")
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a child that a test stops with SIGINT: Ctrl-C at its default,
+    as a shell gives it, whatever disposition this long-lived test process holds (a child
+    inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def own_lines(text: str) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from commands import own_lines
+from commands import as_from_a_terminal, own_lines
 from media import (
     SMALL,
     make_audio_only,
@@ -510,6 +510,7 @@ def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # its Ray processes are found by their session id
+            preexec_fn=as_from_a_terminal,
         )
 
     def shards() -> set[str]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from commands import REPO
+from commands import REPO, as_from_a_terminal
 from mlflow.tracking import MlflowClient
 from probe import Probe, install
 from test_train import KNOBS, TINY, tiny_config
@@ -89,7 +89,13 @@ def test_ctrl_c_then_sigterm_keep_the_checkpoints_and_resuming_continues(
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     train = subprocess.Popen(
-        command, cwd=tmp_path, env=env, text=True, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=as_from_a_terminal,
     )
     try:
         wait_for_checkpoint(tmp_path / "runs" / "stopped", timeout=300)
@@ -139,6 +145,7 @@ def test_ctrl_c_then_sigterm_keep_the_checkpoints_and_resuming_continues(
 
     stop = threading.Thread(target=stop_while_paused)
     before = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         stop.start()
         with pytest.raises(Interrupted) as stopped:
@@ -148,7 +155,7 @@ def test_ctrl_c_then_sigterm_keep_the_checkpoints_and_resuming_continues(
         stop.join(timeout=600)
         signal.signal(signal.SIGTERM, before)
     assert not stop.is_alive() and sent.is_set()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not Ray's
+    assert signal.getsignal(signal.SIGINT) is sigint  # what it was, not Ray's
     again = resume_path(str(stopped.value))
     assert again == f"file://{resumed_dir}/epoch_{done + 1:03d}"
     runs = client.search_runs([first.info.experiment_id])

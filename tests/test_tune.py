@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from commands import own_lines
+from commands import as_from_a_terminal, own_lines
 from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server
 from PIL import Image
@@ -261,7 +261,14 @@ def stop_when(command: list[str], env: dict, log: Path, ready, signum: int) -> i
     the whole session (the driver and the Ray it started), as a terminal sends Ctrl-C
     to its foreground jobs; the driver's exit status. Its stderr goes to ``log.err``."""
     with log.open("w") as out, log.with_suffix(".err").open("w") as err:
-        driver = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
+        driver = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+            preexec_fn=as_from_a_terminal,
+        )
     deadline = time.monotonic() + 240
     try:
         while not ready():
