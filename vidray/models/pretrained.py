@@ -3,16 +3,16 @@ field publishes them, with what they say about the network and its input.
 
     source                                     layout        normalisation
     torchvision weights name (r3d_18, ...)     vidray        the weights' own transforms
-    state_dict file, vidray's names            vidray        not recorded: ImageNet's
+    state_dict file, vidray's names            vidray        not recorded (None)
     PyTorchVideo state_dict or zoo file        pytorchvideo  0.45 / 0.225
     PySlowFast checkpoint {"model_state"}      pyslowfast    its cfg's DATA.MEAN / STD
                                                              (else 0.45 / 0.225)
+    vidray checkpoint directory                checkpoint    its run's clip.mean / clip.std
 
 PyTorchVideo's zoo files (``I3D_8x8_R50.pyth``, ``SLOWFAST_8x8_R50.pyth``, ...)
 come in PySlowFast's checkpoint form with PyTorchVideo's names inside.
-    vidray checkpoint directory                checkpoint    its run's clip.mean / clip.std
 
-The layout is told from the keys (`layout_of`), and the state comes back under
+The layout is told from the keys, and the state comes back under
 vidray's names (`vidray.models.converted`). A family reads what else the weights
 fix (SlowFast's α and lateral kernel, I3D's time padding) through its
 ``settings_from`` hook (`vidray.models.registry.ModelEntry`), so that the network
@@ -32,7 +32,7 @@ from torchvision.models import WeightsEnum
 
 from vidray import storage
 from vidray.checkpoints import load_checkpoint
-from vidray.device import IMAGENET, PYSLOWFAST, Normalization
+from vidray.device import PYSLOWFAST, Normalization
 from vidray.models.converted import from_pyslowfast, from_pytorchvideo, is_pytorchvideo
 from vidray.state_dicts import read_state_dict, registry_weights
 
@@ -69,7 +69,8 @@ def read_pretrained(source: str, *, enum: type[WeightsEnum] | None = None) -> Pr
         return Pretrained(source, state["model"], "checkpoint", normalization, config["model"])
     if not Path(source).expanduser().is_file():
         weights = registry_weights(source, enum)
-        return Pretrained(source, read_state_dict(source, enum=enum), "vidray", _of(weights))
+        state = read_state_dict(source, enum=enum)
+        return Pretrained(source, state, "vidray", weights_normalization(weights))
     state = read_state_dict(source)
     if "model_state" in state:  # PySlowFast's checkpoint form, PyTorchVideo's zoo files too
         inner, recorded = state["model_state"], _pyslowfast_cfg(state.get("cfg"))
@@ -85,16 +86,9 @@ def read_pretrained(source: str, *, enum: type[WeightsEnum] | None = None) -> Pr
     return Pretrained(source, state, "vidray", None)
 
 
-def normalization_of(source: str, *, enum: type[WeightsEnum] | None = None) -> Normalization:
-    """What frames must be normalised with for the weights ``source``: theirs where they
-    record it, else ImageNet's. A torchvision name is answered from its transforms,
-    without fetching the weights."""
-    if not is_checkpoint(source) and not Path(source).expanduser().is_file():
-        return _of(registry_weights(source, enum))
-    return read_pretrained(source, enum=enum).normalization or IMAGENET
-
-
-def _of(weights: WeightsEnum) -> Normalization:
+def weights_normalization(weights: WeightsEnum) -> Normalization:
+    """What torchvision's ``weights`` were trained with, from their transforms (nothing
+    is fetched)."""
     transforms = weights.transforms()
     return Normalization.of_values(transforms.mean, transforms.std)
 

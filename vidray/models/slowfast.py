@@ -185,20 +185,6 @@ def slowfast_settings(weights: Pretrained) -> dict[str, object]:
     return settings
 
 
-def _pretrained_slowfast(
-    pretrained: str | None, *, alpha: int | None, fusion_kernel: int | None, paper_alpha: int
-) -> tuple[Pretrained | None, int, int]:
-    """The weights to load, and α and the lateral kernel: as given, else the weights',
-    else the paper's."""
-    weights = read_pretrained(pretrained) if pretrained else None
-    implied = slowfast_settings(weights) if weights else {}
-    return (
-        weights,
-        alpha or int(implied.get("alpha", paper_alpha)),
-        fusion_kernel or int(implied.get("fusion_kernel", PAPER_FUSION_KERNEL)),
-    )
-
-
 def _build(
     *,
     pretrained: str | None,
@@ -207,10 +193,15 @@ def _build(
     paper_alpha: int,
     **kwargs: object,
 ) -> SlowFast:
-    weights, alpha, fusion_kernel = _pretrained_slowfast(
-        pretrained, alpha=alpha, fusion_kernel=fusion_kernel, paper_alpha=paper_alpha
+    """`slowfast` with α and the lateral kernel as given, else the weights', else the
+    paper's; the weights loaded (a fresh classifier for another class count)."""
+    weights = read_pretrained(pretrained) if pretrained else None
+    implied = slowfast_settings(weights) if weights else {}
+    model = slowfast(
+        alpha=alpha or int(implied.get("alpha", paper_alpha)),
+        fusion_kernel=fusion_kernel or int(implied.get("fusion_kernel", PAPER_FUSION_KERNEL)),
+        **kwargs,
     )
-    model = slowfast(alpha=alpha, fusion_kernel=fusion_kernel, **kwargs)
     if weights is not None:
         load_pretrained(model, weights.state, source=weights.source, head=TRUNK_HEAD)
     return model

@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
-from torchvision.models import WeightsEnum
-
 from vidray import storage
 from vidray.config import Config, ModelConfig
-from vidray.device import IMAGENET, Normalization
+from vidray.device import IMAGENET
 from vidray.errors import VidrayError
 from vidray.models import entry
-from vidray.models.pretrained import normalization_of, read_pretrained
+from vidray.models.pretrained import read_pretrained, weights_normalization
+from vidray.state_dicts import registry_weights
 
 
 def resolve_inputs(cfg: Config) -> Config:
@@ -59,10 +58,12 @@ def resolve_weights(cfg: Config) -> Config:
         weights = read_pretrained(source, enum=family.weights)
         # A bare state_dict records nothing: a family with torchvision weights was most
         # likely saved from them (they share one normalisation), any other from ImageNet's.
-        normalization = weights.normalization or _registered(family.weights) or IMAGENET
+        registered = family.weights and weights_normalization(next(iter(family.weights)))
+        normalization = weights.normalization or registered or IMAGENET
         settings = family.settings_from(weights) if family.settings_from else {}
     else:
-        normalization, settings = normalization_of(source, enum=family.weights), {}
+        weights_named = registry_weights(source, family.weights)
+        normalization, settings = weights_normalization(weights_named), {}
     unset = {k: v for k, v in settings.items() if getattr(cfg.model, k) is None}
     clip = replace(
         cfg.clip,
@@ -70,10 +71,6 @@ def resolve_weights(cfg: Config) -> Config:
         std=cfg.clip.std or list(normalization.std),
     )
     return replace(cfg, model=replace(cfg.model, **unset), clip=clip)
-
-
-def _registered(enum: type[WeightsEnum] | None) -> Normalization | None:
-    return normalization_of(next(iter(enum.__members__)), enum=enum) if enum else None
 
 
 def model_kwargs(model: ModelConfig) -> dict[str, object]:
