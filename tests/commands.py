@@ -13,6 +13,14 @@ REPO = Path(__file__).resolve().parents[1]
 # How Ray prefixes a line it forwards from a worker to the driver: "(pid=7)" or
 # "(TrainController pid=7)", maybe in colour, maybe with the node's address.
 RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\([\w.:-]*\s?pid=")
+# Ray's node daemon warning that the machine's disk is nearly full: true of the shared
+# machine the suite runs on, said whatever command runs, and none of the command's words.
+DISK_NEARLY_FULL = re.compile(r"^(\x1b\[\d+m)?\(raylet\)(\x1b\[0m)? .* file_system_monitor\.cc:")
+
+
+def machine_warning(line: str) -> bool:
+    """Whether ``line`` is Ray's warning about the machine rather than the command's."""
+    return bool(DISK_NEARLY_FULL.match(line))
 
 
 def as_from_a_terminal() -> None:
@@ -25,7 +33,11 @@ def as_from_a_terminal() -> None:
 def own_lines(text: str) -> list[str]:
     """The lines of a command's output that are its own: the session's Ray forwards its
     workers' lines (earlier tests' too) to this process whenever they arrive."""
-    return [line for line in text.strip().splitlines() if not RAY_WORKER_LINE.match(line)]
+    return [
+        line
+        for line in text.strip().splitlines()
+        if not (RAY_WORKER_LINE.match(line) or machine_warning(line))
+    ]
 
 
 def run_module(
