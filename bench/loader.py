@@ -4,7 +4,7 @@ A generated motion dataset (default 48 videos of 64 frames at 10 fps, 192x144) i
 ingested once per storage variant (fps 10, short side 128, windows of 32 frames,
 DIS flow), then training clips of the ``train`` split are produced three ways:
 
-- **loader, in-process**: ``vidray.data.clips.iter_clip_batches`` (pyarrow batches
+- **loader, in-process**: ``vidray.data.reading.iter_clip_batches`` (pyarrow batches
   of 32 windows through ``ClipSampler``), in this process, one thread;
 - **loader, Ray Data**: ``read_clips(...).iter_batches(batch_size=32)`` on a local
   Ray with ``--cpus`` CPUs (one untimed warm-up epoch first);
@@ -60,10 +60,10 @@ import pyarrow.parquet as pq
 
 from vidray.config import ClipConfig
 from vidray.data import decode
-from vidray.data.clips import iter_clip_batches, read_clips, window_files
 from vidray.data.flow import load_flow_estimator, quantize_flow
 from vidray.data.ingest import run_ingest
-from vidray.data.manifest import read_manifest, write_manifest
+from vidray.data.manifest import read_manifest, window_files, write_manifest
+from vidray.data.reading import iter_clip_batches, read_clips
 from vidray.data.shards import read_windows
 
 TARGETS = {"rgb": 3.0, "rgb+flow": 10.0}

@@ -65,9 +65,9 @@ import torch
 
 from vidray import tracking
 from vidray.config import Config, load_config
-from vidray.data.clips import read_clips
 from vidray.data.ingest import run_ingest
 from vidray.data.manifest import read_dataset_info, read_manifest
+from vidray.data.reading import read_clips
 from vidray.device import channels_last
 from vidray.train.driver import run_training, steps_per_epoch
 from vidray.train.inputs import resolve_inputs

@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from vidray.config import ClipConfig
-from vidray.data.clips import ClipSampler, EpochReader, ShardReader, hflip
+from vidray.data.clips import ClipSampler, hflip
+from vidray.data.reading import EpochReader, ShardReader
 from vidray.data.shards import encode_images
 from vidray.errors import VidrayError
 

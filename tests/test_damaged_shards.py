@@ -12,9 +12,9 @@ import ray
 
 from vidray.cli import run_command
 from vidray.config import ClipConfig, load_config
-from vidray.data.clips import iter_clip_batches, window_files
 from vidray.data.ingest import run_ingest
-from vidray.data.manifest import read_manifest
+from vidray.data.manifest import read_manifest, window_files
+from vidray.data.reading import iter_clip_batches
 from vidray.errors import VidrayError, user_error
 
 CLIP = ClipConfig(T=4, stride=2, crop=48)

@@ -20,8 +20,8 @@ from untrained import save_untrained
 
 from vidray import tracking
 from vidray.config import load_config
-from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import read_dataset_info, read_manifest
+from vidray.data.reading import iter_clip_batches
 from vidray.device import Normalization, model_input
 from vidray.errors import VidrayError
 from vidray.train.evaluate import run_evaluation

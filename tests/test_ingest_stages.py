@@ -131,7 +131,7 @@ def test_a_bug_in_the_decode_stage_fails_loudly_and_leaves_nothing(tmp_path, mon
     def broken(*args, **kwargs):
         raise TypeError("a bug in vidray")
 
-    monkeypatch.setattr(stages, "encode_window", broken)
+    monkeypatch.setattr(stages, "segment_rows", broken)
     with pytest.raises(TypeError, match="a bug in vidray"):
         ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(output))
     assert not list(output.rglob("*.parquet")) and not list(output.rglob("*.tmp"))

@@ -22,7 +22,9 @@ import ray
 from ray.util.state import list_workers
 
 from vidray.config import ClipConfig
-from vidray.data.clips import ClipSampler, ShardReader, iter_clip_batches, read_clips, window_files
+from vidray.data.clips import ClipSampler
+from vidray.data.manifest import window_files
+from vidray.data.reading import ShardReader, iter_clip_batches, read_clips
 
 CLIP = ClipConfig(T=4, stride=2, crop=48)
 FLOW_L = 2
@@ -64,7 +66,8 @@ def test_reading_shards_starts_no_thread(motion_data, crop):
         "import os, sys\n"
         "import numpy as np\n"
         "from vidray.config import ClipConfig\n"
-        "from vidray.data.clips import ClipSampler, ShardReader\n"
+        "from vidray.data.clips import ClipSampler\n"
+        "from vidray.data.reading import ShardReader\n"
         "threads = lambda: len(os.listdir('/proc/self/task'))\n"
         f"clip = ClipConfig(T=4, stride=2, crop={crop})\n"
         f"reader = ShardReader(ClipSampler(clip, {FLOW_L}, True))\n"

@@ -19,8 +19,8 @@ from torchvision.models import get_model, get_model_weights, get_weight, list_mo
 
 import vidray.detect  # noqa: F401  (registers train.task=detect, which slowfast_ava.yaml trains)
 from vidray.config import Config, load_config
-from vidray.data.clips import iter_clip_batches
 from vidray.data.manifest import STORAGE_KEYS, read_dataset_info
+from vidray.data.reading import iter_clip_batches
 from vidray.device import Normalization, to_device
 from vidray.models import available
 from vidray.train.driver import check_data

@@ -28,7 +28,7 @@ from PIL import Image
 from vidray import tracking
 from vidray.cli import run_command
 from vidray.config import Config, load_config
-from vidray.data.clips import window_files
+from vidray.data.manifest import window_files
 from vidray.tracking import BUDGET_TAG, STOPPED_TAG, TRIAL_TAG
 from vidray.tune.space import expand, load_sweep
 from vidray.tune.sweep import STATE_FILE, run_sweep

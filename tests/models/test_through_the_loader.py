@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from vidray.config import Config, load_config
-from vidray.data.clips import iter_clip_batches
 from vidray.data.ingest import run_ingest
+from vidray.data.reading import iter_clip_batches
 from vidray.data.synthetic import write_motion_dataset
 from vidray.device import Normalization, channels_last, to_device
 from vidray.models import arguments, available, entry

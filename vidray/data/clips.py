@@ -13,29 +13,19 @@ of the long side), so one window row gives N*M clips, temporal view major.
 
 Only the frames (and flow fields) a clip uses are decoded, and everything
 stays uint8: conversion to float and normalisation happen on the training
-device (`vidray.train.inputs`).
-
-    ds = read_clips(data_dir, split="train", clip=cfg.clip, flow_L=cfg.flow.L, train=True)
-    for batch in ds.iter_torch_batches(batch_size=16): ...   # Ray Data
-    for batch in iter_clip_batches(data_dir, split="val", ...): ...  # in-process, no Ray
+device (`vidray.train.inputs`). `vidray.data.reading` reads shards through a sampler.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from vidray import storage
 from vidray.config import ClipConfig
-from vidray.data.manifest import WINDOWS_DIR, read_dataset_info, read_manifest
 from vidray.data.shards import decode_images
 from vidray.errors import VidrayError
 
@@ -43,9 +33,6 @@ from vidray.errors import VidrayError
 _BASE_COLUMNS = ["video_key", "label", "height", "width", "frames_codec", "frames"]
 _FLOW_COLUMNS = ["flow_codec", "flow"]
 SPATIAL_VIEWS = (1, 3)
-# What a draw from (train.seed, epoch) is for: numpy spawn keys, so these streams share
-# no seed with each other nor with the loop's local shuffle ([seed, epoch, rank]).
-SHARD_ORDER, SHARD_CLIPS = 0, 1
 
 
 def check_views(temporal_views: int, spatial_views: int) -> None:
@@ -217,281 +204,6 @@ class ClipSampler:
                 )
             )
         return clips
-
-
-def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]:
-    """The shard files of an ingest output, or only those of one split.
-
-    A shard holds windows of one video, and a video is in one split, so the
-    manifest tells which files to read: training never opens the val shards.
-    """
-    ingested = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
-    rows = [r for r in ingested if split is None or r["split"] == split]
-    files = sorted(storage.join(data_dir, WINDOWS_DIR, s) for r in rows for s in r["shards"])
-    if files:
-        return files
-    if not ingested:
-        raise VidrayError(f"{data_dir} has no ingested videos: run `vidray ingest` first")
-    videos = Counter(r["split"] for r in ingested)
-    splits = ", ".join(f"{name} ({n} videos)" for name, n in sorted(videos.items()))
-    raise VidrayError(f"{data_dir} has no split {split!r}; its splits: {splits}")
-
-
-def clips_from_shards(
-    paths: Iterable[str],
-    sampler: Any,
-    *,
-    batch_rows: int,
-    seeds: Iterable[int | None] | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Read shards (only the columns the clip needs) and derive their clips, batch by
-    batch; a training sampler draws from a generator seeded by the shard's seed."""
-    paths = list(paths)
-    seeds = [None] * len(paths) if seeds is None else seeds
-    for path, seed in zip(paths, seeds, strict=True):
-        rng = np.random.default_rng(seed)
-        for batch in shard_batches(path, columns=sampler.columns, batch_rows=batch_rows):
-            yield sampler(pa.Table.from_batches([batch]), rng)
-
-
-def shard_batches(
-    path: str, *, columns: list[str] | None, batch_rows: int
-) -> Iterator[pa.RecordBatch]:
-    """The record batches of one shard. A shard the manifest names but that is gone,
-    damaged (a partial copy, a bad disk) or unreadable (permissions, credentials)
-    is a `VidrayError` naming the file and what to do."""
-    try:
-        # Read and decoded on the calling thread: a read task starts no Arrow pool
-        # threads (it has one CPU, and pool threads would outlive it in the worker).
-        # Only a remote file pre-buffers, on Arrow's I/O threads: it saves round trips.
-        # The file closes once the shard is read, not whenever a GC pass finds it.
-        with pq.ParquetFile(storage.open_input(path), pre_buffer=storage.is_uri(path)) as parquet:
-            yield from parquet.iter_batches(
-                batch_size=batch_rows, columns=columns, use_threads=False
-            )
-    except (pa.ArrowException, OSError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        repair = (
-            "delete it and run `vidray ingest` again with the same config, which "
-            "re-ingests the videos whose shards are gone"
-        )
-        if isinstance(exc, FileNotFoundError):
-            message = (
-                f"missing window shard {path} ({reason}): "
-                "run `vidray ingest` again with the same config"
-            )
-        elif isinstance(exc, pa.ArrowInvalid):  # not Parquet, or cut short
-            message = f"damaged window shard {path} ({reason}): {repair}"
-        else:  # the storage refused or failed: the file may well be intact
-            message = (
-                f"cannot read window shard {path} ({reason}): check access; if damaged, {repair}"
-            )
-        raise VidrayError(message) from exc
-
-
-@dataclass(frozen=True)
-class ShardReader:
-    """Ray Data stage: a batch of shard paths -> batches of clips.
-
-    One task reads a group of shards with pyarrow. Ray's own `read_parquet`
-    starts a read task per file, which costs ~60 ms each: at one shard per
-    video segment that overhead, paid every epoch, exceeded the reading itself.
-    Called on a batch, a training sampler draws from fresh entropy; seeded training
-    reads through `EpochReader`.
-    """
-
-    sampler: Any  # ClipSampler, or any callable (Table, rng) -> batch with a `columns` list
-    batch_rows: int = 32
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        yield from self.read(batch["path"])
-
-    def read(
-        self, paths: Iterable[str], seeds: Iterable[int] | None = None
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """The clips of ``paths``; each shard's drawn from its seed, if given."""
-        yield from clips_from_shards(paths, self.sampler, batch_rows=self.batch_rows, seeds=seeds)
-
-
-def shard_group_order(seed: int, epoch: int, groups: int) -> list[int]:
-    """The order in which seeded training reads its ``groups`` shard groups in ``epoch``."""
-    draws = np.random.SeedSequence([seed, epoch], spawn_key=(SHARD_ORDER,))
-    return np.random.default_rng(draws).permutation(groups).tolist()
-
-
-def shard_clip_seed(seed: int, epoch: int, shard: int) -> int:
-    """The seed of the clips drawn in ``epoch`` from shard number ``shard`` (its place
-    among the split's sorted shards)."""
-    draws = np.random.SeedSequence([seed, epoch], spawn_key=(SHARD_CLIPS, shard))
-    return int(draws.generate_state(1, np.uint64)[0])
-
-
-class EpochClock:
-    """The epoch a training run is in, held by a Ray actor (`start_epoch_clock`): the
-    training loop sets it before it reads an epoch's clips, and the read tasks of a
-    seeded training split (`EpochReader`) ask it which epoch they draw for.
-
-    Only the loop knows the real epoch: a run resumed from a checkpoint
-    (``train.resume_from``, a resumed sweep, a restarted worker group) goes on at
-    epoch k. Ray Data's own per-execution seeds count the executions of one Dataset
-    object instead, from 0 again in every new driver and worker group, so a resumed
-    epoch k would draw epoch 1's shard order and clips again.
-    """
-
-    def __init__(self) -> None:
-        self.epoch = 0
-
-    def set(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def get(self) -> int:
-        return self.epoch
-
-
-def start_epoch_clock() -> Any:
-    """A new `EpochClock` actor (needs a running Ray); it lives as long as its handle."""
-    import ray
-
-    # No CPU: it only answers, and a trial's or a small cluster's CPUs are all spoken for.
-    return ray.remote(EpochClock).options(num_cpus=0).remote()
-
-
-@dataclass(frozen=True)
-class EpochReader:
-    """Ray Data stage of seeded training: slots -> the clips of the shard groups that
-    take those slots in the epoch ``clock`` says.
-
-    The shards are read in groups of ``shards_per_task`` (one read task each, as
-    `ShardReader` explains); group order and each shard's clips follow from
-    (``seed``, epoch, shard) alone (`shard_group_order`, `shard_clip_seed`), so an
-    epoch reads the same in every run with that seed, whether it runs on, resumes
-    from a checkpoint or restarts its workers.
-    """
-
-    reader: ShardReader
-    files: tuple[str, ...]  # the split's shards, sorted
-    shards_per_task: int
-    seed: int
-    clock: Any  # an EpochClock actor
-
-    @property
-    def groups(self) -> int:
-        return math.ceil(len(self.files) / self.shards_per_task)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        import ray
-
-        epoch = ray.get(self.clock.get.remote())
-        for slot in batch["slot"]:
-            yield from self.read(int(slot), epoch)
-
-    def read(self, slot: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        """The clips of the shard group read ``slot``-th in ``epoch``."""
-        first = shard_group_order(self.seed, epoch, self.groups)[slot] * self.shards_per_task
-        shards = range(first, min(first + self.shards_per_task, len(self.files)))
-        yield from self.reader.read(
-            [self.files[s] for s in shards], [shard_clip_seed(self.seed, epoch, s) for s in shards]
-        )
-
-
-def read_clips(
-    data_dir: str | Path,
-    *,
-    split: str,
-    clip: ClipConfig,
-    flow_L: int,
-    train: bool,
-    seed: int | None = None,
-    clock: Any = None,
-    shards_per_task: int = 16,
-    temporal_views: int = 1,
-    spatial_views: int = 1,
-    video_ids: bool = False,
-) -> Any:
-    """A Ray Dataset of clip batches for one split (needs a running Ray).
-
-    Each execution (each epoch) re-derives the clips, so training sees new
-    offsets, crops and flips every epoch; in training the shard groups also
-    come in a new order. With a ``seed`` both follow from it and the epoch
-    ``clock`` says (`read_samples`), so two runs with one seed read the same
-    clips. Evaluation may ask for several views per window and for the
-    ``video_id`` of every clip, as `iter_clip_batches` does.
-    """
-    sampler = ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids)
-    views = temporal_views * spatial_views
-    reader = ShardReader(sampler, batch_rows=max(1, ShardReader.batch_rows // views))
-    return read_samples(
-        data_dir,
-        split=split,
-        reader=reader,
-        train=train,
-        seed=seed,
-        clock=clock,
-        shards_per_task=shards_per_task,
-    )
-
-
-def read_samples(
-    data_dir: str | Path,
-    *,
-    split: str,
-    reader: ShardReader,
-    train: bool,
-    seed: int | None = None,
-    clock: Any = None,
-    shards_per_task: int = 16,
-) -> Any:
-    """A Ray Dataset of what ``reader``'s sampler derives from one split's shards: groups
-    of ``shards_per_task`` shards per read task, in a new order every training epoch.
-
-    With a ``seed``, training draws the order and every shard's clips from the seed, the
-    epoch ``clock`` says (an `EpochClock` the training loop sets) and the shard
-    (`EpochReader`): new every epoch, the same in every run with that seed, resumed or
-    not. Without one they come from fresh entropy.
-    """
-    import ray
-
-    read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
-    files = window_files(data_dir, split=split)
-    groups = math.ceil(len(files) / shards_per_task)
-    if train and seed is not None:
-        if clock is None:
-            raise ValueError("a seeded training read needs the EpochClock the loop sets")
-        slots = ray.data.from_items(
-            [{"slot": g} for g in range(groups)], override_num_blocks=groups
-        )
-        return slots.map_batches(
-            EpochReader(reader, tuple(files), shards_per_task, seed, clock), batch_size=1
-        )
-    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=groups)
-    if train:
-        ds = ds.randomize_block_order()
-    return ds.map_batches(reader, batch_size=shards_per_task)
-
-
-def iter_clip_batches(
-    data_dir: str | Path,
-    *,
-    split: str,
-    clip: ClipConfig,
-    flow_L: int,
-    train: bool = False,
-    batch_rows: int = 32,
-    temporal_views: int = 1,
-    spatial_views: int = 1,
-    video_ids: bool = False,
-) -> Iterator[dict[str, np.ndarray]]:
-    """The same clips in-process, without Ray: for evaluation and tests.
-
-    Evaluation can ask for several views per window (``batch_rows`` windows
-    then give ``batch_rows * temporal_views * spatial_views`` clips) and for the
-    ``video_id`` strings of the clips, which the Ray training path never reads.
-    """
-    yield from clips_from_shards(
-        window_files(data_dir, split=split),
-        ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids),
-        batch_rows=batch_rows,
-    )
 
 
 def hflip(

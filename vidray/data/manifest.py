@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -202,3 +203,21 @@ def check_same_parameters(
                 f"{output} was ingested with {key}={previous[key]}, not {value}: "
                 "use a new --output, the same value, or ingest.mode=replace to start it afresh"
             )
+
+
+def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]:
+    """The shard files of an ingest output, or only those of one split.
+
+    A shard holds windows of one video, and a video is in one split, so the
+    manifest tells which files to read: training never opens the val shards.
+    """
+    ingested = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
+    rows = [r for r in ingested if split is None or r["split"] == split]
+    files = sorted(storage.join(data_dir, WINDOWS_DIR, s) for r in rows for s in r["shards"])
+    if files:
+        return files
+    if not ingested:
+        raise VidrayError(f"{data_dir} has no ingested videos: run `vidray ingest` first")
+    videos = Counter(r["split"] for r in ingested)
+    splits = ", ".join(f"{name} ({n} videos)" for name, n in sorted(videos.items()))
+    raise VidrayError(f"{data_dir} has no split {split!r}; its splits: {splits}")

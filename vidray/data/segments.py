@@ -1,7 +1,8 @@
 """Ingest's stages, one video file at a time: plain functions that Ray only wires.
 
     source_entry ─> probe_entry ─> plan_segments ─> pack_segments ─> ingest_task
-                                                       (each segment: ingest_segment)
+                                                       (each segment: ingest_segment,
+                                                        its rows: window_rows)
 
 A segment is a run of at most ``ingest.segment_windows`` windows of one video,
 so a long film is spread over many tasks and no task holds more than one
@@ -15,12 +16,11 @@ raises with its traceback.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from vidray.data.manifest import (
     read_journal_record,
     write_journal_record,
 )
-from vidray.data.shards import ShardWriter, encode_images
+from vidray.data.shards import ShardWriter
 from vidray.data.sources import SourceEntry, stable_hash, video_key
+from vidray.data.window_rows import segment_rows
 from vidray.errors import VideoError
 
 # What a user's file can make the decoder raise. Anything else is a bug in vidray.
@@ -215,57 +216,6 @@ def pack_segments(
     return tasks
 
 
-@functools.lru_cache(maxsize=2)
-def _flow_estimator(flow: FlowConfig) -> Callable | None:
-    """One estimator per worker process: Ray reuses workers, RAFT loads once."""
-    if flow.backend == "none":
-        return None
-    from vidray.data.flow import load_flow_estimator
-
-    return load_flow_estimator(
-        flow.backend,
-        dis_preset=flow.dis_preset,
-        raft_model=flow.raft_model,
-        raft_weights=flow.raft_weights or None,
-    )
-
-
-def encode_window(
-    segment: dict[str, Any],
-    window: decode.Window,
-    *,
-    ingest: IngestConfig,
-    flow: FlowConfig,
-    estimator: Callable | None,
-) -> dict[str, Any]:
-    """One shard row (the data contract): the window's frames, its flow, where it sits."""
-    from vidray.data.flow import quantize_flow
-
-    frames = window.frames
-    flow_entries = None
-    if estimator is not None:
-        quantized = quantize_flow(estimator(frames), flow.bound)
-        flow_entries = encode_images(quantized, codec=flow.codec, quality=ingest.jpeg_quality)
-    return {
-        "video_id": segment["video_id"],
-        "video_key": video_key(segment["video_id"]),
-        "label": segment["label"],
-        "label_name": segment["label_name"],
-        "split": segment["split"],
-        "window_idx": window.index,
-        "start_sec": window.start_sec,
-        "fps": ingest.fps,
-        "height": frames.shape[1],
-        "width": frames.shape[2],
-        "padded": window.padded,
-        "frames_codec": ingest.frames_codec,
-        "frames": encode_images(frames, codec=ingest.frames_codec, quality=ingest.jpeg_quality),
-        "flow_codec": flow.codec if estimator is not None else None,
-        "flow": flow_entries,
-        "flow_bound": flow.bound,
-    }
-
-
 def ingest_task(
     task: dict[str, Any],
     *,
@@ -318,11 +268,6 @@ def ingest_segment(
     done = read_journal_record(output, segment["shard"])
     if done is not None and _records(done, segment) and shard_in_place(output, done):
         return done
-    import cv2
-
-    # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
-    cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
-    estimator = _flow_estimator(flow)
     writer = ShardWriter(
         storage.join(output, WINDOWS_DIR, segment["shard"]), tmp_dir=scratch_dir(output)
     )
@@ -331,11 +276,12 @@ def ingest_segment(
     local = None
     try:
         with _local_source(segment["path"]) as local:
-            windows = _segment_windows(dict(segment, path=str(local)), ingest=ingest, errors=errors)
-            for window, extra in windows:
-                row = encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
-                writer.add({**row, **extra})
-                padded = max(padded, window.padded)
+            rows = segment_rows(
+                dict(segment, path=str(local)), ingest=ingest, flow=flow, errors=errors
+            )
+            for row in rows:
+                writer.add(row)
+                padded = max(padded, row["padded"])
                 if on_window is not None:
                     on_window()
     except _MEDIA_ERRORS as exc:  # the windows before the error are kept
@@ -375,75 +321,3 @@ def shard_in_place(output: str, record: dict[str, Any]) -> bool:
     return record["n_windows"] == 0 or storage.is_file(
         storage.join(output, WINDOWS_DIR, record["shard"])
     )
-
-
-def _segment_windows(
-    segment: dict[str, Any], *, ingest: IngestConfig, errors: list[str]
-) -> Iterator[tuple[decode.Window, dict[str, Any]]]:
-    """A segment's windows and each one's extra columns: windows on the regular grid,
-    or (layout ava) one centred on each keyframe, with the keyframe's boxes."""
-    if segment.get("keyframes"):
-        yield from _keyframe_windows(segment, ingest=ingest, errors=errors)
-    else:
-        windows = decode.iter_windows(
-            segment["path"],
-            fps=ingest.fps,
-            short_side=ingest.short_side,
-            max_upscale=ingest.max_upscale,
-            window_frames=ingest.window_frames,
-            window_stride=ingest.window_stride,
-            start_sec=segment["start_sec"],
-            end_sec=segment["end_sec"],
-            first_window=segment["first_window"],
-            max_windows=None if segment["max_windows"] < 0 else segment["max_windows"],
-            threads=ingest.decode_threads,
-            errors=errors,
-        )
-        for window in windows:
-            yield window, {}
-
-
-def _keyframe_windows(
-    segment: dict[str, Any], *, ingest: IngestConfig, errors: list[str]
-) -> Iterator[tuple[decode.Window, dict[str, Any]]]:
-    """One window centred on each of the segment's AVA keyframes, with its boxes."""
-    keyframes = json.loads(segment["keyframes"])
-    centres = [round((k["sec"] - ingest.ava_time_offset) * ingest.fps) for k in keyframes]
-    early = sum(c < 0 for c in centres)
-    if early:
-        errors.append(
-            f"{early} keyframes before the video starts (ingest.ava_time_offset="
-            f"{ingest.ava_time_offset:g}): left out"
-        )
-    written = 0
-    windows = decode.iter_keyframe_windows(
-        segment["path"],
-        centres=centres[early:],
-        fps=ingest.fps,
-        short_side=ingest.short_side,
-        max_upscale=ingest.max_upscale,
-        window_frames=ingest.window_frames,
-        threads=ingest.decode_threads,
-        errors=errors,
-    )
-    for window in windows:
-        keyframe = keyframes[early + window.index]
-        written += 1
-        yield (
-            replace(window, index=segment["first_window"] + early + window.index),
-            {
-                "keyframe_sec": keyframe["sec"],
-                "keyframe_offset": ingest.window_frames // 2,
-                "boxes": [v for box in keyframe["boxes"] for v in box],
-                "box_actions": keyframe["actions"],
-                "person_ids": keyframe["persons"],
-                "proposals": [v for box in keyframe.get("proposals", []) for v in box],
-                "proposal_scores": keyframe.get("scores", []),
-            },
-        )
-    late = len(keyframes) - early - written
-    if late:
-        errors.append(
-            f"{late} keyframes past the end of the video (ingest.ava_time_offset="
-            f"{ingest.ava_time_offset:g}): left out"
-        )

@@ -24,8 +24,9 @@ import pyarrow as pa
 import torch
 
 from vidray.config import ClipConfig, Config, DetectionConfig
-from vidray.data.clips import ShardReader, clips_from_shards, hflip, read_samples, window_files
-from vidray.data.manifest import read_dataset_info
+from vidray.data.clips import hflip
+from vidray.data.manifest import read_dataset_info, window_files
+from vidray.data.reading import ShardReader, clips_from_shards, read_samples
 from vidray.data.shards import decode_images
 from vidray.errors import VidrayError
 

@@ -33,8 +33,8 @@ from torch import nn
 from vidray import storage, tracking
 from vidray.checkpoints import check_resumable
 from vidray.config import Config
-from vidray.data.clips import start_epoch_clock
 from vidray.data.manifest import read_dataset_info
+from vidray.data.reading import start_epoch_clock
 from vidray.errors import Interrupted, VidrayError
 from vidray.models import entry
 from vidray.train.inputs import resolve_inputs

@@ -32,7 +32,8 @@ from torch import nn
 from vidray import storage, tracking
 from vidray.checkpoints import load_checkpoint
 from vidray.config import Config
-from vidray.data.clips import check_views, iter_clip_batches, read_clips
+from vidray.data.clips import check_views
+from vidray.data.reading import iter_clip_batches, read_clips
 from vidray.device import Normalization, for_inference
 from vidray.errors import VidrayError
 from vidray.train import report as files

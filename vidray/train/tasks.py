@@ -118,7 +118,7 @@ class Classify:
     def dataset(self, cfg: Config, split: str, *, train: bool, clock: Any = None) -> Any:
         """The clips of ``split``; training draws them from ``train.seed`` and the epoch
         ``clock`` (an `EpochClock` actor) says."""
-        from vidray.data.clips import read_clips
+        from vidray.data.reading import read_clips
 
         return read_clips(
             cfg.train.data,
