@@ -1,15 +1,14 @@
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from windows import W, clip_views, coded_window
 
 from vidray.config import ClipConfig
 from vidray.data.clips import ClipSampler, hflip
-from vidray.data.reading import EpochReader, ShardReader
 from vidray.data.shards import encode_images
 from vidray.errors import VidrayError
 
-W, H, WIDTH = 16, 20, 30
+H, WIDTH = 20, 30
 
 
 def _window(codec="raw", with_flow=True):
@@ -81,7 +80,7 @@ def test_flip_negates_flow_x():
     sampler = ClipSampler(
         ClipConfig(T=T, stride=stride, crop=crop, hflip=True), flow_L=L, train=True
     )
-    row = _coded_window(20, 30)
+    row = coded_window(20, 30)
     stored = np.stack([np.frombuffer(f, np.uint8).reshape(20, 30, 3) for f in row["frames"]])
     stored_flow = np.stack([np.frombuffer(f, np.uint8).reshape(20, 30, 2) for f in row["flow"]])
     batch = sampler(pa.Table.from_pylist([row] * 64), np.random.default_rng(0))
@@ -139,43 +138,17 @@ def test_flow_model_on_data_without_flow_is_a_clear_error():
         sampler.sample(_window(with_flow=False), None)
 
 
-def _coded_window(height, width, video_id="a/b"):
-    """Pixel (x, y) of frame i holds (x, 10*i, y): a clip tells its offset and crop.
-    Flow at (x, y) is (100 + x, 200 - x) in every field: it tells left from right too."""
-    ys, xs = np.mgrid[0:height, 0:width]
-    frames = np.stack(
-        [np.stack([xs, np.full_like(xs, 10 * i), ys], axis=-1) for i in range(W)]
-    ).astype(np.uint8)
-    flow = np.broadcast_to(np.stack([100 + xs, 200 - xs], axis=-1), (W - 1, height, width, 2))
-    return {
-        "video_key": 7,
-        "video_id": video_id,
-        "label": 2,
-        "height": height,
-        "width": width,
-        "frames_codec": "raw",
-        "frames": encode_images(frames, codec="raw"),
-        "flow_codec": "raw",
-        "flow": encode_images(flow.astype(np.uint8), codec="raw"),
-    }
-
-
-def _views(frames):
-    """(first frame index, top, left) of each clip in a batch of coded clips."""
-    return [(int(c[0, 0, 0, 1]) // 10, int(c[0, 0, 0, 2]), int(c[0, 0, 0, 0])) for c in frames]
-
-
 def test_multi_view_takes_temporal_times_spatial_clips_per_window():
     sampler = ClipSampler(
         ClipConfig(T=4, stride=2, crop=16), flow_L=2, train=False, temporal_views=2, spatial_views=3
     )
-    batch = sampler(pa.Table.from_pylist([_coded_window(20, 30), _coded_window(20, 30)]))
+    batch = sampler(pa.Table.from_pylist([coded_window(20, 30), coded_window(20, 30)]))
     assert batch["frames"].shape == (12, 4, 16, 16, 3)
     assert batch["flow"].shape == (12, 2, 16, 16, 2)
     assert batch["label"].tolist() == [2] * 12 and batch["video_key"].tolist() == [7] * 12
     # span 7 in 16 frames: offsets 0 and 9; landscape: crops left, centre, right, centred vertically
     one_window = [(s, 2, left) for s in (0, 9) for left in (0, 7, 14)]
-    assert _views(batch["frames"]) == one_window * 2
+    assert clip_views(batch["frames"]) == one_window * 2
     assert "video_id" not in batch
 
 
@@ -183,21 +156,21 @@ def test_portrait_frames_are_cropped_top_centre_bottom():
     sampler = ClipSampler(
         ClipConfig(T=4, stride=2, crop=16), flow_L=0, train=False, spatial_views=3
     )
-    batch = sampler(pa.Table.from_pylist([_coded_window(30, 20)]))
-    assert _views(batch["frames"]) == [(4, 0, 2), (4, 7, 2), (4, 14, 2)]
+    batch = sampler(pa.Table.from_pylist([coded_window(30, 20)]))
+    assert clip_views(batch["frames"]) == [(4, 0, 2), (4, 7, 2), (4, 14, 2)]
 
 
 def test_temporal_views_are_evenly_spaced_over_the_window():
     sampler = ClipSampler(
         ClipConfig(T=2, stride=1, crop=16), flow_L=0, train=False, temporal_views=4
     )
-    batch = sampler(pa.Table.from_pylist([_coded_window(20, 30)]))
-    assert [s for s, _, _ in _views(batch["frames"])] == [0, 5, 9, 14]  # round(i * 14 / 3)
+    batch = sampler(pa.Table.from_pylist([coded_window(20, 30)]))
+    assert [s for s, _, _ in clip_views(batch["frames"])] == [0, 5, 9, 14]  # round(i * 14 / 3)
 
 
 def test_a_single_view_is_the_centred_clip():
     sampler = ClipSampler(ClipConfig(T=4, stride=3, crop=16), flow_L=0, train=False)
-    row = _coded_window(20, 30)
+    row = coded_window(20, 30)
     ((frames, _),) = sampler.views(row)
     np.testing.assert_array_equal(frames, sampler.sample(row, None)[0])
 
@@ -208,7 +181,7 @@ def test_video_ids_are_read_only_when_asked():
     sampler = ClipSampler(clip, flow_L=0, train=False, spatial_views=3, video_ids=True)
     assert "video_id" in sampler.columns
     batch = sampler(
-        pa.Table.from_pylist([_coded_window(20, 30, "x/1"), _coded_window(20, 30, "y/2")])
+        pa.Table.from_pylist([coded_window(20, 30, "x/1"), coded_window(20, 30, "y/2")])
     )
     assert batch["video_id"].tolist() == ["x/1"] * 3 + ["y/2"] * 3
 
@@ -226,44 +199,6 @@ def test_undefined_view_counts_are_one_line_errors(views, message):
     with pytest.raises(VidrayError, match=message) as info:
         ClipSampler(ClipConfig(T=2, stride=1, crop=16), flow_L=0, **kwargs)
     assert "\n" not in str(info.value)
-
-
-def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
-    """Seeded training draws the shard order and every shard's clips from (seed, epoch,
-    shard) alone: a run resumed at epoch 3 (a new driver, a fresh reader) reads what an
-    uninterrupted run reads in its third epoch. Each epoch reads every window once, in
-    a new order and with new clips."""
-    files = []
-    for shard in range(12):
-        files.append(str(tmp_path / f"shard_{shard:02d}.parquet"))
-        pq.write_table(
-            pa.Table.from_pylist([{**_coded_window(20, 30), "video_key": shard}]), files[-1]
-        )
-    sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16, hflip=False), flow_L=0, train=True)
-
-    def reader(seed: int = 3) -> EpochReader:
-        return EpochReader(
-            ShardReader(sampler), tuple(files), shards_per_task=2, seed=seed, clock=None
-        )
-
-    def epoch(reader: EpochReader, number: int) -> list[tuple[int, int, int, int]]:
-        """(shard, first frame, top, left) of every clip, in the order read."""
-        return [
-            (int(key), *view)
-            for slot in range(reader.groups)
-            for batch in reader.read(slot, number)
-            for key, view in zip(batch["video_key"], _views(batch["frames"]), strict=True)
-        ]
-
-    continuous = reader()
-    run = [epoch(continuous, number) for number in (1, 2, 3)]
-    assert epoch(reader(), 3) == run[2]
-    for clips in run:
-        assert sorted(shard for shard, *_ in clips) == list(range(12))
-    orders = [[shard for shard, *_ in clips] for clips in run]
-    assert orders[0] != orders[1] != orders[2] != orders[0]
-    assert sorted(run[0]) != sorted(run[1])  # new clips, not only a new order
-    assert epoch(reader(seed=4), 1) != run[0]
 
 
 def test_a_flipped_keyframe_box_still_holds_its_person():
