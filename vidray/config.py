@@ -78,6 +78,9 @@ class IngestConfig:
     frames_codec: FramesCodec = "jpeg"
     jpeg_quality: int = 90
     segment_windows: int = 64  # windows per task at most: long videos are split across tasks
+    # target size of a shard file: the windows of many videos of one split share a shard
+    # (Kinetics-400 in ~1,000 files, not ~240,000), so an epoch opens few files
+    shard_mb: float = 256.0
     # ava: video time of annotation second 0 is -offset (900 for AVA's 15-minute cuts
     # starting at second 900, 0 for full movies); windows are centred on keyframes
     ava_time_offset: float = 0.0

@@ -205,19 +205,32 @@ def check_same_parameters(
             )
 
 
-def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]:
-    """The shard files of an ingest output, or only those of one split.
+def split_shards(data_dir: str | Path, *, split: str | None = None) -> list[tuple[str, int]]:
+    """(shard file, windows of the split in it) for every shard an ingest output holds of
+    one split, or of all: what a reader sizes its tasks by. Sorted by file.
 
-    A shard holds windows of one video, and a video is in one split, so the
-    manifest tells which files to read: training never opens the val shards.
+    A video is in one split, and a shard holds videos of one split, so the manifest tells
+    which files to read: training never opens the val shards.
     """
     ingested = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
     rows = [r for r in ingested if split is None or r["split"] == split]
-    files = sorted(storage.join(data_dir, WINDOWS_DIR, s) for r in rows for s in r["shards"])
-    if files:
-        return files
+    windows: Counter[str] = Counter()
+    for row in rows:
+        # A video's windows are spread evenly over its segments' shards (at most one
+        # segment's worth of difference): close enough to size read tasks by.
+        for shard in row["shards"]:
+            windows[storage.join(data_dir, WINDOWS_DIR, shard)] += row["n_windows"] / len(
+                row["shards"]
+            )
+    if windows:
+        return [(path, max(1, round(n))) for path, n in sorted(windows.items())]
     if not ingested:
         raise VidrayError(f"{data_dir} has no ingested videos: run `vidray ingest` first")
     videos = Counter(r["split"] for r in ingested)
     splits = ", ".join(f"{name} ({n} videos)" for name, n in sorted(videos.items()))
     raise VidrayError(f"{data_dir} has no split {split!r}; its splits: {splits}")
+
+
+def window_files(data_dir: str | Path, *, split: str | None = None) -> list[str]:
+    """The shard files of an ingest output, or only those of one split (`split_shards`)."""
+    return [path for path, _ in split_shards(data_dir, split=split)]
