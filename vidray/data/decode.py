@@ -77,7 +77,10 @@ class Window:
     index: int  # window number counted from start_sec
     start_sec: float  # time of the window's first frame, seconds from the video's start
     frames: np.ndarray  # (window_frames, H, W, 3) uint8 RGB
-    padded: int  # how many trailing frames repeat the last real frame
+    padded: int  # how many frames repeat a real one (trailing ones, or leading ones for AVA)
+    # Grid index of each frame (from start_sec; a repeated frame has its source's):
+    # overlapping windows share frames, and ingest encodes a shared one once.
+    frame_indices: tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- grid
@@ -560,6 +563,7 @@ def _slide(
                 start_sec=start_sec + window_start / fps,
                 frames=np.stack(buffer),
                 padded=0,
+                frame_indices=tuple(range(window_start, k + 1)),
             )
     if first_index > 0 or count >= window_frames:
         return
@@ -574,6 +578,7 @@ def _slide(
         start_sec=start_sec,
         frames=np.stack([*buffer, *[buffer[-1]] * padded]),
         padded=padded,
+        frame_indices=(*range(count), *[count - 1] * padded),
     )
 
 
@@ -608,13 +613,6 @@ def iter_keyframe_windows(
     recent: deque[tuple[int, np.ndarray]] = deque(maxlen=window_frames)
     pending = 0  # the next window to emit
 
-    def emit(k: int) -> Window:
-        have = dict(recent)
-        lo, hi = min(have), max(have)
-        picked = [have[min(max(i, lo), hi)] for i in range(starts[k], starts[k] + window_frames)]
-        padded = sum(1 for i in range(starts[k], starts[k] + window_frames) if not lo <= i <= hi)
-        return Window(index=k, start_sec=starts[k] / fps, frames=np.stack(picked), padded=padded)
-
     frames = _grid_frames(
         Path(path),
         fps=fps,
@@ -630,12 +628,34 @@ def iter_keyframe_windows(
     for index, frame in enumerate(frames, start=first):
         recent.append((index, frame))
         while pending < len(starts) and starts[pending] + window_frames - 1 <= index:
-            yield emit(pending)
+            yield _keyframe_window(pending, starts[pending], recent, window_frames, fps)
             pending += 1
     # The video ended first: windows whose centre it reached, padded with its last frame.
     while recent and pending < len(starts) and centres[pending] <= recent[-1][0]:
-        yield emit(pending)
+        yield _keyframe_window(pending, starts[pending], recent, window_frames, fps)
         pending += 1
+
+
+def _keyframe_window(
+    index: int,
+    start: int,
+    recent: Iterable[tuple[int, np.ndarray]],
+    window_frames: int,
+    fps: float,
+) -> Window:
+    """Window `index` of `iter_keyframe_windows`: grid frames from `start`, out of
+    the ``(grid index, frame)`` pairs in `recent`, clamped to the ones there."""
+    have = dict(recent)
+    lo, hi = min(have), max(have)
+    wanted = range(start, start + window_frames)
+    sources = tuple(min(max(i, lo), hi) for i in wanted)
+    return Window(
+        index=index,
+        start_sec=start / fps,
+        frames=np.stack([have[i] for i in sources]),
+        padded=sum(1 for i in wanted if not lo <= i <= hi),
+        frame_indices=sources,
+    )
 
 
 def _check_window_args(window_frames: int, window_stride: int) -> None:

@@ -3,13 +3,16 @@
 One row per window (the data contract in DESIGN.md): on the regular grid of
 ``ingest.window_stride``, or (layout ava) one centred on each keyframe with the
 keyframe's boxes. `vidray.data.segments.ingest_segment` writes them to the shard.
+Overlapping windows share frames: each frame is encoded, and each frame pair's
+flow computed, once per segment (`WindowCoder`).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -28,10 +31,9 @@ def segment_rows(
 
     # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
     cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
-    estimator = _flow_estimator(flow)
+    coder = WindowCoder(ingest=ingest, flow=flow, estimator=_flow_estimator(flow))
     for window, extra in _segment_windows(segment, ingest=ingest, errors=errors):
-        row = encode_window(segment, window, ingest=ingest, flow=flow, estimator=estimator)
-        yield {**row, **extra}
+        yield {**coder.row(segment, window), **extra}
 
 
 @functools.lru_cache(maxsize=2)
@@ -49,40 +51,92 @@ def _flow_estimator(flow: FlowConfig) -> Callable | None:
     )
 
 
-def encode_window(
-    segment: dict[str, Any],
-    window: decode.Window,
-    *,
-    ingest: IngestConfig,
-    flow: FlowConfig,
-    estimator: Callable | None,
-) -> dict[str, Any]:
-    """One shard row (the data contract): the window's frames, its flow, where it sits."""
-    from vidray.data.flow import quantize_flow
+class WindowCoder:
+    """Turns a segment's windows, in order, into shard rows, each frame and pair once.
 
-    frames = window.frames
-    flow_entries = None
-    if estimator is not None:
-        quantized = quantize_flow(estimator(frames), flow.bound)
-        flow_entries = encode_images(quantized, codec=flow.codec, quality=ingest.jpeg_quality)
-    return {
-        "video_id": segment["video_id"],
-        "video_key": video_key(segment["video_id"]),
-        "label": segment["label"],
-        "label_name": segment["label_name"],
-        "split": segment["split"],
-        "window_idx": window.index,
-        "start_sec": window.start_sec,
-        "fps": ingest.fps,
-        "height": frames.shape[1],
-        "width": frames.shape[2],
-        "padded": window.padded,
-        "frames_codec": ingest.frames_codec,
-        "frames": encode_images(frames, codec=ingest.frames_codec, quality=ingest.jpeg_quality),
-        "flow_codec": flow.codec if estimator is not None else None,
-        "flow": flow_entries,
-        "flow_bound": flow.bound,
-    }
+    Windows overlap when ``ingest.window_stride < ingest.window_frames`` (and AVA's
+    keyframe windows when keyframes are close): the encoded frames and the encoded
+    flow fields of the overlap are kept, keyed by grid index (`decode.Window.frame_indices`),
+    and only the new ones are computed. A row is byte for byte the row of a fresh
+    coder, because JPEG encoding, quantisation and a CPU estimator's flow of a pair
+    (`vidray.data.flow.OpenCVFlow` builds a fresh OpenCV object per pair) depend on
+    that frame or pair alone. What windows before the current one hold is dropped.
+    """
+
+    def __init__(
+        self, *, ingest: IngestConfig, flow: FlowConfig, estimator: Callable | None
+    ) -> None:
+        self.ingest = ingest
+        self.flow = flow
+        self.estimator = estimator
+        self.frames: dict[int, bytes] = {}  # grid index -> encoded frame
+        self.fields: dict[tuple[int, int], bytes] = {}  # grid index pair -> encoded flow
+
+    def row(self, segment: dict[str, Any], window: decode.Window) -> dict[str, Any]:
+        """One shard row (the data contract): the window's frames, its flow, where it sits."""
+        first = min(window.frame_indices)
+        self.frames = {i: e for i, e in self.frames.items() if i >= first}
+        self.fields = {p: e for p, e in self.fields.items() if p[0] >= first}
+        frames = window.frames
+        return {
+            "video_id": segment["video_id"],
+            "video_key": video_key(segment["video_id"]),
+            "label": segment["label"],
+            "label_name": segment["label_name"],
+            "split": segment["split"],
+            "window_idx": window.index,
+            "start_sec": window.start_sec,
+            "fps": self.ingest.fps,
+            "height": frames.shape[1],
+            "width": frames.shape[2],
+            "padded": window.padded,
+            "frames_codec": self.ingest.frames_codec,
+            "frames": self._frames(window),
+            "flow_codec": self.flow.codec if self.estimator is not None else None,
+            "flow": self._flow(window) if self.estimator is not None else None,
+            "flow_bound": self.flow.bound,
+        }
+
+    def _frames(self, window: decode.Window) -> list[bytes]:
+        new = {i: at for at, i in enumerate(window.frame_indices) if i not in self.frames}
+        encoded = encode_images(
+            window.frames[list(new.values())],
+            codec=self.ingest.frames_codec,
+            quality=self.ingest.jpeg_quality,
+        )
+        self.frames.update(zip(new, encoded, strict=True))
+        return [self.frames[i] for i in window.frame_indices]
+
+    def _flow(self, window: decode.Window) -> list[bytes]:
+        from vidray.data.flow import quantize_flow
+
+        pairs = list(itertools.pairwise(window.frame_indices))
+        for run in _new_runs(pairs, known=self.fields):
+            # A run of consecutive new pairs is one estimator call on its frames.
+            fields = self.estimator(window.frames[run.start : run.stop + 1])
+            encoded = encode_images(
+                quantize_flow(fields, self.flow.bound),
+                codec=self.flow.codec,
+                quality=self.ingest.jpeg_quality,
+            )
+            self.fields.update(zip(pairs[run.start : run.stop], encoded, strict=True))
+        return [self.fields[p] for p in pairs]
+
+
+def _new_runs(pairs: list[tuple[int, int]], *, known: Iterable[tuple[int, int]]) -> list[range]:
+    """Runs of consecutive positions in ``pairs`` whose pair is neither ``known`` nor
+    earlier in ``pairs`` (a padded window repeats its last pair)."""
+    runs: list[range] = []
+    seen = set(known)
+    for at, pair in enumerate(pairs):
+        if pair in seen:
+            continue
+        seen.add(pair)
+        if runs and runs[-1].stop == at:
+            runs[-1] = range(runs[-1].start, at + 1)
+        else:
+            runs.append(range(at, at + 1))
+    return runs
 
 
 def _segment_windows(
