@@ -178,6 +178,55 @@ def test_quantize_maps_zero_motion_to_the_middle():
     assert quantize_flow(np.zeros(1, np.float32), 20.0)[0] in (127, 128)
 
 
+def quantize_the_old_way(flow, bound):
+    """quantize_flow before issue 14: clip, scale, shift, round half to even."""
+    scaled = np.clip(flow, -bound, bound) * (127.5 / bound) + 127.5
+    return np.rint(scaled).astype(np.uint8)
+
+
+def floats_around(values, ulps=40):
+    """Each float32 value and its `ulps` nearest float32 neighbours on either side."""
+    values = np.asarray(values, np.float32)
+    steps = np.arange(-ulps, ulps + 1, dtype=np.float32)[:, None]
+    around = values + steps * np.spacing(np.maximum(np.abs(values), np.float32(1e-38)))
+    return np.concatenate([values, around.ravel()])
+
+
+@pytest.mark.parametrize("bound", [20.0, 7.3, 1.0])
+def test_quantize_is_exactly_symmetric_so_a_flip_is_255_minus_q(bound):
+    scale = np.float32(127.5 / bound)
+    ties = np.arange(-128, 129, dtype=np.float32) / scale  # 127.5 + x * scale on a .5
+    dense = np.linspace(-2 * bound, 2 * bound, 400_001, dtype=np.float32)
+    x = np.concatenate(
+        [
+            floats_around(ties),  # the rounding ties, incl. zero
+            floats_around([bound, -bound, 2 * bound]),  # the bound and beyond it
+            dense,
+            [0.0, -0.0, 1e30, -1e30, np.inf, -np.inf],
+        ]
+    ).astype(np.float32)
+    np.testing.assert_array_equal(quantize_flow(-x, bound), 255 - quantize_flow(x, bound))
+    # Only the ties (and floats that round onto one) may go to the other level than
+    # they used to: a positive value keeps its old level, a negative one mirrors it.
+    positive = ~np.signbit(x)
+    old = quantize_the_old_way(np.abs(x), bound)
+    np.testing.assert_array_equal(quantize_flow(x, bound), np.where(positive, old, 255 - old))
+
+
+def test_quantize_stores_random_fields_as_before():
+    rng = np.random.default_rng(1)
+    for bound in (20.0, 5.0):
+        flow = rng.normal(0, bound / 2, size=(15, 64, 84, 2)).astype(np.float32)
+        old = quantize_the_old_way(flow, bound)
+        # The old rounding of 127.5 + x * scale rounded a negative x's sum on a finer
+        # float grid than its mirror's, so a few values a hair from a tie were stored
+        # one level off the mirror of -x. A negative value now takes the mirror of its
+        # magnitude's level; every other value is stored as it was.
+        expected = np.where(np.signbit(flow), 255 - quantize_the_old_way(-flow, bound), old)
+        assert 0 < (expected != old).sum() < 1e-4 * flow.size
+        np.testing.assert_array_equal(quantize_flow(flow, bound), expected)
+
+
 def test_quantize_rejects_a_non_positive_bound():
     with pytest.raises(ValueError, match="positive"):
         quantize_flow(np.zeros(1, np.float32), 0.0)
