@@ -1,6 +1,11 @@
 """Shared helpers for the benchmarks in bench/: datasets, Ray, timing, tables.
 
-Imported by ``bench/ingest.py`` and ``bench/loader.py`` as a sibling module, so
+Every ratio is against a ceiling measured in the same run on the same machine: for
+parallel work, K plain processes each doing 1/K of it at once (`ceiling_pool`,
+`run_ceiling`), K the CPUs the Ray side has; never one process x K, which a shared
+machine's cores do not reach. Each side runs >= 3 times and the median counts.
+
+Imported by ``bench/ingest.py``, ``bench/loader.py`` and ``bench/train.py`` as a sibling module, so
 run the benchmarks as scripts (``python bench/ingest.py``), as ``make bench`` does.
 """
 
@@ -14,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +150,7 @@ def single_thread_opencv() -> None:
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-CPU_ROLES = ("driver", "workers", "raylet+gcs", "other")
+CPU_ROLES = ("driver", "workers", "ray daemons")
 
 
 def _process_tree() -> dict[int, tuple[int, str]]:
@@ -176,14 +182,20 @@ def _process_tree() -> dict[int, tuple[int, str]]:
     return tree
 
 
+# Ray processes named ray::<x> that are Ray's own machinery, not a task or an actor of
+# the work (/proc truncates names to 15 characters: ray::DashboardA, ray::_StatsActo).
+_RAY_SERVICE_ACTORS = ("ray::_", "ray::Dashboard", "ray::RuntimeEnv")
+
+
 def _role(pid: int, name: str) -> str:
+    """driver (this process), ray workers (ray::IDLE, ray::<task>, Ray Data's
+    SplitCoordinator: the processes that run the work), or ray daemons (raylet,
+    gcs_server, dashboard and its agents, log monitor, Ray's internal actors)."""
     if pid == os.getpid():
         return "driver"
-    if name in ("raylet", "gcs_server"):
-        return "raylet+gcs"
-    if name.startswith("ray::") and not name.startswith(("ray::_", "ray::Dashboard")):
-        return "workers"  # ray::IDLE, or ray::<task> while it runs one
-    return "other"  # dashboard, its agents, Ray's internal actors
+    if name.startswith("ray::") and not name.startswith(_RAY_SERVICE_ACTORS):
+        return "workers"
+    return "ray daemons"
 
 
 class CpuMeter:
@@ -206,6 +218,166 @@ class CpuMeter:
             used = ticks - self._before.get(pid, (0, name))[0]
             out[_role(pid, name)] += used / _TICKS
         return out
+
+
+# --- the same-run ceiling: K plain processes, each doing 1/K of the work
+
+
+def shares(items: Sequence[Any], k: int) -> list[list[Any]]:
+    """``items`` dealt round-robin into ``k`` shares (as even as they can be)."""
+    return [list(items[i::k]) for i in range(k)]
+
+
+def _timed_share(work: Callable[..., int], share: Any) -> tuple[int, float]:
+    """Runs in a ceiling process: (units of work done, CPU seconds it took)."""
+    t0 = time.process_time()
+    units = work(share)
+    return units, time.process_time() - t0
+
+
+def _warm(_: int) -> int:
+    return os.getpid()
+
+
+def _warm_share(work: Callable[[Any], int], share: Any) -> int:
+    work(share)  # unpickling `work` imports its module (vidray, cv2, pyarrow) here
+    time.sleep(0.5)  # so that every process of the pool takes one of these
+    return os.getpid()
+
+
+def warm_ceiling(pool: Any, work: Callable[[Any], int], empty_share: Any, k: int) -> None:
+    """Each of the ``k`` processes of ``pool`` imports what ``work`` needs and runs it
+    on ``empty_share``, untimed (as a Ray side's warm-up epoch starts its workers)."""
+    pids = pool.starmap(_warm_share, [(work, empty_share)] * k, chunksize=1)
+    if len(set(pids)) < k:
+        print(f"note: only {len(set(pids))} of {k} ceiling processes warmed up")
+
+
+@contextlib.contextmanager
+def ceiling_pool(k: int) -> Iterator[Any]:
+    """K plain processes (multiprocessing, spawn: no state inherited from this one,
+    as a Ray worker), started and warmed up before anything is timed."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(k, initializer=single_thread_opencv)
+    try:
+        pool.map(_warm, range(k), chunksize=1)
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def run_ceiling(pool: Any, work: Callable[[Any], int], work_shares: Sequence[Any]) -> Run:
+    """One ceiling run: each process of ``pool`` does one share at the same time.
+
+    ``work`` (a module-level function, so it pickles) takes a share and returns the
+    units it did. Wall time is this process's, from handing out the shares to the
+    last result; CPU is the processes' own (process_time), all counted as workers.
+    """
+    t0 = time.perf_counter()
+    results = pool.starmap(_timed_share, [(work, s) for s in work_shares], chunksize=1)
+    seconds = time.perf_counter() - t0
+    units = sum(r[0] for r in results)
+    cpu = dict.fromkeys(CPU_ROLES, 0.0)
+    cpu["workers"] = sum(r[1] for r in results)
+    return Run(units=units, seconds=seconds, cpu=cpu)
+
+
+@dataclass
+class Run:
+    """One timed repetition: units of work (clips, windows), wall seconds, CPU-s by role."""
+
+    units: int
+    seconds: float
+    cpu: dict[str, float]
+    slot_use: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.seconds
+
+    def cpu_ms(self, role: str | None = None) -> float:
+        """CPU-ms per unit: of one role, or of all together."""
+        used = self.cpu[role] if role else sum(self.cpu.values())
+        return 1000 * used / max(1, self.units)
+
+
+def median_run(runs: Sequence[Run]) -> Run:
+    """The repetition with the median rate (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r.rate)[(len(runs) - 1) // 2]
+
+
+def run_rows(label: str, runs: Sequence[Run], cpus: int) -> list[list[Any]]:
+    """Table rows for every repetition of a side, the median marked."""
+    middle = median_run(runs)
+    rows = []
+    for i, run in enumerate(runs):
+        rows.append(
+            [
+                f"{label} #{i + 1}" + (" (median)" if run is middle else ""),
+                cpus,
+                run.units,
+                run.seconds,
+                run.rate,
+                "-" if run.slot_use is None else f"{100 * run.slot_use:.0f}%",
+                run.cpu_ms(),
+                *(run.cpu_ms(role) for role in CPU_ROLES),
+            ]
+        )
+    return rows
+
+
+RUN_HEADERS = [
+    "run",
+    "CPUs",
+    "units",
+    "seconds",
+    "units/s",
+    "slot use",
+    "CPU-ms/unit",
+    *(f"{role} CPU-ms" for role in CPU_ROLES),
+]
+
+
+# --- Ray Data: slot use from task timelines, and the path training reads through
+
+
+def slot_use(windows: Sequence[tuple[float, float]], slots: int) -> list[float]:
+    """For each (start, end) wall-clock window (time.time()), the share of ``slots``
+    CPU slots that Ray Data map tasks kept busy: the summed time of their executions
+    inside the window (from `ray.timeline()`) / (slots x window length).
+
+    Call after the windows: Ray flushes task events about once a second.
+    """
+    import logging
+
+    import ray
+
+    time.sleep(2.5)
+    # ray.timeline() warns that it will read from the dashboard in future Ray releases.
+    logging.getLogger("ray._private.state").setLevel(logging.ERROR)
+    tasks = [
+        (e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6)
+        for e in ray.timeline()
+        if e.get("ph") == "X" and str(e.get("name", "")).endswith("_map_task")
+    ]
+    out = []
+    for start, end in windows:
+        busy = sum(max(0.0, min(end, t1) - max(start, t0)) for t0, t1 in tasks)
+        out.append(busy / (slots * (end - start)))
+    return out
+
+
+def training_shard(ds: Any, cfg: Config) -> Any:
+    """``ds`` as one Ray Train worker of a 1-worker run gets it: through the run's
+    `DataConfig` (vidray.train.driver.data_config: its execution options, a streaming
+    split), so a benchmark reads with the options training uses."""
+    from vidray.train.driver import data_config
+
+    return data_config(cfg).configure(
+        {"train": ds}, world_size=1, worker_handles=None, worker_node_ids=None
+    )[0]["train"]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -242,5 +414,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str =
     return "\n".join(out)
 
 
-def verdict(ratio: float, target: float) -> str:
-    return "ok" if ratio >= target else "BELOW TARGET"
+def verdict(ratio: float, target: float, *, at_most: bool = False) -> str:
+    met = ratio <= target if at_most else ratio >= target
+    return "ok" if met else "BELOW TARGET"
+
+
+def target_line(name: str, value: float, target: float, *, at_most: bool = False) -> str:
+    """The last lines of every benchmark, one per target, for a reader or a script:
+    ``ratio NAME = X (target >= Y) ok`` or ``... BELOW TARGET`` (``<=`` for costs)."""
+    sign = "<=" if at_most else ">="
+    return (
+        f"ratio {name} = {value:.2f} (target {sign} {target:g}) "
+        f"{verdict(value, target, at_most=at_most)}"
+    )

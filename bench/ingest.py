@@ -1,50 +1,41 @@
-"""Benchmark: Ray Data ingest throughput against the same work in one plain process.
+"""Benchmark: Ray Data ingest against K plain processes doing the same work at once.
 
 What is measured, on generated motion datasets (192x144, 10 fps):
 
-- the **main** dataset, default 48 videos of 320 frames (10 windows each), long
-  enough that the ratio measures steady-state throughput rather than Ray Data's
-  fixed cost per execution (about a second);
-- a **short** dataset, default 48 videos of 64 frames (2 windows each, like a
-  UCF101 clip), where that fixed cost shows; ``--short-frames 0`` skips it.
+- the **long** dataset, default 48 videos of 320 frames (10 windows each);
+- the **short** dataset, default 48 videos of 64 frames (2 windows each, like a
+  UCF101 clip), where Ray Data's fixed cost per execution shows;
+  ``--short-frames 0`` skips it.
 
-On each, two sides:
+On each, two sides run in turn ``--repeats`` times (default 3; all printed, the
+median counts):
 
-- **ray**: windows/s of ``vidray.data.ingest.run_ingest(cfg)`` on a local Ray with
-  ``--cpus`` CPUs (default: all cores). The clock runs around the whole call:
-  listing, the probe stage, planning, the segment stage (decode -> DIS flow ->
-  encode -> write shard, segments packed into tasks), manifest and dataset.yaml.
-  ``ray.init`` is not timed, and a warm-up ingest of two videos into a scratch
-  dir runs first, so worker start-up is not measured either.
-- **single**: windows/s of the same stage functions called sequentially in this
-  process (``list_sources`` -> ``probe_entry`` -> ``plan_segments`` ->
-  ``ingest_segment``, which writes the same shards), with one OpenCV thread and
-  one decode thread, exactly what each Ray task gets with ``cpus_per_task=1``.
+- **ray**: ``vidray.data.ingest.run_ingest(cfg)`` on a local Ray with ``--cpus``
+  CPUs (default: all cores). The clock runs around the whole call: listing, the
+  probe stage, planning, the segment stage (decode -> DIS flow -> encode -> write
+  shard), manifest and dataset.yaml. ``ray.init`` and a warm-up ingest of two videos
+  are not timed. Slot use comes from the task timeline (``ray.timeline()``): the
+  busy time of Ray Data's map tasks / (CPUs x the call's wall time).
+- **ceiling**: K plain processes (multiprocessing, spawn; K = the CPUs Ray has),
+  each running the same stage functions (``source_entry`` -> ``probe_entry`` ->
+  ``plan_segments`` -> ``ingest_segment``, which writes shards) sequentially on
+  1/K of the videos, all at the same time, one OpenCV and one decode thread each,
+  as a Ray task gets with ``cpus_per_task=1``. On a shared machine that is what K
+  cores really give; one process x K is not a ceiling any code reaches.
 
 Both sides use the same storage parameters (fps 10, short side 128, windows of 32
-frames at stride 32, JPEG frames, DIS flow stored raw) and are run ``--repeats``
-times, in turn; the best run of each side counts.
+frames at stride 32, JPEG frames, DIS flow stored raw).
 
-How to read the ratio::
+    ratio = ray windows/s / ceiling windows/s          target >= 0.9, both datasets
 
-    ratio ingest/(single-process x CPUs) = ray_windows_per_s / (single_windows_per_s x CPUs)
-
-1.0 means Ray scales perfectly over the CPUs it was given; what is missing is
-Ray Data overhead (task launch, scheduling, the driver's own CPU use, stage
-barriers) plus contention with anything else on the machine (the load averages
-are printed before and after). Target: >= 0.8, on the main dataset.
-
-Wall time moves with other users' load; CPU time does not. Every run also
-reports the CPU seconds (user+sys) of this process tree by role (driver, Ray
-workers, raylet+gcs, other Ray processes), so the ratio splits into two factors
-that can be read on a busy machine too: work efficiency (single-process CPU-s /
-Ray CPU-s: how much CPU Ray adds) times utilization (Ray CPU-s / (wall x CPUs):
-how busy Ray keeps its CPUs).
+CPU time (user+sys of this process tree, by role: driver, workers, Ray daemons)
+does not move with other users' load: the ratio splits into work efficiency
+(ceiling CPU-s / Ray CPU-s: what Ray adds) times how busy each side keeps its CPUs.
 
 A last table says where the time goes: the per-window cost of each stage of
-``ingest_segment`` in one process.
+ingesting a window in one process.
 
-    PYTHONPATH=. python bench/ingest.py            # default sizes (~1.5-2 min on 2 cores)
+    PYTHONPATH=. python bench/ingest.py            # default sizes (~3 min on 2 cores)
     PYTHONPATH=. python bench/ingest.py --quick    # smoke run
 """
 
@@ -66,77 +57,62 @@ from vidray.data.segments import ingest_segment, plan_segments, probe_entry, sou
 from vidray.data.shards import ShardWriter, encode_images
 from vidray.data.sources import list_sources
 
-TARGET = 0.8
-SIDES = ("single", "ray")
+TARGET = 0.9
 
 
-def single_process_ingest(cfg: Config) -> dict[str, Any]:
-    """run_ingest's stage functions, sequentially in this process; same shards out."""
+def ceiling_share(share: tuple[Config, int, int]) -> int:
+    """One ceiling process's work: run_ingest's stage functions on every k-th video
+    (from the ``index``-th), sequentially; the windows it wrote."""
+    cfg, index, k = share
     ingest, flow = cfg.ingest, cfg.flow
-    output = Path(ingest.output)
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
-    t0 = time.perf_counter()
     listing = list_sources(
         ingest.input, layout=ingest.layout, split=ingest.split, val_fraction=ingest.val_fraction
     )
-    windows = nbytes = segments = 0
-    for entry in map(source_entry, listing.entries):
+    windows = 0
+    for entry in map(source_entry, listing.entries[index::k]):
         probed = probe_entry(entry)
         if probed["error"]:
             continue
         for segment in plan_segments(probed, ingest):
-            result = ingest_segment(segment, ingest=ingest, flow=flow, output=str(output))
-            windows += result["n_windows"]
-            nbytes += result["bytes"]
-            segments += 1
-    seconds = time.perf_counter() - t0
-    return dict(seconds=seconds, windows=windows, bytes=nbytes, segments=segments)
+            record = ingest_segment(segment, ingest=ingest, flow=flow, output=ingest.output)
+            windows += record["n_windows"]
+    return windows
 
 
-def ray_ingest(cfg: Config) -> dict[str, Any]:
+def ceiling_run(pool: Any, cfg: Config, k: int) -> bu.Run:
+    output = Path(cfg.ingest.output)
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    return bu.run_ceiling(pool, ceiling_share, [(cfg, i, k) for i in range(k)])
+
+
+def ray_run(cfg: Config) -> tuple[bu.Run, tuple[float, float]]:
+    """One timed run_ingest from scratch, and its wall-clock window (for slot use)."""
     shutil.rmtree(cfg.ingest.output, ignore_errors=True)
+    meter = bu.CpuMeter()
+    meter.start()
+    start = time.time()
     seconds, summary = bu.timed(lambda: run_ingest(cfg, log=lambda _: None))
-    return dict(seconds=seconds, windows=summary.windows, bytes=summary.bytes)
+    run = bu.Run(units=summary.windows, seconds=seconds, cpu=meter.stop())
+    return run, (start, time.time())
 
 
 def compare(
-    name: str, videos: Path, out: Path, *, cpus: int, repeats: int
-) -> tuple[list[list[Any]], dict[str, dict[str, Any]], dict[str, float]]:
-    """Run single and ray `repeats` times in turn on `videos`.
-
-    Returns the table rows, the best (fastest) run of each side, and each side's
-    least CPU-s over its runs.
-    """
-    configs = {side: bu.ingest_config(videos, out / side) for side in SIDES}
-    runners = {"single": single_process_ingest, "ray": ray_ingest}
-    rows: list[list[Any]] = []
-    best: dict[str, dict[str, Any]] = {}
-    min_cpu: dict[str, float] = {}
-    meter = bu.CpuMeter()
-    for r in range(repeats):
-        for side in SIDES:
-            meter.start()
-            result = runners[side](configs[side])
-            cpu = meter.stop()
-            result["cpu_s"] = sum(cpu.values())
-            result["rate"] = result["windows"] / result["seconds"]
-            rows.append(
-                [
-                    f"{name} {side} #{r + 1}",
-                    cpus if side == "ray" else 1,
-                    result["windows"],
-                    result["seconds"],
-                    result["rate"],
-                    result["bytes"] / max(1, result["windows"]) / 1e3,
-                    result["cpu_s"],
-                    *(cpu[role] for role in bu.CPU_ROLES),
-                ]
-            )
-            if side not in best or result["rate"] > best[side]["rate"]:
-                best[side] = result
-            min_cpu[side] = min(min_cpu.get(side, float("inf")), result["cpu_s"])
-    return rows, best, min_cpu
+    videos: Path, out: Path, pool: Any, *, cpus: int, repeats: int
+) -> tuple[list[bu.Run], list[bu.Run]]:
+    """The ceiling and run_ingest on `videos`, ``repeats`` times each, in turn so both
+    see the same load; the Ray runs get their slot use."""
+    ceiling_cfg = bu.ingest_config(videos, out / "ceiling")
+    ray_cfg = bu.ingest_config(videos, out / "ray")
+    ceiling, ray_runs, windows = [], [], []
+    for _ in range(repeats):
+        ceiling.append(ceiling_run(pool, ceiling_cfg, cpus))
+        run, window = ray_run(ray_cfg)
+        ray_runs.append(run)
+        windows.append(window)
+    for run, used in zip(ray_runs, bu.slot_use(windows, cpus), strict=True):
+        run.slot_use = used
+    return ceiling, ray_runs
 
 
 def stage_breakdown(cfg: Config, paths: list[Path], scratch: Path) -> tuple[list[list[Any]], float]:
@@ -237,17 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         default=64,
         help="frames per video of the short dataset (same --videos; 0 = skip it)",
     )
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, in turn")
     parser.add_argument(
         "--profile-videos", type=int, default=12, help="videos in the stage breakdown"
     )
     parser.add_argument("--no-profile", action="store_true", help="skip the stage breakdown")
     args = parser.parse_args(argv)
     if args.quick:
-        args.videos, args.frames, args.repeats, args.profile_videos = min(args.videos, 8), 96, 1, 2
+        args.videos, args.frames, args.profile_videos = min(args.videos, 8), 96, 2
     cpus = bu.cpu_count(args.cpus)
     bu.single_thread_opencv()
-    datasets = {"main": args.frames}
+    datasets = {"long": args.frames}
     if args.short_frames:
         datasets["short"] = args.short_frames
     width, height = args.size
@@ -255,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench/ingest: {bu.load()} (before)")
     with bu.workdir(args.workdir) as work:
         inputs: dict[str, Path] = {}
+        paths: dict[str, list[Path]] = {}
         for name, frames in datasets.items():
             root = work / f"videos_{bu.dataset_tag(args.videos, frames, args.video_fps, args.size)}"
-            t_gen, paths = bu.timed(
+            t_gen, paths[name] = bu.timed(
                 lambda root=root, frames=frames: bu.make_videos(
                     root, videos=args.videos, frames=frames, fps=args.video_fps, size=args.size
                 )
@@ -270,94 +247,80 @@ def main(argv: list[str] | None = None) -> int:
                 window_stride=ingest.window_stride,
             )
             print(
-                f"dataset {name}: {len(paths)} videos x {frames} frames at "
+                f"dataset {name}: {len(paths[name])} videos x {frames} frames at "
                 f"{args.video_fps:g} fps, {width}x{height}, {per_video} windows/video "
                 f"(generated in {t_gen:.1f} s)"
             )
-            if name == "main":
-                main_paths = paths
         storage = ", ".join(o.split(".", 1)[1] for o in bu.STORAGE_OVERRIDES)
         print(f"storage (both sides): {storage}")
 
         t_init = bu.start_ray(cpus)
-        warm_input = bu.copy_subset(main_paths[:2], inputs["main"], work / "warm_videos")
-        t_warm, _ = bu.timed(lambda: ray_ingest(bu.ingest_config(warm_input, work / "warm_out")))
+        warm_input = bu.copy_subset(paths["long"][:2], inputs["long"], work / "warm_videos")
+        t_warm, _ = bu.timed(lambda: ray_run(bu.ingest_config(warm_input, work / "warm_out")))
         print(
             f"ray: local, {cpus} CPUs; ray.init {t_init:.1f} s and warm-up ingest of 2 videos "
-            f"{t_warm:.1f} s, neither timed"
+            f"{t_warm:.1f} s, neither timed; ceiling: {cpus} processes"
         )
-
-        runs: list[list[Any]] = []
-        best: dict[str, dict[str, dict[str, Any]]] = {}
-        min_cpu: dict[str, dict[str, float]] = {}
-        for name in datasets:
-            rows, best[name], min_cpu[name] = compare(
-                name, inputs[name], work / f"out_{name}", cpus=cpus, repeats=args.repeats
-            )
-            runs += rows
-        print()
-        print(
-            bu.table(
-                [
-                    "run",
-                    "CPUs",
-                    "windows",
-                    "seconds",
-                    "windows/s",
-                    "kB/window",
-                    "CPU-s",
-                    *(f"{role} CPU-s" for role in bu.CPU_ROLES),
-                ],
-                runs,
-                title="ingest runs (best of each side counts; ray = run_ingest; CPU-s: "
-                "user+sys of this process tree, so other users' load does not count)",
-            )
-        )
-        for name in datasets:
-            b, cpu = best[name], min_cpu[name]
-            if b["single"]["windows"] != b["ray"]["windows"]:
-                print(
-                    f"WARNING ({name}): window counts differ: single {b['single']['windows']}, "
-                    f"ray {b['ray']['windows']}"
+        results: dict[str, tuple[list[bu.Run], list[bu.Run]]] = {}
+        with bu.ceiling_pool(cpus) as pool:
+            warm_cfg = bu.ingest_config(warm_input, work / "warm_ceiling")
+            bu.warm_ceiling(pool, ceiling_share, (warm_cfg, 0, cpus), cpus)
+            for name in datasets:
+                results[name] = compare(
+                    inputs[name], work / f"out_{name}", pool, cpus=cpus, repeats=args.repeats
                 )
-            utilization = b["ray"]["cpu_s"] / (b["ray"]["seconds"] * cpus)
-            ideal = b["single"]["seconds"] / cpus
-            print(
-                f"{name}: ideal ray time {ideal:.2f} s, best {b['ray']['seconds']:.2f} s "
-                f"(+{b['ray']['seconds'] - ideal:.2f} s); the work takes {cpu['single']:.2f} "
-                f"CPU-s in one process and {cpu['ray']:.2f} CPU-s under Ray (min over runs): "
-                f"work efficiency {cpu['single'] / cpu['ray']:.2f}; the best run kept its "
-                f"{cpus} CPUs {100 * utilization:.0f}% busy (ratio ~ efficiency x utilization)"
-            )
+        lines = [report(name, *results[name], cpus=cpus) for name in datasets]
 
         if not args.no_profile:
             scratch = work / "profile"
             shutil.rmtree(scratch, ignore_errors=True)
-            subset = main_paths[: args.profile_videos]
-            cfg = bu.ingest_config(inputs["main"], work / "out_profile")
+            subset = paths["long"][: args.profile_videos]
+            cfg = bu.ingest_config(inputs["long"], work / "out_profile")
             stages, probe_ms = stage_breakdown(cfg, subset, scratch)
             print()
             print(
                 bu.table(
                     ["stage", "ms/window", "share"],
                     stages,
-                    title=f"single-process stage costs ({len(subset)} main videos, 1 thread; "
+                    title=f"single-process stage costs ({len(subset)} long videos, 1 thread; "
                     f"probe: {probe_ms:.1f} ms/video)",
                 )
             )
 
-        print()
-        print(f"bench/ingest: {bu.load()} (after)")
-        for name, frames in datasets.items():
-            b = best[name]
-            ratio = b["ray"]["rate"] / (b["single"]["rate"] * cpus)
-            print(
-                f"ratio ingest/(single-process x CPUs), {name} ({args.videos} videos x "
-                f"{frames} frames; single {b['single']['rate']:.1f} windows/s, ray "
-                f"{b['ray']['rate']:.1f} windows/s on {cpus} CPUs) = {ratio:.2f} "
-                f"(target >= {TARGET}) {bu.verdict(ratio, TARGET)}"
-            )
+    print()
+    print(f"bench/ingest: {bu.load()} (after)")
+    for line in lines:
+        print(line)
     return 0
+
+
+def report(name: str, ceiling: list[bu.Run], ray_runs: list[bu.Run], *, cpus: int) -> str:
+    """Prints one dataset's runs and what they say; returns its target line."""
+    print()
+    print(
+        bu.table(
+            bu.RUN_HEADERS,
+            bu.run_rows(f"{name} ceiling: {cpus} processes", ceiling, cpus)
+            + bu.run_rows(f"{name} ray: run_ingest", ray_runs, cpus),
+            title=f"ingest, {name} dataset (units = windows); CPU-ms per window by role",
+        )
+    )
+    ceil, ray = bu.median_run(ceiling), bu.median_run(ray_runs)
+    if ceil.units != ray.units:
+        print(f"WARNING ({name}): window counts differ: ceiling {ceil.units}, ray {ray.units}")
+    print(
+        f"{name}: median ceiling {ceil.seconds:.2f} s, ray {ray.seconds:.2f} s; work "
+        f"efficiency (ceiling CPU / ray CPU per window) {ceil.cpu_ms() / ray.cpu_ms():.2f}; "
+        f"busy: ceiling {100 * sum(ceil.cpu.values()) / (ceil.seconds * cpus):.0f}%, ray "
+        f"{100 * sum(ray.cpu.values()) / (ray.seconds * cpus):.0f}% of {cpus} CPUs; ray "
+        f"slot use (map tasks) {100 * (ray.slot_use or 0):.0f}%"
+    )
+    return bu.target_line(
+        f"ingest {name} ray/{cpus}-process ceiling ({ceil.units} windows; ceiling "
+        f"{ceil.rate:.1f}, ray {ray.rate:.1f} windows/s)",
+        ray.rate / ceil.rate,
+        TARGET,
+    )
 
 
 if __name__ == "__main__":
