@@ -4,8 +4,8 @@ import pytest
 from windows import W, clip_views, coded_window
 
 from vidray.config import ClipConfig
-from vidray.data.clips import ClipSampler, hflip
-from vidray.data.shards import encode_images
+from vidray.data.clips import ClipSampler, hflip, spatial_offsets, temporal_offsets
+from vidray.data.shards import decode_images, encode_images
 from vidray.errors import VidrayError
 
 H, WIDTH = 20, 30
@@ -211,3 +211,63 @@ def test_a_flipped_keyframe_box_still_holds_its_person():
     x1, y1, x2, y2 = (moved[0] * [100, 40, 100, 40]).round().astype(int)
     assert (x1, x2) == (70, 90) and (y1, y2) == (10, 30)
     assert (flipped[:, y1:y2, x1:x2] == 255).all() and flipped.sum() == frames.sum()
+
+
+def test_a_batch_copies_only_the_entries_its_clips_pick():
+    """The stored frames and flow stay in Arrow's buffers: no Python copy of every entry
+    (a window holds W frames, a clip uses T), and clips are cut straight into the batch."""
+    import tracemalloc
+
+    height, width = 96, 128
+    row = dict(coded_window(height, width), frames_codec="raw")
+    table = pa.Table.from_pylist([row] * 8)
+    sampler = ClipSampler(ClipConfig(T=2, stride=1, crop=64), flow_L=2, train=True)
+    sampler(table, np.random.default_rng(0))  # imports and caches warm
+    tracemalloc.start()
+    batch = sampler(table, np.random.default_rng(0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    kept = batch["frames"].nbytes + batch["flow"].nbytes
+    stored_row = W * height * width * 3 + (W - 1) * height * width * 2
+    assert peak < kept + stored_row // 4, (peak, kept, stored_row)
+
+
+def test_multi_view_jpeg_clips_equal_decode_then_crop():
+    """JPEG frames and side-by-side JPEG flow, several crops of each decoded entry: the
+    pixels of decoding whole entries, then cropping."""
+    row = coded_window(24, 40)
+    stored = np.stack([np.frombuffer(f, np.uint8).reshape(24, 40, 3) for f in row["frames"]])
+    flow = np.stack([np.frombuffer(f, np.uint8).reshape(24, 40, 2) for f in row["flow"]])
+    row.update(
+        frames_codec="jpeg",
+        frames=encode_images(stored, codec="jpeg"),
+        flow_codec="jpeg",
+        flow=encode_images(flow, codec="jpeg"),
+    )
+    T, stride, crop, L = 4, 2, 16, 3
+    sampler = ClipSampler(
+        ClipConfig(T=T, stride=stride, crop=crop),
+        flow_L=L,
+        train=False,
+        temporal_views=2,
+        spatial_views=3,
+    )
+    batch = sampler(pa.Table.from_pylist([row]))
+    whole = decode_images(row["frames"], codec="jpeg", height=24, width=40, channels=3)
+    whole_flow = decode_images(row["flow"], codec="jpeg", height=24, width=40, channels=2)
+    span = (T - 1) * stride + 1
+    views = [
+        (start, top, left)
+        for start in temporal_offsets(W, span, 2)
+        for top, left in spatial_offsets(24, 40, crop, 3)
+    ]
+    for frames, clip_flow, (start, top, left) in zip(
+        batch["frames"], batch["flow"], views, strict=True
+    ):
+        first = start + span // 2 - L // 2
+        np.testing.assert_array_equal(
+            frames, whole[start : start + span : stride, top : top + crop, left : left + crop]
+        )
+        np.testing.assert_array_equal(
+            clip_flow, whole_flow[first : first + L, top : top + crop, left : left + crop]
+        )

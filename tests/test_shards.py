@@ -1,9 +1,19 @@
+import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vidray.data.shards import WINDOW_SCHEMA, ShardWriter, decode_images, encode_images
+from vidray.data.shards import (
+    WINDOW_SCHEMA,
+    ShardWriter,
+    StoredEntries,
+    decode_crops,
+    decode_images,
+    encode_images,
+)
 from vidray.data.sources import video_key
+from vidray.errors import VidrayError
 
 
 def _frames(n=4, h=24, w=40, seed=0):
@@ -110,3 +120,64 @@ def test_unknown_codec_is_an_error():
 
     with pytest.raises(VidrayError, match="unknown codec"):
         encode_images(_frames(), codec="png")
+
+
+def _textured(n=3, h=24, w=40, channels=3, seed=1):
+    """Detailed content, so a wrong pixel, channel or mirror shows."""
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, channels), dtype=np.uint8)
+
+
+def test_jpeg_decode_and_encode_match_the_bgr_flip_exactly():
+    """RGB straight from the decoder (and a reused BGR buffer to encode) give the
+    pixels and bytes of the old reversed copies."""
+    frames = _textured()
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90]
+    flipped = [cv2.imencode(".jpg", f[..., ::-1], params)[1].tobytes() for f in frames]
+    assert encode_images(frames, codec="jpeg") == flipped
+    back = decode_images(flipped, codec="jpeg", height=24, width=40, channels=3)
+    for entry, image in zip(flipped, back, strict=True):
+        bgr = cv2.imdecode(np.frombuffer(entry, np.uint8), cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(image, bgr[..., ::-1])
+
+
+@pytest.mark.parametrize("codec", ["raw", "jpeg"])
+@pytest.mark.parametrize("channels", [3, 2])
+def test_cuts_equal_decode_then_crop(codec, channels):
+    """Each entry decoded once and cut at several corners, mirrored or not: the pixels of
+    decoding the whole image, then cropping (and reversing the columns)."""
+    entries = encode_images(_textured(channels=channels), codec=codec)
+    whole = decode_images(entries, codec=codec, height=24, width=40, channels=channels)
+    corners = [(0, 0), (3, 17), (8, 24)]
+    for mirror in (False, True):
+        cuts = decode_crops(
+            entries,
+            codec=codec,
+            height=24,
+            width=40,
+            corners=corners,
+            mirror=mirror,
+            out=np.empty((3, 3, 16, 16, channels), np.uint8),
+        )
+        for cut, (top, left) in zip(cuts, corners, strict=True):
+            region = whole[:, top : top + 16, left : left + 16]
+            np.testing.assert_array_equal(cut, region[:, :, ::-1] if mirror else region)
+
+
+def test_a_damaged_entry_is_a_one_line_error():
+    entries = encode_images(_textured(n=1), codec="jpeg")
+    with pytest.raises(VidrayError, match=r"^a stored jpeg entry is not a 24x40 image.*ingest"):
+        decode_images([entries[0][:50]], codec="jpeg", height=24, width=40, channels=3)
+    with pytest.raises(VidrayError, match="stored raw entry"):
+        decode_images([b"\0" * 10], codec="raw", height=24, width=40, channels=3)
+
+
+@pytest.mark.parametrize("binary", [pa.binary(), pa.large_binary()])
+def test_stored_entries_are_views_of_the_arrow_column(binary):
+    rows = [[b"ab", b"cde"], None, [b"f", b"", b"ghij"], []]
+    column = pa.array(rows, pa.list_(binary)).slice(1)  # a batch can start inside an array
+    stored = StoredEntries(pa.chunked_array([column]))
+    assert [
+        None if r is None else [bytes(e) for e in r] for r in map(stored.__getitem__, range(3))
+    ] == rows[1:]
+    assert [bytes(e) for e in stored[1][-2:]] == [b"", b"ghij"]
+    assert np.shares_memory(stored[1][2], np.frombuffer(column.values.buffers()[2], np.uint8))

@@ -19,6 +19,7 @@ device (`vidray.train.inputs`). `vidray.data.reading` reads shards through a sam
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from vidray.config import ClipConfig
-from vidray.data.shards import decode_images
+from vidray.data.shards import Entry, StoredEntries, cut_region, decode_crops, decode_images
 from vidray.errors import VidrayError
 
 # Columns a clip needs; flow is read only for flow-reading models.
@@ -105,46 +106,66 @@ class ClipSampler:
         self, table: pa.Table, rng: np.random.Generator | None = None
     ) -> dict[str, np.ndarray]:
         rng = (rng or np.random.default_rng()) if self.train else None
-        rows = table.to_pylist()
-        frames, flows, owners = [], [], []
+        rows = _window_rows(table)
+        per_row = 1 if self.train else self.temporal_views * self.spatial_views
+        # Every clip is cut straight into the batch: no per-clip arrays to stack.
+        frames, flow = self._empty(len(rows) * per_row)
         for i, row in enumerate(rows):
-            clips = [self.sample(row, rng)] if self.train else self.views(row)
-            for clip_frames, clip_flow in clips:
-                frames.append(clip_frames)
-                flows.append(clip_flow)
-                owners.append(i)
+            clips = slice(i * per_row, (i + 1) * per_row)
+            out = frames[clips], None if flow is None else flow[clips]
+            if self.train:
+                self.sample(row, rng, out=out)
+            else:
+                self.views(row, out=out)
+        owners = np.repeat(np.arange(len(rows)), per_row)
         batch = {
-            "frames": np.stack(frames) if rows else np.zeros((0,), np.uint8),
-            "label": np.array([rows[i]["label"] for i in owners], np.int64),
-            "video_key": np.array([rows[i]["video_key"] for i in owners], np.int64),
+            "frames": frames if rows else np.zeros((0,), np.uint8),
+            "label": np.array([row["label"] for row in rows], np.int64)[owners],
+            "video_key": np.array([row["video_key"] for row in rows], np.int64)[owners],
         }
-        if self.flow_L:
-            batch["flow"] = np.stack(flows)
+        if flow is not None:
+            batch["flow"] = flow
         if self.video_ids:
             batch["video_id"] = np.array([rows[i]["video_id"] for i in owners], dtype=object)
         return batch
 
+    def _empty(self, clips: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Uninitialised uint8 frames (clips, T, c, c, 3) and flow (clips, L, c, c, 2) or None."""
+        T, crop, L = self.clip.T, self.clip.crop, self.flow_L
+        frames = np.empty((clips, T, crop, crop, 3), np.uint8)
+        return frames, np.empty((clips, L, crop, crop, 2), np.uint8) if L else None
+
     def sample(
-        self, row: dict[str, Any], rng: np.random.Generator | None
+        self,
+        row: dict[str, Any],
+        rng: np.random.Generator | None,
+        out: tuple[np.ndarray, np.ndarray | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One clip from one window row: uint8 (T, c, c, 3) and (L, c, c, 2) or None."""
+        """One clip from one window row: uint8 (T, c, c, 3) and (L, c, c, 2) or None
+        (written into ``out``, one clip's (1, ...) arrays, when given)."""
         n, span, height, width = self._check(row)
         crop = self.clip.crop
         start = int(rng.integers(0, n - span + 1)) if rng is not None else (n - span) // 2
         top = int(rng.integers(0, height - crop + 1)) if rng is not None else (height - crop) // 2
         left = int(rng.integers(0, width - crop + 1)) if rng is not None else (width - crop) // 2
         flip = self.clip.hflip and rng is not None and bool(rng.integers(0, 2))
-        return self._cut(row, start, [(top, left)], flip)[0]
+        frames, flow = out or self._empty(1)
+        self._cut(row, start, [(top, left)], flip, frames, flow)
+        return frames[0], None if flow is None else flow[0]
 
-    def views(self, row: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """The evaluation clips of one window row, temporal view major, never flipped."""
+    def views(
+        self, row: dict[str, Any], out: tuple[np.ndarray, np.ndarray | None] | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The evaluation clips of one window row, temporal view major, never flipped
+        (written into ``out``, (N*M, ...) arrays, when given)."""
         n, span, height, width = self._check(row)
         crops = spatial_offsets(height, width, self.clip.crop, self.spatial_views)
-        return [
-            clip
-            for start in temporal_offsets(n, span, self.temporal_views)
-            for clip in self._cut(row, start, crops, False)
-        ]
+        starts = temporal_offsets(n, span, self.temporal_views)
+        frames, flow = out or self._empty(len(starts) * len(crops))
+        for v, start in enumerate(starts):
+            cuts = slice(v * len(crops), (v + 1) * len(crops))
+            self._cut(row, start, crops, False, frames[cuts], None if flow is None else flow[cuts])
+        return [(clip, None if flow is None else flow[j]) for j, clip in enumerate(frames)]
 
     def _check(self, row: dict[str, Any]) -> tuple[int, int, int, int]:
         """(window frames, clip span, height, width), or a one-line error if the clip won't fit."""
@@ -159,51 +180,93 @@ class ClipSampler:
         height, width = enlarged_size(row["height"], row["width"], crop)
         return n, span, height, width
 
+    def _flow_entries(self, row: dict[str, Any], start: int) -> Sequence[Entry]:
+        """The L consecutive flow fields centred on the clip's middle frame, kept inside
+        the window: only these are decoded (or, raw, copied)."""
+        L = self.flow_L
+        if row["flow"] is None:
+            raise VidrayError(
+                f"flow.L={L} needs optical flow, but the data was ingested with "
+                "flow.backend=none: re-ingest with a flow backend or set flow.L=0"
+            )
+        fields = len(row["flow"])
+        if L > fields:
+            raise VidrayError(f"flow.L={L} is more than the {fields} flow fields per window")
+        span = (self.clip.T - 1) * self.clip.stride + 1
+        first = min(max(start + span // 2 - L // 2, 0), fields - L)
+        return row["flow"][first : first + L]
+
     def _cut(
-        self, row: dict[str, Any], start: int, crops: list[tuple[int, int]], flip: bool
-    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """The clips starting at frame ``start``, one per (top, left) crop; decoded once."""
-        T, stride, crop, L = self.clip.T, self.clip.stride, self.clip.crop, self.flow_L
-        span = (T - 1) * stride + 1
-        height, width = row["height"], row["width"]
+        self,
+        row: dict[str, Any],
+        start: int,
+        crops: list[tuple[int, int]],
+        flip: bool,
+        frames: np.ndarray,
+        flow: np.ndarray | None,
+    ) -> None:
+        """The clips starting at frame ``start``, one per (top, left) crop, into ``frames``
+        (M, T, c, c, 3) and ``flow`` (M, L, c, c, 2): each picked entry decoded once."""
+        T, stride, crop = self.clip.T, self.clip.stride, self.clip.crop
         picked = [row["frames"][start + i * stride] for i in range(T)]
-        full = decode_images(
-            picked, codec=row["frames_codec"], height=height, width=width, channels=3
-        )
+        fields = self._flow_entries(row, start) if flow is not None else []
+        stored = {"height": row["height"], "width": row["width"]}
+        if min(row["height"], row["width"]) >= crop:
+            decode_crops(
+                picked, codec=row["frames_codec"], **stored, corners=crops, out=frames, mirror=flip
+            )
+            if flow is not None:
+                decode_crops(
+                    fields, codec=row["flow_codec"], **stored, corners=crops, out=flow, mirror=flip
+                )
+        else:
+            self._cut_enlarged(row, picked, fields, crops, flip, frames, flow)
+        if flip and flow is not None:
+            # Quantization is symmetric about 127.5, so negating x is 255 - q exactly.
+            np.subtract(255, flow[..., 0], out=flow[..., 0])
+
+    def _cut_enlarged(
+        self,
+        row: dict[str, Any],
+        picked: list[Entry],
+        fields: Sequence[Entry],
+        crops: list[tuple[int, int]],
+        flip: bool,
+        frames: np.ndarray,
+        flow: np.ndarray | None,
+    ) -> None:
+        """`_cut` of a window stored smaller than the crop: decoded whole, enlarged, cut."""
+        stored = {"height": row["height"], "width": row["width"]}
+        full = decode_images(picked, codec=row["frames_codec"], **stored, channels=3)
         full_flow = None
-        if L:
-            if row["flow"] is None:
-                raise VidrayError(
-                    f"flow.L={L} needs optical flow, but the data was ingested with "
-                    "flow.backend=none: re-ingest with a flow backend or set flow.L=0"
-                )
-            fields = len(row["flow"])
-            if L > fields:
-                raise VidrayError(f"flow.L={L} is more than the {fields} flow fields per window")
-            # L consecutive fields centred on the clip's middle frame, kept inside the window.
-            first = min(max(start + span // 2 - L // 2, 0), fields - L)
-            full_flow = decode_images(
-                row["flow"][first : first + L],
-                codec=row["flow_codec"],
-                height=height,
-                width=width,
-                channels=2,
-            )
-        if min(height, width) < crop:
-            full, full_flow = enlarge(full, full_flow, enlarged_size(height, width, crop))
-        clips = []
-        for top, left in crops:
-            frames = full[:, top : top + crop, left : left + crop]
-            flow = None if full_flow is None else full_flow[:, top : top + crop, left : left + crop]
-            if flip:
-                frames, flow, _ = hflip(frames, flow)
-            clips.append(
-                (
-                    np.ascontiguousarray(frames),
-                    None if flow is None else np.ascontiguousarray(flow),
-                )
-            )
-        return clips
+        if flow is not None:
+            full_flow = decode_images(fields, codec=row["flow_codec"], **stored, channels=2)
+        full, full_flow = enlarge(full, full_flow, enlarged_size(**stored, crop=self.clip.crop))
+        for m, (top, left) in enumerate(crops):
+            for t, image in enumerate(full):
+                cut_region(image, top, left, flip, frames[m, t])
+            for t, image in enumerate([] if full_flow is None else full_flow):
+                cut_region(image, top, left, flip, flow[m, t])
+
+
+def _window_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """A batch's window rows as dicts; ``frames`` and ``flow`` are `StoredEntries` rows
+    (views of Arrow's buffers), so only the entries a clip picks are ever copied."""
+    stored = {
+        name: StoredEntries(table.column(name))
+        for name in ("frames", "flow")
+        if name in table.column_names
+    }
+    plain = {
+        name: table.column(name).to_pylist() for name in table.column_names if name not in stored
+    }
+    return [
+        {
+            **{name: values[i] for name, values in plain.items()},
+            **{name: entries[i] for name, entries in stored.items()},
+        }
+        for i in range(table.num_rows)
+    ]
 
 
 def hflip(

@@ -59,6 +59,9 @@ WINDOW_SCHEMA = pa.schema(
     ]
 )
 
+# A stored entry: bytes, or a uint8 view of an Arrow buffer (`StoredEntries`).
+Entry = bytes | np.ndarray
+
 # JPEG keeps only 8-bit 1- or 3-channel images; flow's two channels go side by side.
 _JPEG_FLOW_AXIS = 1
 
@@ -70,10 +73,12 @@ def encode_images(images: np.ndarray, *, codec: str, quality: int = 90) -> list[
     if codec != "jpeg":
         raise VidrayError(f"unknown codec {codec!r}: use raw or jpeg")
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    # OpenCV encodes BGR: one buffer, reused, takes each frame's channels swapped.
+    bgr = np.empty(images.shape[1:], np.uint8) if images.shape[-1] == 3 else None
     out = []
     for image in images:
-        if image.shape[-1] == 3:
-            ok, buf = cv2.imencode(".jpg", image[..., ::-1], params)  # OpenCV wants BGR
+        if bgr is not None:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=bgr), params)
         else:
             ok, buf = cv2.imencode(
                 ".jpg", np.concatenate(np.moveaxis(image, -1, 0), _JPEG_FLOW_AXIS), params
@@ -84,20 +89,126 @@ def encode_images(images: np.ndarray, *, codec: str, quality: int = 90) -> list[
     return out
 
 
+def _decoded(entry: Entry, *, codec: str, height: int, width: int, channels: int) -> np.ndarray:
+    """One stored entry as an image, without a copy where the codec allows: a raw entry
+    is a view (H, W, C) of its bytes, a JPEG frame decodes straight to RGB (H, W, 3), and a
+    JPEG flow entry is its side-by-side grey image (H, C*W) (see `encode_images`)."""
+    data = np.frombuffer(entry, np.uint8)
+    if codec == "raw":
+        image = (
+            data.reshape(height, width, channels)
+            if data.size == height * width * channels
+            else None
+        )
+    elif channels == 3:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)  # the pixels of BGR reversed
+    else:
+        image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
+    side_by_side = codec == "jpeg" and channels != 3
+    stored = (height, width * channels) if side_by_side else (height, width)
+    if image is None or image.shape[:2] != stored:
+        raise VidrayError(
+            f"a stored {codec} entry is not a {height}x{width} image: its shard is damaged; "
+            "delete it and run `vidray ingest` again with the same config"
+        )
+    return image
+
+
+def cut_region(image: np.ndarray, top: int, left: int, mirror: bool, out: np.ndarray) -> None:
+    """Copy the ``out``-sized region of ``image`` at (top, left) into ``out`` (h, w, C),
+    mirrored left to right if asked; a side-by-side flow image gives one channel per strip.
+
+    OpenCV copies: a mirrored numpy copy goes pixel by pixel (40x slower than cv2.flip),
+    and so does writing one channel of an interleaved image (4x slower than cv2.merge)."""
+    height, width, channels = out.shape
+    if image.ndim == 3:
+        region = image[top : top + height, left : left + width]
+        if mirror:
+            cv2.flip(region, 1, dst=out)
+        else:
+            out[...] = region
+        return
+    strip = image.shape[1] // channels
+    regions = [
+        image[top : top + height, c * strip + left : c * strip + left + width]
+        for c in range(channels)
+    ]
+    cv2.merge([cv2.flip(r, 1) for r in regions] if mirror else regions, dst=out)
+
+
+def decode_crops(
+    entries: Sequence[Entry],
+    *,
+    codec: str,
+    height: int,
+    width: int,
+    corners: Sequence[tuple[int, int]],
+    out: np.ndarray,
+    mirror: bool = False,
+) -> np.ndarray:
+    """The selected entries of (height, width) images, each decoded once and cut at every
+    (top, left) corner into ``out`` (M corners, N entries, h, w, C), mirrored left to right
+    if ``mirror``: the only copy of a pixel the loader makes is the one it keeps."""
+    for i, entry in enumerate(entries):
+        image = _decoded(entry, codec=codec, height=height, width=width, channels=out.shape[-1])
+        for m, (top, left) in enumerate(corners):
+            cut_region(image, top, left, mirror, out[m, i])
+    return out
+
+
 def decode_images(
-    entries: Sequence[bytes], *, codec: str, height: int, width: int, channels: int
+    entries: Sequence[Entry], *, codec: str, height: int, width: int, channels: int
 ) -> np.ndarray:
     """The inverse of `encode_images` for the selected entries -> (N, H, W, C) uint8."""
-    out = np.empty((len(entries), height, width, channels), np.uint8)
-    for i, entry in enumerate(entries):
-        if codec == "raw":
-            out[i] = np.frombuffer(entry, np.uint8).reshape(height, width, channels)
-        elif channels == 3:
-            out[i] = cv2.imdecode(np.frombuffer(entry, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-        else:
-            gray = cv2.imdecode(np.frombuffer(entry, np.uint8), cv2.IMREAD_GRAYSCALE)
-            out[i] = np.stack(np.split(gray, channels, axis=_JPEG_FLOW_AXIS), axis=-1)
-    return out
+    out = np.empty((1, len(entries), height, width, channels), np.uint8)
+    return decode_crops(
+        entries, codec=codec, height=height, width=width, corners=[(0, 0)], out=out
+    )[0]
+
+
+class _RowEntries(Sequence):
+    """One row's entries of a list<binary> column: entry i is a view of Arrow's buffer."""
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray):
+        self._data, self._starts = data, starts
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, index: int | slice) -> Any:  # an entry, or a list of them
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        return self._data[self._starts[index] : self._starts[index + 1]]
+
+
+class StoredEntries:
+    """A batch's ``frames`` or ``flow`` column read in place: ``column[row]`` is that row's
+    entries (None where null), views of Arrow's values buffer, so a clip copies only the
+    entries it picks (no Python bytes of every stored frame, as to_pylist would make)."""
+
+    def __init__(self, column: pa.ChunkedArray | pa.Array):
+        if isinstance(column, pa.ChunkedArray):
+            column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        values = column.values
+        offset_type = np.int64 if pa.types.is_large_binary(values.type) else np.int32
+        _, offsets, data = values.buffers()
+        self._starts = np.frombuffer(offsets, offset_type)[
+            values.offset : values.offset + len(values) + 1
+        ]
+        self._data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
+        self._rows = column.offsets.to_numpy()
+        self._valid = column.is_valid().to_numpy(zero_copy_only=False)
+
+    def __len__(self) -> int:
+        return len(self._valid)
+
+    def __getitem__(self, row: int) -> _RowEntries | None:
+        if not self._valid[row]:
+            return None
+        return _RowEntries(self._data, self._starts[self._rows[row] : self._rows[row + 1] + 1])
 
 
 class ShardWriter:
