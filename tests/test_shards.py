@@ -181,3 +181,56 @@ def test_stored_entries_are_views_of_the_arrow_column(binary):
     ] == rows[1:]
     assert [bytes(e) for e in stored[1][-2:]] == [b"", b"ghij"]
     assert np.shares_memory(stored[1][2], np.frombuffer(column.values.buffers()[2], np.uint8))
+
+
+def _coded_row(i, frames_codec, flow_codec):
+    return dict(
+        _row(i),
+        frames_codec=frames_codec,
+        frames=encode_images(_textured(n=4, seed=i), codec=frames_codec),
+        flow_codec=flow_codec,
+        flow=encode_images(_textured(n=3, channels=2, seed=i), codec=flow_codec),
+    )
+
+
+@pytest.mark.parametrize("codecs", [("jpeg", "raw"), ("raw", "jpeg")])
+def test_shard_stores_jpeg_frames_as_they_are_and_compresses_the_rest(tmp_path, codecs):
+    """JPEG frames skip zstd (it saves only their headers, for ingest CPU); flow and raw
+    entries keep zstd-1; no entry column gets a dictionary or blob statistics."""
+    writer = ShardWriter(tmp_path / "a.parquet", tmp_dir=tmp_path / "_tmp")
+    writer.add(_coded_row(0, *codecs))
+    writer.commit()
+    chunks = pq.ParquetFile(tmp_path / "a.parquet").metadata.row_group(0)
+    stored = {chunks.column(i).path_in_schema: chunks.column(i) for i in range(chunks.num_columns)}
+    frames, flow = stored["frames.list.element"], stored["flow.list.element"]
+    assert frames.compression == ("UNCOMPRESSED" if codecs[0] == "jpeg" else "ZSTD")
+    assert flow.compression == "ZSTD" and stored["video_id"].compression == "ZSTD"
+    for entries in (frames, flow):
+        assert not entries.has_dictionary_page and not entries.is_stats_set
+    assert stored["boxes.list.element"].compression == "ZSTD"
+
+
+def test_a_shard_written_the_old_way_gives_the_same_clips(tmp_path):
+    """Shards written before (zstd-1 on every column, dictionaries, statistics) still read,
+    and their clips are those of a shard written today."""
+    from vidray.config import ClipConfig
+    from vidray.data.clips import ClipSampler
+    from vidray.data.shards import read_windows
+
+    rows = [_coded_row(i, "jpeg", "jpeg") for i in range(3)]
+    old = pa.Table.from_pylist(rows, schema=WINDOW_SCHEMA)
+    pq.write_table(old, tmp_path / "old.parquet", compression="zstd", compression_level=1)
+    writer = ShardWriter(tmp_path / "new.parquet", tmp_dir=tmp_path / "_tmp")
+    for row in rows:
+        writer.add(row)
+    writer.commit()
+    sampler = ClipSampler(
+        ClipConfig(T=2, stride=2, crop=16), flow_L=2, train=False, spatial_views=3
+    )
+    clips = [
+        sampler(read_windows([tmp_path / name], columns=sampler.columns))
+        for name in ("old.parquet", "new.parquet")
+    ]
+    for key in ("frames", "flow", "label"):
+        np.testing.assert_array_equal(clips[0][key], clips[1][key])
+    assert clips[0]["frames"].shape == (9, 2, 16, 16, 3)

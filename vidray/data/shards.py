@@ -211,6 +211,42 @@ class StoredEntries:
         return _RowEntries(self._data, self._starts[self._rows[row] : self._rows[row + 1] + 1])
 
 
+# Columns of per-frame entries: unique blobs, read only to be decoded.
+_ENTRY_COLUMNS = ("frames", "flow")
+
+
+def _leaves(name: str, kind: pa.DataType) -> list[str]:
+    """Parquet's paths of a column's leaves (a list's values live at ``name.list.element``)."""
+    if pa.types.is_list(kind):
+        return _leaves(f"{name}.list.element", kind.value_type)
+    return [name]
+
+
+def parquet_options(row: dict[str, Any]) -> dict[str, Any]:
+    """How a shard's columns are stored (``pq.ParquetWriter`` keywords), from its first
+    row's codecs; shards stored either way read the same (readers need none of this).
+
+    JPEG frames are stored as they are: zstd saved only their headers (0.5-10% of the
+    column) for compression CPU at every ingest. Everything else takes zstd-1, nearly
+    free: flow is mostly near-zero motion, so even its JPEGs shrink ~3x and raw fields
+    ~11x. Entries get no dictionary (the writer would hash every unique blob, then give
+    up) and no min/max statistics of blobs.
+    """
+    compression, plain = {}, []
+    for field in WINDOW_SCHEMA:
+        stored_as_is = field.name == "frames" and row.get("frames_codec") == "jpeg"
+        for leaf in _leaves(field.name, field.type):
+            compression[leaf] = "none" if stored_as_is else "zstd"
+            if field.name not in _ENTRY_COLUMNS:
+                plain.append(leaf)
+    return {
+        "compression": compression,
+        "compression_level": {leaf: 1 for leaf, codec in compression.items() if codec == "zstd"},
+        "use_dictionary": plain,
+        "write_statistics": plain,
+    }
+
+
 class ShardWriter:
     """Writes windows into one Parquet shard that appears only when complete.
 
@@ -242,10 +278,8 @@ class ShardWriter:
             return
         table = pa.Table.from_pylist(self._rows, schema=WINDOW_SCHEMA)
         if self._writer is None:
-            # JPEG and raw uint8 both compress poorly with heavier codecs; zstd-1 is
-            # nearly free and still shrinks raw flow (smooth fields) a lot.
             self._writer = pq.ParquetWriter(
-                self._tmp, WINDOW_SCHEMA, compression="zstd", compression_level=1
+                self._tmp, WINDOW_SCHEMA, **parquet_options(self._rows[0])
             )
         self._writer.write_table(table)
         self._rows = []
