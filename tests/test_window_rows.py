@@ -44,6 +44,8 @@ def segment(path, **fields):
 class Counted:
     """A real DIS estimator that counts the frame pairs it computes flow for."""
 
+    per_pair = True
+
     def __init__(self):
         self.estimator = load_flow_estimator("dis", dis_preset=FLOW.dis_preset)
         self.pairs = 0
@@ -137,3 +139,23 @@ def test_close_keyframes_share_frames_padded_at_both_ends(moving_video, monkeypa
     # Frames 0..5 and 13..16; pairs (0, 0), 0..5 pairwise, 13..16 pairwise, (16, 16).
     assert (frames_encoded, pairs) == (10, 10)
 
+
+class FramesSeen:
+    """An estimator whose pairs depend on what they are computed with, as batched
+    RAFT's may: each pair's flow is the number of frames in the call."""
+
+    backend = "test"
+    per_pair = False
+
+    def __call__(self, frames):
+        return np.full((len(frames) - 1, *frames.shape[1:3], 2), len(frames), np.float32)
+
+
+def test_an_estimator_whose_pairs_depend_on_the_window_gets_every_window_whole(moving_video):
+    coder = window_rows.WindowCoder(ingest=INGEST, flow=FLOW, estimator=FramesSeen())
+    windows = list(
+        decode.iter_windows(moving_video, fps=10, short_side=0, window_frames=6, window_stride=2)
+    )
+    for window in windows:
+        whole = quantize_flow(FramesSeen()(window.frames), FLOW.bound)
+        assert coder.row(segment(moving_video), window)["flow"] == encode_images(whole, codec="raw")

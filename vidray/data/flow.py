@@ -58,6 +58,9 @@ class FlowEstimator(Protocol):
     """A flow backend, built once per worker and called on window after window."""
 
     backend: str
+    # True when a pair's flow depends on that pair alone, bit for bit, so ingest may
+    # compute a pair shared by overlapping windows once (`vidray.data.window_rows`).
+    per_pair: bool
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """Flow of a uint8 (N, H, W, 3) RGB window as float32 (N-1, H, W, 2) pixels."""
@@ -85,7 +88,8 @@ class OpenCVFlow:
     to the next, and on small frames (32x42) its first call differs from later ones
     by up to 0.03 px, so a window's flow would depend on which windows the worker
     saw before (a segmented ingest then stored other bytes than a whole one).
-    Building the object costs nothing measurable next to ``calc``.
+    Building the object costs nothing measurable next to ``calc``, and a pair's
+    flow depends on that pair alone (``per_pair``).
     Frames smaller than ``min_size`` a side are replicate-padded at the bottom and
     right, and the flow cropped back.
     """
@@ -94,6 +98,7 @@ class OpenCVFlow:
         self, *, backend: str, make_algorithm: Callable[[], Any], min_size: int = 1
     ) -> None:
         self.backend = backend
+        self.per_pair = True
         self.make_algorithm = make_algorithm
         self.min_size = min_size
 
@@ -123,6 +128,9 @@ class RaftFlow:
     """
 
     backend = "raft"
+    # Batched convolutions may round a pair differently next to other pairs (the
+    # batch-size test allows 1e-4 px), so a window's pairs are computed together.
+    per_pair = False
 
     def __init__(
         self, *, model: Any, device: Any, batch_size: int = 8, num_flow_updates: int = 12

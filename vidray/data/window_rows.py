@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from vidray.config import FlowConfig, IngestConfig
 from vidray.data import decode
 from vidray.data.shards import encode_images
@@ -60,7 +62,9 @@ class WindowCoder:
     and only the new ones are computed. A row is byte for byte the row of a fresh
     coder, because JPEG encoding, quantisation and a CPU estimator's flow of a pair
     (`vidray.data.flow.OpenCVFlow` builds a fresh OpenCV object per pair) depend on
-    that frame or pair alone. What windows before the current one hold is dropped.
+    that frame or pair alone; an estimator whose pairs are not independent
+    (``per_pair`` false: RAFT's batches) gets each window whole, as before. What
+    windows before the current one hold is dropped.
     """
 
     def __init__(
@@ -108,19 +112,24 @@ class WindowCoder:
         return [self.frames[i] for i in window.frame_indices]
 
     def _flow(self, window: decode.Window) -> list[bytes]:
-        from vidray.data.flow import quantize_flow
-
         pairs = list(itertools.pairwise(window.frame_indices))
+        if not self.estimator.per_pair:
+            return self._encode_flow(self.estimator(window.frames))
         for run in _new_runs(pairs, known=self.fields):
             # A run of consecutive new pairs is one estimator call on its frames.
             fields = self.estimator(window.frames[run.start : run.stop + 1])
-            encoded = encode_images(
-                quantize_flow(fields, self.flow.bound),
-                codec=self.flow.codec,
-                quality=self.ingest.jpeg_quality,
-            )
+            encoded = self._encode_flow(fields)
             self.fields.update(zip(pairs[run.start : run.stop], encoded, strict=True))
         return [self.fields[p] for p in pairs]
+
+    def _encode_flow(self, fields: np.ndarray) -> list[bytes]:
+        from vidray.data.flow import quantize_flow
+
+        return encode_images(
+            quantize_flow(fields, self.flow.bound),
+            codec=self.flow.codec,
+            quality=self.ingest.jpeg_quality,
+        )
 
 
 def _new_runs(pairs: list[tuple[int, int]], *, known: Iterable[tuple[int, int]]) -> list[range]:
