@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from commands import as_from_a_terminal, own_lines
@@ -62,6 +63,16 @@ def shard_rows(output: Path):
         for f in files
         for row in pq.read_table(f, columns=["video_id", "window_idx"]).to_pylist()
     ]
+
+
+def windows_of(output: Path, row: dict, columns: list[str] | None = None) -> list[dict]:
+    """A video's rows in its shards (a shard holds the windows of many videos)."""
+    found = []
+    for shard in row["shards"]:
+        table = pq.read_table(output / "windows" / shard)
+        mine = table.filter(pc.equal(table["video_id"], row["video_id"]))
+        found += mine.select(columns or mine.column_names).to_pylist()
+    return found
 
 
 def check_consistent(output: Path):
@@ -164,7 +175,7 @@ def test_short_video_is_one_window_padded_with_its_last_frame(hostile_output):
     output, _ = hostile_output
     row = next(m for m in read_manifest(output) if m["video_id"] == "alpha/short")
     assert row["n_windows"] == 1 and row["padded"] == 8 - 4
-    shard = pq.read_table(output / "windows" / row["shards"][0]).to_pylist()[0]
+    shard = windows_of(output, row)[0]
     assert shard["padded"] == 4 and len(shard["frames"]) == 8
     assert shard["frames"][-1] == shard["frames"][-2] == shard["frames"][3]
 
@@ -178,8 +189,8 @@ def test_truncated_file_keeps_the_windows_before_the_cut(hostile_output):
 def stored_size(output: Path, video_id: str) -> tuple[int, int]:
     """(width, height) of a video's stored frames, and its manifest row."""
     row = next(m for m in read_manifest(output) if m["video_id"] == video_id)
-    table = pq.read_table(output / "windows" / row["shards"][0], columns=["height", "width"])
-    return (table["width"][0].as_py(), table["height"][0].as_py()), row
+    window = windows_of(output, row, ["height", "width"])[0]
+    return (window["width"], window["height"]), row
 
 
 def test_sizes_are_resized_to_the_short_side_with_even_dimensions(hostile_output):
@@ -202,8 +213,8 @@ def test_a_rotated_phone_video_is_stored_upright(hostile_output):
     output, _ = hostile_output
     row = next(m for m in read_manifest(output) if m["video_id"] == "beta/portrait")
     assert (row["width"], row["height"]) == (48, 64)
-    table = pq.read_table(output / "windows" / row["shards"][0], columns=["height", "width"])
-    assert (table["width"][0].as_py(), table["height"][0].as_py()) == (32, 42)
+    window = windows_of(output, row, ["height", "width"])[0]
+    assert (window["width"], window["height"]) == (32, 42)
 
 
 def test_high_and_low_fps_share_the_base_rate(hostile_output):
@@ -386,8 +397,9 @@ def test_csv_layout_with_missing_file_and_missing_label(ray_local, tmp_path):
     again = ingest(listing, output, layout="csv")
     assert (again.ingested, again.skipped) == (1, 1)  # x moved to val: its windows too
     x = next(m for m in check_consistent(output) if m["video_id"] == "clips/x")
-    table = pq.read_table(output / "windows" / x["shards"][0], columns=["split"])
-    assert x["split"] == "val" and set(table["split"].to_pylist()) == {"val"}
+    assert x["split"] == "val"
+    for shard in x["shards"]:  # a shard holds one split
+        assert set(pq.read_table(output / "windows" / shard)["split"].to_pylist()) == {"val"}
 
 
 def test_malformed_csv_names_the_file_and_line(ray_local, tmp_path):
@@ -444,8 +456,8 @@ def test_kinetics_layout_trims_full_videos(ray_local, tmp_path):
     check_consistent(output)
     row = next(m for m in read_manifest(output) if m["video_id"] == "fullvid_000003_000005")
     assert row["split"] == "val" and row["n_windows"] == 2  # 2 s at 10 fps = 20 frames
-    table = pq.read_table(output / "windows" / row["shards"][0], columns=["start_sec"])
-    assert table["start_sec"].to_pylist() == pytest.approx([3.0, 3.8])
+    starts = [w["start_sec"] for w in windows_of(output, row, ["start_sec"])]
+    assert starts == pytest.approx([3.0, 3.8])
 
 
 def test_flat_layout_is_unlabeled(ray_local, tmp_path):
@@ -488,7 +500,7 @@ def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
 ):
     """Ctrl-C, then a kill, then a run to the end: the same command each time, typed in
     a fresh folder (the last one in this process, to spare a Ray start). Three videos of
-    7 windows, one window a segment."""
+    7 windows, one window a segment, a shard (so many tasks: a tiny ingest.shard_mb)."""
     for i in range(3):
         make_video(tmp_path / "videos" / f"c{i % 2}" / f"v{i}.mp4", num_frames=60)
     output = tmp_path / "data"
@@ -497,6 +509,7 @@ def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
         "--output=data",
         *SMALL,
         "ingest.segment_windows=1",
+        "ingest.shard_mb=0.000001",
         "flow.backend=farneback",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

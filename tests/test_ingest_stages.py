@@ -33,9 +33,11 @@ from vidray.data.progress import Heartbeat, IngestProgress, progress_line
 from vidray.data.segments import (
     ingest_segment,
     ingest_task,
+    pack_segments,
     plan_segments,
     probe_entry,
     source_entry,
+    window_bytes,
 )
 from vidray.data.sources import SourceEntry
 from vidray.errors import Interrupted, VidrayError
@@ -141,56 +143,75 @@ def test_a_bug_in_the_decode_stage_fails_loudly_and_leaves_nothing(tmp_path, mon
 # ------------------------------------------------------------- the journal
 
 
-def test_each_finished_segment_is_recorded_once_its_shard_is_in_place(tmp_path):
+def test_a_task_writes_its_segments_into_one_shard_and_records_them_together(tmp_path):
+    """Segments of two videos, one split: one shard holds the windows of both, one journal
+    file records each segment with that shard and its place in its video."""
     cfg = config("ingest.segment_windows=2", "flow.backend=none")
     output = tmp_path / "out"
     plan = segments(make_video(tmp_path / "v.mp4", num_frames=48), cfg)  # 6 windows
     assert [s["segment"] for s in plan] == [0, 1, 2] and {s["segments"] for s in plan} == {3}
-    windows = []
-    record = ingest_segment(
-        plan[1],
-        ingest=cfg.ingest,
-        flow=cfg.flow,
-        output=str(output),
-        on_window=lambda: windows.append(1),
+    other = dict(segments(make_video(tmp_path / "w.mp4", num_frames=16), cfg)[0])
+    records = ingest_task(
+        {"segments": [plan[1], other]}, ingest=cfg.ingest, flow=cfg.flow, output=str(output)
     )
-    assert record["n_windows"] == len(windows) == 2 and record["error"] is None
-    (journaled,) = read_journal(output)
-    assert journaled == record
-    assert (record["first_window"], record["max_windows"]) == (2, 2)
-    shard = pq.read_table(output / "windows" / record["shard"], columns=["window_idx"])
-    assert shard["window_idx"].to_pylist() == [2, 3]
-    assert read_journal(output, known=[record["shard"]]) == []
+    assert [r["n_windows"] for r in records] == [2, 2]
+    assert {r["error"] for r in records} == {None}
+    assert read_journal(output) == records
+    assert len(list((output / "_journal").iterdir())) == 1
+    (shard,) = {r["shard"] for r in records}
+    assert [p.name for p in (output / "windows").iterdir()] == [shard]
+    assert shard.startswith("train-")
+    assert (records[0]["first_window"], records[0]["max_windows"]) == (2, 2)
+    table = pq.read_table(output / "windows" / shard, columns=["video_id", "window_idx"])
+    rows = zip(table["video_id"].to_pylist(), table["window_idx"].to_pylist(), strict=True)
+    assert list(rows) == [("v", 2), ("v", 3), ("w", 0), ("w", 1)]
+    size = (output / "windows" / shard).stat().st_size  # shared out by windows, rounded
+    assert abs(sum(r["bytes"] for r in records) - size) <= len(records)
 
 
 def test_a_retried_task_does_not_ingest_a_recorded_segment_again(tmp_path):
     """Ray runs a task again after its worker died: the segments it finished before are
-    in the journal with their shards, and are returned as they are."""
+    in the journal with their shard, and are returned as they are."""
     cfg = config("flow.backend=none")
     output = tmp_path / "out"
     (segment,) = segments(make_video(tmp_path / "v.mp4", num_frames=16), cfg)
     first = ingest_task(
         {"segments": [segment]}, ingest=cfg.ingest, flow=cfg.flow, output=str(output)
     )
-    shard = output / "windows" / segment["shard"]
+    shard = output / "windows" / first[0]["shard"]
     stamp = (shard.stat().st_ino, shard.stat().st_mtime_ns)
-    windows: list[int] = []
 
     def again(segment: dict) -> dict:
-        return ingest_segment(
-            segment,
-            ingest=cfg.ingest,
-            flow=cfg.flow,
-            output=str(output),
-            on_window=lambda: windows.append(1),
-        )
+        return ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(output))
 
-    assert again(segment) == first[0] and windows == []
+    assert again(segment) == first[0]
     assert (shard.stat().st_ino, shard.stat().st_mtime_ns) == stamp
-    assert again(dict(segment, label_name="b"))["label_name"] == "b"  # another row: redone
-    assert len(windows) == 2
+    relabelled = again(dict(segment, label_name="b"))  # another row: redone, in another shard
+    assert relabelled["label_name"] == "b" and relabelled["shard"] != shard.name
+    assert (shard.stat().st_ino, shard.stat().st_mtime_ns) == stamp
     shard.unlink()  # the record's shard is gone: redone
-    assert again(segment)["n_windows"] == 2 and shard.exists() and len(windows) == 4
+    assert again(segment)["n_windows"] == 2 and shard.exists()
+    assert (shard.stat().st_ino, shard.stat().st_mtime_ns) != stamp
+
+
+def test_segments_are_packed_per_split_up_to_a_shard_of_bytes():
+    """A task (a shard) holds one split; it closes at the window or the byte budget; a
+    segment over the budget is a task alone."""
+    segments = [
+        {"key": str(i), "split": split, "windows": w}
+        for i, (split, w) in enumerate(
+            [("train", 2), ("val", 2), ("train", 2), ("train", 9), ("val", 1), ("train", 1)]
+        )
+    ]
+    tasks = pack_segments(segments, windows_per_task=100, bytes_per_task=50, bytes_of=lambda s: 10)
+    assert [[s["key"] for s in task] for task in tasks] == [["0", "2"], ["3"], ["5"], ["1", "4"]]
+    cfg = config("ingest.short_side=128", "flow.codec=raw")
+    video = {"width": 320, "height": 240}
+    raw = window_bytes(
+        video, config("ingest.short_side=128", "ingest.frames_codec=raw").ingest, cfg.flow
+    )
+    assert raw == 8 * 170 * 128 * 3 + 7 * 170 * 128 * 2 / 2
+    assert window_bytes(video, cfg.ingest, config("flow.backend=none").flow) < raw / 4
 
 
 # ------------------------------------------------------------- progress

@@ -2,12 +2,13 @@
 
     check (`vidray.data.ingest_check`: no Ray, nothing written)
     list sources ─> skip what is done ─> probe (Ray Data, files in batches)
-        ─> plan segments ─> pack into tasks ─> decode → flow → encode → shard (Ray Data)
-        ─> manifest.parquet + dataset.yaml
+        ─> plan segments ─> pack into tasks, a shard each ─> decode → flow → encode
+        → shard (Ray Data) ─> manifest.parquet + dataset.yaml
 
 The stages are plain functions in `vidray.data.segments`, testable without Ray;
-`run_ingest` only wires them. Every segment records itself in the journal
-(`vidray.data.manifest`) once its shard is in place: whatever stops the run
+`run_ingest` only wires them. A task packs segments of many videos of one split
+into one shard of about ``ingest.shard_mb`` and records them in the journal
+(`vidray.data.manifest`) once the shard is in place: whatever stops the run
 (Ctrl-C, SIGTERM, a crash), the next one with the same command does only what
 no record names. The driver folds the records into the manifest
 (`vidray.data.ledger`) and says every few seconds how far it is
@@ -20,6 +21,12 @@ are reported); ``prune`` deletes those; ``replace`` deletes the whole dataset
 first, and is the only mode that accepts another input or layout. One run at a
 time writes to an output: the second is refused while the first holds its lock
 (`vidray.data.lock`).
+
+As a shard holds many videos, a video leaving the manifest (pruned, re-ingested
+after a change or after its damaged shard was deleted) leaves its windows in
+shards other videos still name: the run rewrites each such shard without them
+(under a new name, before the manifest names it), so a reader never returns a
+window no manifest row claims.
 """
 
 from __future__ import annotations
@@ -57,14 +64,15 @@ from vidray.data.manifest import (
 from vidray.data.progress import Heartbeat, IngestProgress, progress_line
 from vidray.data.segments import (
     SEGMENT_FIELDS,
+    drop_videos,
     ingest_task,
     pack_segments,
     plan_segments,
     probe_entry,
     scratch_dir,
-    shard_in_place,
     shard_prefix,
     source_entry,
+    window_bytes,
 )
 from vidray.data.sources import SourceListing
 from vidray.errors import Interrupted, VidrayError
@@ -175,7 +183,11 @@ class _Run:
         self.classes: tuple[list[str], list[int] | None] = ([], None)
         # Journal records of the videos this run ingests, until each is complete.
         self.records: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-        self.planned: dict[str, dict[str, Any]] = {}  # shard name -> its planned segment
+        self.planned: dict[str, dict[str, Any]] = {}  # segment key -> its planned segment
+        # shard -> the videos with windows in it: what the manifest said, and what every
+        # task wrote; a video not in it any more has its windows dropped (`finish`)
+        self.stored: dict[str, set[str]] = defaultdict(set)
+        self.present: set[str] = set()  # the shards in the output when the run started
         self.stage = "starting"  # -> "ingesting" once the ledger is read -> "committed"
 
     # -- before Ray
@@ -249,10 +261,15 @@ class _Run:
         """Settle what needs no decoding: listing errors, files done by an earlier run
         (recorded in the manifest, or all their segments in the journal); return the rest."""
         previous = self.ledger.previous
-        named = {shard for row in previous.values() for shard in row["shards"]}
+        self.present = set(storage.list_files(storage.join(self.output, WINDOWS_DIR)))
+        for row in previous.values():
+            for shard in row["shards"]:
+                self.stored[shard].add(row["video_id"])
         journal: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for record in read_journal(self.output, known=named):
+        for record in read_journal(self.output):
             journal[record["video_id"]].append(record)
+            if record["n_windows"]:
+                self.stored[record["shard"]].add(record["video_id"])
         todo, recovered = [], 0
         for vid, entry in self.entries.items():
             old = previous.get(vid)
@@ -266,8 +283,8 @@ class _Run:
             else:
                 prefix = shard_prefix(entry) + "-"
                 for record in journal.get(vid, []):
-                    if record["shard"].startswith(prefix) and shard_in_place(self.output, record):
-                        self.records[vid][record["shard"]] = record
+                    if record["key"].startswith(prefix) and self._in_place(record):
+                        self.records[vid][record["key"]] = record
                 if is_complete(self.records[vid].values()):
                     row = video_row(list(self.records.pop(vid).values()), self.ingest)
                     self._settle(row, earlier=True)
@@ -292,10 +309,11 @@ class _Run:
             and old["path"] == entry["path"]
             and old["label_name"] == entry["label_name"]
             and old["split"] == entry["split"]
-            and all(
-                storage.is_file(storage.join(self.output, WINDOWS_DIR, s)) for s in old["shards"]
-            )
+            and all(shard in self.present for shard in old["shards"])
         )
+
+    def _in_place(self, record: dict[str, Any]) -> bool:
+        return record["n_windows"] == 0 or record["shard"] in self.present
 
     def _plan(self, probed: dict[str, Any]) -> list[dict[str, Any]]:
         """The segments of a video still to ingest: those the journal has no record of."""
@@ -303,21 +321,23 @@ class _Run:
         plan = plan_segments(probed, self.ingest)
         done = self.records.pop(vid, {})
         for segment in plan:
-            self.planned[segment["shard"]] = segment
-            record = done.get(segment["shard"])
+            self.planned[segment["key"]] = segment
+            record = done.get(segment["key"])
             if record is not None and all(record[k] == segment[k] for k in SEGMENT_FIELDS):
-                self.records[vid][segment["shard"]] = record
-        return [s for s in plan if s["shard"] not in self.records[vid]]
+                self.records[vid][segment["key"]] = record
+        return [s for s in plan if s["key"] not in self.records[vid]]
 
     def _run_segments(self, segments: list[dict[str, Any]], cpus: float) -> None:
         import ray
 
         ingest = self.ingest
         total = sum(s["windows"] for s in segments)
-        # Up to segment_windows windows a task, but at least two tasks per CPU.
+        # A shard of ingest.shard_mb a task, but at least two tasks per CPU.
         tasks = pack_segments(
             segments,
-            windows_per_task=min(ingest.segment_windows, max(1, math.ceil(total / (2 * cpus)))),
+            windows_per_task=max(1, math.ceil(total / (2 * cpus))),
+            bytes_per_task=ingest.shard_mb * 1e6,
+            bytes_of=lambda segment: window_bytes(segment, ingest, self.cfg.flow),
         )
         progress = ray.remote(num_cpus=0)(IngestProgress).remote(
             Counter(s["video_id"] for s in segments)
@@ -364,7 +384,9 @@ class _Run:
         vid = record["video_id"]
         self.summary.windows += record["n_windows"]
         self.summary.bytes += record["bytes"]
-        self.records[vid][record["shard"]] = record
+        self.records[vid][record["key"]] = record
+        if record["n_windows"]:
+            self.stored[record["shard"]].add(vid)
         if is_complete(self.records[vid].values()):
             self._settle(video_row(list(self.records.pop(vid).values()), self.ingest))
 
@@ -395,7 +417,7 @@ class _Run:
 
     def finish(self) -> IngestSummary:
         prune = self.ingest.mode == "prune"
-        rows = self.ledger.rows(prune=prune)
+        rows = self._without_dropped_windows(self.ledger.rows(prune=prune))
         self.summary.pruned = prune
         write_manifest(self.output, rows)
         self.stage = "committed"
@@ -405,6 +427,27 @@ class _Run:
         self._write_info(rows)
         self.summary.seconds = time.monotonic() - self.t0
         return self.summary
+
+    def _without_dropped_windows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows``, where a shard that also holds windows of a video no row names it for
+        any more (pruned, changed, re-ingested) is replaced by a copy without them."""
+        claims: dict[str, set[str]] = defaultdict(set)
+        split_of: dict[str, str] = {}
+        for row in rows:
+            if row["status"] == "ok":
+                for shard in row["shards"]:
+                    claims[shard].add(row["video_id"])
+                    split_of[shard] = row["split"]
+        renamed = {
+            shard: drop_videos(self.output, shard, keep=claimed, split=split_of[shard])
+            for shard, claimed in claims.items()
+            if self.stored.get(shard, claimed) - claimed
+            # a kept video (gone from the input) may name a deleted shard: nothing to copy
+            and storage.is_file(storage.join(self.output, WINDOWS_DIR, shard))
+        }
+        if not renamed:
+            return rows
+        return [dict(row, shards=[renamed.get(s, s) for s in row["shards"]]) for row in rows]
 
     def stop(self) -> str:
         """Record what an interrupted run finished; the one line that says so, also when
@@ -424,12 +467,16 @@ class _Run:
         if self.stage == "starting":
             return "interrupted before any video was ingested; run the same command again"
         if self.stage == "ingesting":
-            known = {r["shard"] for records in self.records.values() for r in records.values()}
-            known |= {shard for row in self.ledger.rows() for shard in row["shards"]}
             # Tasks record segments the driver has not been sent yet.
-            for record in read_journal(self.output, known=known):
-                planned = self.planned.get(record["shard"])
-                if planned and all(record[k] == planned[k] for k in SEGMENT_FIELDS):
+            for record in read_journal(self.output):
+                vid, key = record["video_id"], record["key"]
+                planned = self.planned.get(key)
+                if (
+                    planned
+                    and all(record[k] == planned[k] for k in SEGMENT_FIELDS)
+                    and vid not in self.ledger.settled
+                    and key not in self.records[vid]
+                ):
                     self._add(record)
             rows = self.ledger.rows()
             write_manifest(self.output, rows)

@@ -31,6 +31,7 @@ def manifest_row(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
         "size": entry["size"],
         "mtime": entry["mtime"],
         "shards": [],
+        "shard_windows": [],
     }
     row.update(fields)
     return row
@@ -51,13 +52,22 @@ def video_row(records: list[dict[str, Any]], ingest: IngestConfig) -> dict[str, 
         height=video["height"],
         n_windows=n_windows,
         padded=max(r["padded"] for r in records),
-        shards=[r["shard"] for r in records if r["n_windows"]],
+        **_shards_of(records),
     )
     if n_windows == 0:
         return manifest_row(video, error="; ".join(notes) or "no windows decoded", **fields)
     small = small_source_note(video["width"], video["height"], ingest)
     error = "; ".join(dict.fromkeys([*notes, *([small] if small else [])])) or None
     return manifest_row(video, status="ok", error=error, **fields)
+
+
+def _shards_of(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The shards a video's segment records name, in order, and its windows in each."""
+    windows: dict[str, int] = {}
+    for record in records:
+        if record["n_windows"]:
+            windows[record["shard"]] = windows.get(record["shard"], 0) + record["n_windows"]
+    return {"shards": list(windows), "shard_windows": list(windows.values())}
 
 
 def small_source_note(width: int, height: int, ingest: IngestConfig) -> str | None:

@@ -2,9 +2,9 @@
 
 ``manifest.parquet`` says what became of every input file (ingested or
 quarantined, with the reason) and which shards hold its windows. With the
-journal it is the commit record of an ingest run: each task, once a segment's
-shard is in place, records that segment in ``_journal/`` (one small file,
-written whole), so a run that is stopped or crashes loses no finished segment;
+journal it is the commit record of an ingest run: each task, once its shard is
+in place, records the segments in it in ``_journal/`` (one small file, written
+whole), so a run that is stopped or crashes loses no finished segment;
 the driver folds the journal into the manifest as videos complete and clears it
 at the end. A shard that neither names is an orphan of a crashed run and is
 deleted by the next complete one. ``dataset.yaml`` holds what a reader needs to
@@ -49,6 +49,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("mtime", pa.float64()),
         ("shards", pa.list_(pa.string())),  # shard file names under windows/
+        # the video's windows in each of its shards (a shard holds many videos); null in
+        # manifests written before shards were packed
+        ("shard_windows", pa.list_(pa.int32())),
     ]
 )
 
@@ -99,44 +102,37 @@ def _journal_name(shard: str) -> str:
     return Path(shard).with_suffix(".json").name
 
 
-def write_journal_record(output: str | Path, record: dict[str, Any]) -> None:
-    """Record one finished segment (``record["shard"]`` names it), written whole."""
+def write_journal_record(output: str | Path, shard: str, records: list[dict[str, Any]]) -> None:
+    """Record the segments a task wrote into ``shard``, in one file written whole."""
     directory = storage.join(output, JOURNAL_DIR)
     storage.makedirs(directory)
-    name = _journal_name(record["shard"])
-    storage.write_bytes(storage.join(directory, name), json.dumps(record).encode())
+    name = _journal_name(shard)
+    storage.write_bytes(storage.join(directory, name), json.dumps(records).encode())
 
 
-def read_journal_record(output: str | Path, shard: str) -> dict[str, Any] | None:
-    """The journal record of the segment whose shard is ``shard``, or None."""
+def read_journal_record(output: str | Path, shard: str) -> list[dict[str, Any]] | None:
+    """The journal records of the task that wrote ``shard``, or None."""
     return _journal_record(storage.join(output, JOURNAL_DIR, _journal_name(shard)))
 
 
-def read_journal(output: str | Path, *, known: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """The segments recorded in the journal, except those whose shard is in ``known``
-    (already in the manifest: reading them again would only cost requests)."""
+def read_journal(output: str | Path) -> list[dict[str, Any]]:
+    """Every segment the journal records (of every task that recorded itself)."""
     directory = storage.join(output, JOURNAL_DIR)
-    skip = {_journal_name(shard) for shard in known}
     names = [
         name
         for name in storage.list_files(directory)
-        if name.endswith(".json")
-        and "/" not in name
-        and not name.startswith(".")
-        and name not in skip
+        if name.endswith(".json") and "/" not in name and not name.startswith(".")
     ]
-    return [
-        record
-        for record in _each(lambda name: _journal_record(storage.join(directory, name)), names)
-        if record is not None
-    ]
+    tasks = _each(lambda name: _journal_record(storage.join(directory, name)), names)
+    return [record for records in tasks if records is not None for record in records]
 
 
-def _journal_record(path: str) -> dict[str, Any] | None:
+def _journal_record(path: str) -> list[dict[str, Any]] | None:
     try:
-        return json.loads(storage.read_bytes(path))
+        records = json.loads(storage.read_bytes(path))
     except (FileNotFoundError, json.JSONDecodeError):
-        return None  # gone meanwhile, or not ours: that segment is simply done again
+        return None  # gone meanwhile, or not ours: those segments are simply done again
+    return records if isinstance(records, list) else None  # a record of the old layout
 
 
 def clear_journal(output: str | Path) -> None:
@@ -210,18 +206,19 @@ def split_shards(data_dir: str | Path, *, split: str | None = None) -> list[tupl
     one split, or of all: what a reader sizes its tasks by. Sorted by file.
 
     A video is in one split, and a shard holds videos of one split, so the manifest tells
-    which files to read: training never opens the val shards.
+    which files to read: training never opens the val shards. The counts are exact
+    (each row says how many of its windows each of its shards holds); a manifest
+    written before shards were packed spreads a video's windows evenly over its shards.
     """
     ingested = [r for r in read_manifest(data_dir) if r["status"] == "ok"]
     rows = [r for r in ingested if split is None or r["split"] == split]
     windows: Counter[str] = Counter()
     for row in rows:
-        # A video's windows are spread evenly over its segments' shards (at most one
-        # segment's worth of difference): close enough to size read tasks by.
-        for shard in row["shards"]:
-            windows[storage.join(data_dir, WINDOWS_DIR, shard)] += row["n_windows"] / len(
-                row["shards"]
-            )
+        counts = row.get("shard_windows") or [row["n_windows"] / len(row["shards"])] * len(
+            row["shards"]
+        )
+        for shard, n in zip(row["shards"], counts, strict=True):
+            windows[storage.join(data_dir, WINDOWS_DIR, shard)] += n
     if windows:
         return [(path, max(1, round(n))) for path, n in sorted(windows.items())]
     if not ingested:

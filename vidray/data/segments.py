@@ -1,16 +1,29 @@
 """Ingest's stages, one video file at a time: plain functions that Ray only wires.
 
     source_entry ─> probe_entry ─> plan_segments ─> pack_segments ─> ingest_task
-                                                       (each segment: ingest_segment,
-                                                        its rows: window_rows)
+                                                    (one shard a task; each segment's
+                                                     rows: window_rows.segment_rows)
 
 A segment is a run of at most ``ingest.segment_windows`` windows of one video,
-so a long film is spread over many tasks and no task holds more than one
-window of frames at a time; short clips are packed several to a task. Every
-segment writes its own shard atomically and then records itself in the
-journal (`vidray.data.manifest`). A bad file becomes an ``error`` with the
-reason, never an exception that stops the job; any other failure is a bug and
-raises with its traceback.
+so a long film is spread over many tasks. A task is the segments of ONE split
+that fill about ``ingest.shard_mb`` (estimated from the stored frame size and
+codecs, `window_bytes`), and it writes them all into ONE shard: Kinetics-400 is
+then ~1,000 files, not one per video (~240,000), and an epoch opens few files.
+
+Why the task is the shard (and not part-files merged later, or one long-lived
+writer per split): a shard is still written whole by one process, as before, so
+everything the manifest relies on holds without a merge step or an actor to
+recover: the shard appears atomically (temp file, then rename) and then its task
+records all its segments in ONE journal file; a task killed mid-shard leaves no
+shard and no record, and only its own segments are redone. The price is the
+unit of redoing: a killed task redoes its shard's videos (up to ``shard_mb`` of
+work), and a task runs longer (at least two tasks a CPU keep a small dataset
+spread over every core, `tasks_per_split`). A shard's name is a hash of its
+segments' keys, so Ray retrying a task finds the shard it wrote and its record.
+
+A bad file becomes an ``error`` with the reason, never an exception that stops
+the job (the windows it gave before the error stay in the shard); any other
+failure is a bug and raises with its traceback, leaving nothing written.
 """
 
 from __future__ import annotations
@@ -19,12 +32,16 @@ import contextlib
 import json
 import math
 import tempfile
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import av
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from vidray import storage
 from vidray.config import FlowConfig, IngestConfig
@@ -57,8 +74,14 @@ _VIDEO_FIELDS = (
     "height",
     "problems",
 )
-# ... and about its segment: where it sits in the video's plan.
-SEGMENT_FIELDS = ("segment", "segments", "first_window", "max_windows", "shard")
+# ... and about its segment: where it sits in the video's plan, and its key (the video's
+# version and the segment's number), which names it in the journal.
+SEGMENT_FIELDS = ("segment", "segments", "first_window", "max_windows", "key")
+# Stored bytes of a pixel, as a fraction of its raw uint8 size: JPEG at the default
+# quality keeps ~1/8 of a frame, ~1/16 of smooth quantised flow; zstd-1 halves raw
+# flow. Only to size shards: a shard ends up within a factor ~2 of ingest.shard_mb.
+_STORED_FRACTION = {("frames", "raw"): 1.0, ("frames", "jpeg"): 1 / 8}
+_STORED_FRACTION |= {("flow", "raw"): 1 / 2, ("flow", "jpeg"): 1 / 16}
 
 
 def scratch_dir(output: str) -> Path:
@@ -132,8 +155,8 @@ def probe_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def shard_prefix(probed: dict[str, Any]) -> str:
-    """Shard names of one version of a file: a changed file gets new names, so its new
-    shards never overwrite the ones the manifest names until its new row replaces them."""
+    """Segment keys of one version of a file: a changed file's segments get new keys, so
+    a record of its earlier version is never taken for one of the new."""
     version = stable_hash(f"{probed['size']}:{probed['mtime']!r}") % 2**32
     return f"{video_key(probed['video_id']):016x}-{version:08x}"
 
@@ -166,7 +189,7 @@ def plan_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dict[str
             first_window=s * ingest.segment_windows,
             max_windows=ingest.segment_windows if s < n_segments - 1 else -1,
             windows=min(ingest.segment_windows, n_windows - s * ingest.segment_windows),
-            shard=f"{prefix}-{s:04d}.parquet",
+            key=f"{prefix}-{s:04d}",
         )
         for s in range(n_segments)
     ]
@@ -187,33 +210,69 @@ def _keyframe_segments(probed: dict[str, Any], ingest: IngestConfig) -> list[dic
             first_window=first,
             max_windows=per if s < len(firsts) - 1 else -1,
             windows=len(keyframes[first : first + per]),
-            shard=f"{prefix}-{s:04d}.parquet",
+            key=f"{prefix}-{s:04d}",
         )
         for s, first in enumerate(firsts)
     ]
 
 
+def window_bytes(segment: dict[str, Any], ingest: IngestConfig, flow: FlowConfig) -> float:
+    """About how many bytes one window of a segment takes in a shard: its stored frame
+    size (``ingest.short_side``) times the frames and flow fields, by codec."""
+    width, height = decode.output_size(
+        segment["width"], segment["height"], ingest.short_side, ingest.max_upscale
+    )
+    frames = ingest.window_frames * width * height * 3
+    size = frames * _STORED_FRACTION[("frames", ingest.frames_codec)]
+    if flow.backend != "none":
+        fields = (ingest.window_frames - 1) * width * height * 2
+        size += fields * _STORED_FRACTION[("flow", flow.codec)]
+    return size
+
+
 def pack_segments(
-    segments: list[dict[str, Any]], *, windows_per_task: int
+    segments: list[dict[str, Any]],
+    *,
+    windows_per_task: int,
+    bytes_per_task: float = math.inf,
+    bytes_of: Callable[[dict[str, Any]], float] | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """Group consecutive segments into tasks of about ``windows_per_task`` windows.
+    """Group segments into tasks, each of ONE split (a shard holds one split), of about
+    ``windows_per_task`` windows and at most ``bytes_per_task`` (a segment weighs
+    ``bytes_of(segment)`` a window); a segment bigger than that is a task alone.
 
     A Ray task costs ~20 ms of CPU and a little more of wall time; a short clip
     (a UCF101 video is two or three windows) is cheaper than that to ingest, so
     one task per clip spent more on scheduling than on video.
     """
     tasks: list[list[dict[str, Any]]] = []
-    current: list[dict[str, Any]] = []
-    load = 0
+    by_split: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for segment in segments:
-        if current and load + segment["windows"] > windows_per_task:
+        by_split[segment.get("split")].append(segment)
+    for split_segments in by_split.values():
+        current: list[dict[str, Any]] = []
+        windows = weight = 0.0
+        for segment in split_segments:
+            more = segment["windows"] * (bytes_of(segment) if bytes_of else 0.0)
+            if current and (
+                windows + segment["windows"] > windows_per_task or weight + more > bytes_per_task
+            ):
+                tasks.append(current)
+                current, windows, weight = [], 0.0, 0.0
+            current.append(segment)
+            windows += segment["windows"]
+            weight += more
+        if current:
             tasks.append(current)
-            current, load = [], 0
-        current.append(segment)
-        load += segment["windows"]
-    if current:
-        tasks.append(current)
     return tasks
+
+
+def task_shard(segments: list[dict[str, Any]]) -> str:
+    """The shard a task writes: its split, and a hash of its segments, so the same task
+    (Ray retrying it) finds its shard again and another task never overwrites it."""
+    # The key says which file version and windows; path and label say what the rows hold.
+    keys = "|".join(f"{s['key']}:{s['path']}:{s['label_name']}" for s in segments)
+    return f"{segments[0]['split']}-{stable_hash(keys):016x}.parquet"
 
 
 def ingest_task(
@@ -224,68 +283,25 @@ def ingest_task(
     output: str,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Stage 2 as Ray runs it: the segments of one task, one after the other, told to
-    ``progress`` (a `vidray.data.progress.IngestProgress` actor) as they go."""
-    results = []
-    for segment in task["segments"]:
-        if progress is None:
-            results.append(ingest_segment(segment, ingest=ingest, flow=flow, output=output))
-            continue
-        progress.started.remote(segment["video_id"])
-        try:
-            results.append(
-                ingest_segment(
-                    segment,
-                    ingest=ingest,
-                    flow=flow,
-                    output=output,
-                    on_window=progress.encoded.remote,
-                )
-            )
-        finally:
-            progress.finished.remote(segment["video_id"], segment["segment"])
-    return results
+    """Stage 2: decode the windows of a task's segments, compute flow, encode, write them
+    all into the task's shard, and record the segments in the journal (one file).
 
-
-def ingest_segment(
-    segment: dict[str, Any],
-    *,
-    ingest: IngestConfig,
-    flow: FlowConfig,
-    output: str,
-    on_window: Callable[[], Any] | None = None,
-) -> dict[str, Any]:
-    """Stage 2: decode one segment's windows, compute flow, encode, write its shard, and
-    record the segment in the journal.
-
-    Returns the journal record: the video's fields, the segment's place, windows
-    written, padding, shard size, and any media error (a file that breaks part-way
-    keeps the windows before the break). Any other exception is a bug: it is
-    raised, no shard or record is left. ``on_window`` is called after each window.
-    A segment the journal already records (Ray runs a task again after its worker
-    died) is not ingested again: its record is returned.
+    Returns the segments' journal records: the video's fields, the segment's place,
+    windows written, padding, the shard, its share of the shard's bytes, and any
+    media error (a file that breaks part-way keeps the windows before the break). Any
+    other exception is a bug: it is raised, no shard or record is left. Progress goes
+    to ``progress`` (a `vidray.data.progress.IngestProgress` actor) as segments go.
+    A task the journal already records (Ray runs a task again after its worker
+    died) is not ingested again: its records are returned.
     """
-    done = read_journal_record(output, segment["shard"])
-    if done is not None and _records(done, segment) and shard_in_place(output, done):
+    segments = task["segments"]
+    shard = task_shard(segments)
+    done = read_journal_record(output, shard)
+    if done is not None and _records(done, segments) and shard_in_place(output, done):
         return done
-    writer = ShardWriter(
-        storage.join(output, WINDOWS_DIR, segment["shard"]), tmp_dir=scratch_dir(output)
-    )
-    errors: list[str] = []
-    padded = 0
-    local = None
+    writer = ShardWriter(storage.join(output, WINDOWS_DIR, shard), tmp_dir=scratch_dir(output))
     try:
-        with _local_source(segment["path"]) as local:
-            rows = segment_rows(
-                dict(segment, path=str(local)), ingest=ingest, flow=flow, errors=errors
-            )
-            for row in rows:
-                writer.add(row)
-                padded = max(padded, row["padded"])
-                if on_window is not None:
-                    on_window()
-    except _MEDIA_ERRORS as exc:  # the windows before the error are kept
-        errors.append(_media_reason(exc, segment["path"], local))
+        records = [_write_segment(s, writer, ingest, flow, progress) for s in segments]
     except BaseException:
         writer.abort()
         raise
@@ -294,15 +310,75 @@ def ingest_segment(
         size = writer.commit()
     else:
         writer.abort()
-    record = {
+    for record in records:  # the shard's bytes, shared out by windows
+        share = record["n_windows"] / max(1, writer.num_rows)
+        record.update(shard=shard, bytes=round(size * share))
+    write_journal_record(output, shard, records)
+    return records
+
+
+def ingest_segment(
+    segment: dict[str, Any], *, ingest: IngestConfig, flow: FlowConfig, output: str
+) -> dict[str, Any]:
+    """`ingest_task` of one segment alone (its own shard): its journal record."""
+    (record,) = ingest_task({"segments": [segment]}, ingest=ingest, flow=flow, output=output)
+    return record
+
+
+def _write_segment(
+    segment: dict[str, Any],
+    writer: ShardWriter,
+    ingest: IngestConfig,
+    flow: FlowConfig,
+    progress: Any,
+) -> dict[str, Any]:
+    """One segment's windows into the task's shard; its journal record, shard aside."""
+    if progress is not None:
+        progress.started.remote(segment["video_id"])
+    errors: list[str] = []
+    padded = written = 0
+    local = None
+    try:
+        with _local_source(segment["path"]) as local:
+            rows = segment_rows(
+                dict(segment, path=str(local)), ingest=ingest, flow=flow, errors=errors
+            )
+            for row in rows:
+                writer.add(row)
+                written += 1
+                padded = max(padded, row["padded"])
+                if progress is not None:
+                    progress.encoded.remote()
+    except _MEDIA_ERRORS as exc:  # the windows before the error are kept
+        errors.append(_media_reason(exc, segment["path"], local))
+    if progress is not None:
+        progress.finished.remote(segment["video_id"], segment["segment"])
+    return {
         **_recorded_fields(segment),
-        "n_windows": writer.num_rows,
+        "n_windows": written,
         "padded": padded,
-        "bytes": size,
         "error": "; ".join(errors) or None,
     }
-    write_journal_record(output, record)
-    return record
+
+
+def drop_videos(output: str, shard: str, *, keep: set[str], split: str) -> str:
+    """Copy a shard without the windows of videos not in ``keep``, under a new name
+    (published whole, like every shard); returns that name. The old shard stays until
+    no manifest row names it (an orphan, deleted at the end of the run)."""
+    name = f"{split}-{stable_hash('|'.join([shard, *sorted(keep)])):016x}.parquet"
+    source = storage.join(output, WINDOWS_DIR, shard)
+    writer = ShardWriter(storage.join(output, WINDOWS_DIR, name), tmp_dir=scratch_dir(output))
+    try:
+        with pq.ParquetFile(storage.open_input(source)) as parquet:
+            for batch in parquet.iter_batches(batch_size=64):
+                kept = batch.filter(pc.is_in(batch["video_id"], pa.array(sorted(keep))))
+                for row in kept.to_pylist():
+                    writer.add(row)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return name
 
 
 def _recorded_fields(segment: dict[str, Any]) -> dict[str, Any]:
@@ -310,14 +386,19 @@ def _recorded_fields(segment: dict[str, Any]) -> dict[str, Any]:
     return {key: segment.get(key) for key in (*_VIDEO_FIELDS, *SEGMENT_FIELDS)}
 
 
-def _records(record: dict[str, Any], segment: dict[str, Any]) -> bool:
-    """Whether a journal record is of this very segment (same file, place and labels)."""
-    return all(record.get(key) == value for key, value in _recorded_fields(segment).items())
+def _records(records: list[dict[str, Any]], segments: list[dict[str, Any]]) -> bool:
+    """Whether a task's journal records are of these very segments (same files, places
+    and labels)."""
+    return len(records) == len(segments) and all(
+        record.get(key) == value
+        for record, segment in zip(records, segments, strict=True)
+        for key, value in _recorded_fields(segment).items()
+    )
 
 
-def shard_in_place(output: str, record: dict[str, Any]) -> bool:
-    """Whether the shard a journal record names is there (a segment with no windows has
-    none)."""
-    return record["n_windows"] == 0 or storage.is_file(
-        storage.join(output, WINDOWS_DIR, record["shard"])
+def shard_in_place(output: str, records: list[dict[str, Any]]) -> bool:
+    """Whether the shard a task's journal records name is there (a task whose segments
+    gave no windows has none)."""
+    return not any(r["n_windows"] for r in records) or storage.is_file(
+        storage.join(output, WINDOWS_DIR, records[0]["shard"])
     )
