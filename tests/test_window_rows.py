@@ -44,10 +44,9 @@ def segment(path, **fields):
 class Counted:
     """A real DIS estimator that counts the frame pairs it computes flow for."""
 
-    per_pair = True
-
     def __init__(self):
         self.estimator = load_flow_estimator("dis", dis_preset=FLOW.dis_preset)
+        self.per_pair = self.estimator.per_pair  # what ingest's own estimator says
         self.pairs = 0
 
     def __call__(self, frames):

@@ -113,7 +113,8 @@ class WindowCoder:
 
     def _flow(self, window: decode.Window) -> list[bytes]:
         pairs = list(itertools.pairwise(window.frame_indices))
-        if not self.estimator.per_pair:
+        # An estimator that does not say its pairs are independent gets whole windows.
+        if not getattr(self.estimator, "per_pair", False):
             return self._encode_flow(self.estimator(window.frames))
         for run in _new_runs(pairs, known=self.fields):
             # A run of consecutive new pairs is one estimator call on its frames.
