@@ -222,8 +222,7 @@ class ClipSampler:
         else:
             self._cut_enlarged(row, picked, fields, crops, flip, frames, flow)
         if flip and flow is not None:
-            # Quantization is symmetric about 127.5, so negating x is 255 - q exactly.
-            np.subtract(255, flow[..., 0], out=flow[..., 0])
+            negate_flow_x(flow)
 
     def _cut_enlarged(
         self,
@@ -274,15 +273,21 @@ def hflip(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """A clip mirrored left to right: frames (T, H, W, C) and quantized flow
     (T, H, W, 2) along W, with flow's x negated, and normalised (x1, y1, x2, y2)
-    boxes mirrored. The one flip of training, for clips and keyframes alike."""
+    boxes mirrored. Detection's keyframe clips flip here; `ClipSampler` mirrors its
+    clips as it cuts them (`decode_crops`) and negates flow x the same way."""
     frames = frames[:, :, ::-1]
     if flow is not None:
-        # Quantization is symmetric about 127.5, so negating x is 255 - q exactly.
         flow = flow[:, :, ::-1].copy()
-        flow[..., 0] = 255 - flow[..., 0]
+        negate_flow_x(flow)
     if boxes is not None:
         boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1)
     return frames, flow, boxes
+
+
+def negate_flow_x(flow: np.ndarray) -> None:
+    """Negate the x component of quantized flow (..., 2) in place: quantization is
+    symmetric about 127.5, so that is 255 - q exactly."""
+    np.subtract(255, flow[..., 0], out=flow[..., 0])
 
 
 def enlarged_size(height: int, width: int, crop: int) -> tuple[int, int]:
