@@ -22,6 +22,7 @@ from vidray.data import decode
 from vidray.data import ingest as ingest_module
 from vidray.data import segments as stages
 from vidray.data.ingest import check_ingest, run_ingest
+from vidray.data.ledger import is_complete
 from vidray.data.lock import OutputLock
 from vidray.data.manifest import (
     read_dataset_info,
@@ -35,6 +36,7 @@ from vidray.data.segments import (
     ingest_task,
     pack_segments,
     plan_segments,
+    probe_and_ingest_task,
     probe_entry,
     source_entry,
     window_bytes,
@@ -194,6 +196,37 @@ def test_a_retried_task_does_not_ingest_a_recorded_segment_again(tmp_path):
     assert (shard.stat().st_ino, shard.stat().st_mtime_ns) != stamp
 
 
+def test_a_task_of_short_files_probes_them_and_writes_one_shard(tmp_path):
+    """The probe folded into the decode task: every readable file's segments in the
+    task's one shard, journaled; a file the probe refuses comes back as a record of no
+    windows with the reason, not journaled (the next run probes it again)."""
+    cfg = config("ingest.segment_windows=1", "flow.backend=none")
+    output = tmp_path / "out"
+    files = [
+        entry(make_video(tmp_path / "v.mp4", num_frames=16)),  # 2 windows: 2 segments
+        entry(make_zero_byte(tmp_path / "zero.mp4")),
+        entry(make_video(tmp_path / "w.mp4", num_frames=8)),
+    ]
+    records = probe_and_ingest_task(
+        {"files": files}, ingest=cfg.ingest, flow=cfg.flow, output=str(output)
+    )
+    assert [(r["video_id"], r["segment"], r["n_windows"]) for r in records] == [
+        ("v", 0, 1),
+        ("v", 1, 1),
+        ("w", 0, 1),
+        ("zero", 0, 0),
+    ]
+    assert records[-1]["error"] == "empty file (0 bytes)" and records[-1]["segments"] == 1
+    assert read_journal(output) == records[:3]
+    (shard,) = {r["shard"] for r in records[:3]}
+    assert [p.name for p in (output / "windows").iterdir()] == [shard]
+    assert is_complete(records[:2]) and is_complete(records[2:3]) and is_complete(records[3:])
+    again = probe_and_ingest_task(
+        {"files": files}, ingest=cfg.ingest, flow=cfg.flow, output=str(output)
+    )
+    assert again == records  # Ray retrying the task: nothing written twice
+
+
 def test_segments_are_packed_per_split_up_to_a_shard_of_bytes():
     """A task (a shard) holds one split; it closes at the window or the byte budget; a
     segment over the budget is a task alone."""
@@ -223,7 +256,7 @@ def test_progress_lines_keep_coming_while_no_video_finishes():
     progress.started("long/film")  # two of its segments at once
     progress.started("short")
     progress.encoded(3)
-    progress.finished("short", 0)
+    progress.finished("short", 0, 1)
     started = time.monotonic()
     lines: list[str] = []
     three = threading.Event()
@@ -246,12 +279,16 @@ def test_progress_lines_keep_coming_while_no_video_finishes():
 
 
 def test_a_video_is_done_once_each_of_its_segments_finished_once():
-    progress = IngestProgress({"film": 2})
-    for segment in (0, 0, 1):  # segment 0 ran twice: Ray retried its task
+    """``film``'s last 2 segments of 3 are to do; ``clip`` was probed in its task, which
+    says its plan has 2."""
+    progress = IngestProgress({"film": 2, "clip": None})
+    for segment in (1, 1, 2):  # segment 1 ran twice: Ray retried its task
         progress.started("film")
-        progress.finished("film", segment)
-        assert progress.snapshot()["done"] == (segment == 1)
-    assert progress.snapshot() == {"done": 1, "total": 1, "running": 0, "windows": 0}
+        progress.finished("film", segment, 3)
+        assert progress.snapshot()["done"] == (segment == 2)
+    for segment in (0, 1):
+        progress.finished("clip", segment, 2)
+    assert progress.snapshot() == {"done": 2, "total": 2, "running": 0, "windows": 0}
 
 
 # ------------------------------------------------------------- before Ray starts

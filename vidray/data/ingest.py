@@ -5,6 +5,11 @@
         ─> plan segments ─> pack into tasks, a shard each ─> decode → flow → encode
         → shard (Ray Data) ─> manifest.parquet + dataset.yaml
 
+When every file to ingest is short (at most ``_FOLD_BYTES``), the probe runs in the
+decode task instead (`probe_and_ingest_task`): one Ray Data execution, not two,
+each of which pays Ray Data's start-up (about a second, a lot beside a few short
+clips); a file is then not spread over tasks, which a short one never needs.
+
 The stages are plain functions in `vidray.data.segments`, testable without Ray;
 `run_ingest` only wires them. A task packs segments of many videos of one split
 into one shard of about ``ingest.shard_mb`` and records them in the journal
@@ -66,8 +71,10 @@ from vidray.data.segments import (
     SEGMENT_FIELDS,
     drop_videos,
     ingest_task,
+    pack_files,
     pack_segments,
     plan_segments,
+    probe_and_ingest_task,
     probe_entry,
     scratch_dir,
     shard_prefix,
@@ -85,6 +92,9 @@ _MANIFEST_EVERY_S = 30.0
 _PROGRESS_EVERY_S = 5.0
 # Probing a file takes a few ms: many per task, or scheduling dominates.
 _PROBES_PER_TASK = 32
+# A file this small is one segment at most at common bitrates (16 MB is over 2 min of
+# 1 Mbit/s video; a segment is 64 windows of 3.2 s): its probe can go into its decode task.
+_FOLD_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -188,6 +198,7 @@ class _Run:
         # task wrote; a video not in it any more has its windows dropped (`finish`)
         self.stored: dict[str, set[str]] = defaultdict(set)
         self.present: set[str] = set()  # the shards in the output when the run started
+        self.folded: set[str] = set()  # videos probed in their decode tasks
         self.stage = "starting"  # -> "ingesting" once the ledger is read -> "committed"
 
     # -- before Ray
@@ -233,6 +244,9 @@ class _Run:
 
         todo = self._settle_known()
         cpus = ray.cluster_resources().get("CPU", 1.0)
+        if todo and all(self._foldable(entry) for entry in todo):
+            self._run_folded(todo, cpus)
+            return
         segments: list[dict[str, Any]] = []
         if todo:
             probed = (
@@ -327,9 +341,26 @@ class _Run:
                 self.records[vid][segment["key"]] = record
         return [s for s in plan if s["key"] not in self.records[vid]]
 
-    def _run_segments(self, segments: list[dict[str, Any]], cpus: float) -> None:
-        import ray
+    def _foldable(self, entry: dict[str, Any]) -> bool:
+        """A short file none of whose segments an earlier run finished."""
+        return entry["size"] <= _FOLD_BYTES and not self.records.get(entry["video_id"])
 
+    def _run_folded(self, todo: list[dict[str, Any]], cpus: float) -> None:
+        """Short files: probed, planned and ingested in the same tasks."""
+        self.folded = {entry["video_id"] for entry in todo}
+        tasks = pack_files(
+            todo,
+            files_per_task=max(1, math.ceil(len(todo) / (2 * cpus))),
+            bytes_per_task=self.ingest.shard_mb * 1e6,
+        )
+        self.log(f"ingest: {len(todo)} short files, probed in their {len(tasks)} ingest tasks")
+        self._run_tasks(
+            [{"files": task} for task in tasks],
+            probe_and_ingest_task,
+            dict.fromkeys(self.folded),
+        )
+
+    def _run_segments(self, segments: list[dict[str, Any]], cpus: float) -> None:
         ingest = self.ingest
         total = sum(s["windows"] for s in segments)
         # A shard of ingest.shard_mb a task, but at least two tasks per CPU.
@@ -339,13 +370,23 @@ class _Run:
             bytes_per_task=ingest.shard_mb * 1e6,
             bytes_of=lambda segment: window_bytes(segment, ingest, self.cfg.flow),
         )
-        progress = ray.remote(num_cpus=0)(IngestProgress).remote(
-            Counter(s["video_id"] for s in segments)
-        )
-        results = ray.data.from_items(
-            [{"segments": task} for task in tasks], override_num_blocks=len(tasks)
-        ).flat_map(
+        self._run_tasks(
+            [{"segments": task} for task in tasks],
             ingest_task,
+            Counter(s["video_id"] for s in segments),
+        )
+
+    def _run_tasks(
+        self, tasks: list[dict[str, Any]], stage: Callable[..., Any], videos: dict[str, Any]
+    ) -> None:
+        """Run ``stage`` on each task on Ray Data, each journal record it returns into
+        `_add`; ``videos``: video id -> segments it ingests (`IngestProgress`)."""
+        import ray
+
+        ingest = self.ingest
+        progress = ray.remote(num_cpus=0)(IngestProgress).remote(videos)
+        results = ray.data.from_items(tasks, override_num_blocks=len(tasks)).flat_map(
+            stage,
             fn_kwargs={
                 "ingest": ingest,
                 "flow": self.cfg.flow,
@@ -469,14 +510,7 @@ class _Run:
         if self.stage == "ingesting":
             # Tasks record segments the driver has not been sent yet.
             for record in read_journal(self.output):
-                vid, key = record["video_id"], record["key"]
-                planned = self.planned.get(key)
-                if (
-                    planned
-                    and all(record[k] == planned[k] for k in SEGMENT_FIELDS)
-                    and vid not in self.ledger.settled
-                    and key not in self.records[vid]
-                ):
+                if self._awaited(record):
                     self._add(record)
             rows = self.ledger.rows()
             write_manifest(self.output, rows)
@@ -491,6 +525,21 @@ class _Run:
             f"interrupted: {self.ledger.ok_listed()} of {len(self.entries)} videos ingested and "
             f"recorded in {storage.join(self.output, MANIFEST_FILE)}{kept}; run the same "
             "command again to continue"
+        )
+
+    def _awaited(self, record: dict[str, Any]) -> bool:
+        """Whether a journal record is of a segment this run ingests and was not told of."""
+        vid, key = record["video_id"], record["key"]
+        if vid in self.ledger.settled or key in self.records[vid]:
+            return False
+        planned = self.planned.get(key)
+        if planned is not None:
+            return all(record[k] == planned[k] for k in SEGMENT_FIELDS)
+        entry = self.entries.get(vid)  # a folded video: planned in its task
+        return (
+            vid in self.folded
+            and key.startswith(shard_prefix(entry) + "-")
+            and all(record[k] == entry[k] for k in ("path", "label_name", "split"))
         )
 
     def _write_info(self, rows: list[dict[str, Any]]) -> None:

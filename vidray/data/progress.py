@@ -14,10 +14,11 @@ class IngestProgress:
     `vidray.data.ingest.run_ingest` runs it as a Ray actor the tasks tell as they go (Ray Data hands
     the driver a task's results only some time after it ends); it is a plain
     object otherwise. ``segments``: video_id -> how many of its segments the run
-    ingests.
+    ingests, or None for all of its plan (a task that probes the file itself says
+    how many that is).
     """
 
-    def __init__(self, segments: dict[str, int]) -> None:
+    def __init__(self, segments: dict[str, int | None]) -> None:
         self._segments = dict(segments)
         self._finished: dict[str, set[int]] = defaultdict(set)  # a retried task counts once
         self._running: Counter = Counter()  # video_id -> its segments being ingested
@@ -30,14 +31,15 @@ class IngestProgress:
     def encoded(self, windows: int = 1) -> None:
         self._windows += windows
 
-    def finished(self, video_id: str, segment: int) -> None:
+    def finished(self, video_id: str, segment: int, of: int) -> None:
+        """Segment ``segment`` of the ``of`` of the video's plan is done."""
         self._running[video_id] -= 1
         if self._running[video_id] <= 0:
             del self._running[video_id]
         finished = self._finished[video_id]
         if segment not in finished:
             finished.add(segment)
-            self._done += len(finished) == self._segments.get(video_id)
+            self._done += len(finished) == (self._segments.get(video_id) or of)
 
     def snapshot(self) -> dict[str, int]:
         """Videos done, of ``total``, videos being ingested, windows encoded so far."""

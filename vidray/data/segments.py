@@ -3,6 +3,8 @@
     source_entry ─> probe_entry ─> plan_segments ─> pack_segments ─> ingest_task
                                                     (one shard a task; each segment's
                                                      rows: window_rows.segment_rows)
+    source_entry ─> pack_files ─> probe_and_ingest_task (short files: the probe in
+                                  the decode task, `vidray.data.ingest` saves a pass)
 
 A segment is a run of at most ``ingest.segment_windows`` windows of one video,
 so a long film is spread over many tasks. A task is the segments of ONE split
@@ -82,6 +84,9 @@ SEGMENT_FIELDS = ("segment", "segments", "first_window", "max_windows", "key")
 # flow. Only to size shards: a shard ends up within a factor ~2 of ingest.shard_mb.
 _STORED_FRACTION = {("frames", "raw"): 1.0, ("frames", "jpeg"): 1 / 8}
 _STORED_FRACTION |= {("flow", "raw"): 1 / 2, ("flow", "jpeg"): 1 / 16}
+# Shard bytes of a byte of source video, to size the shard of files not yet probed: a
+# 10 s Kinetics clip (~1-3 MB) gives ~3 MB of JPEG frames and raw flow at the defaults.
+_STORED_PER_SOURCE = 2.0
 
 
 def scratch_dir(output: str) -> Path:
@@ -267,6 +272,55 @@ def pack_segments(
     return tasks
 
 
+def pack_files(
+    entries: list[dict[str, Any]], *, files_per_task: int, bytes_per_task: float
+) -> list[list[dict[str, Any]]]:
+    """Group unprobed files into tasks of one split, of at most ``files_per_task`` files
+    and about ``bytes_per_task`` of shard, guessed from their sizes (`_STORED_PER_SOURCE`).
+    """
+    return pack_segments(
+        [dict(entry, windows=1) for entry in entries],
+        windows_per_task=files_per_task,
+        bytes_per_task=bytes_per_task,
+        bytes_of=lambda entry: entry["size"] * _STORED_PER_SOURCE,
+    )
+
+
+def probe_and_ingest_task(
+    task: dict[str, Any],
+    *,
+    ingest: IngestConfig,
+    flow: FlowConfig,
+    output: str,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Stages 1 and 2 in one task, for short files: probe each, plan its segments and
+    ingest them all into the task's shard (`ingest_task`). A file the probe refuses
+    gives a record of no windows with the reason, not journaled (the next run probes
+    it again), so the driver gets journal records only, as from `ingest_task`."""
+    segments: list[dict[str, Any]] = []
+    refused = []
+    for entry in task["files"]:
+        probed = probe_entry({k: v for k, v in entry.items() if k != "windows"})
+        if probed["error"]:
+            place = dict(segment=0, segments=1, first_window=0, max_windows=-1)
+            key = f"{shard_prefix(probed)}-0000"
+            refused.append(
+                {
+                    **_recorded_fields(dict(probed, **place, key=key)),
+                    **dict(n_windows=0, padded=0, error=probed["error"], shard="", bytes=0),
+                }
+            )
+        else:
+            segments.extend(plan_segments(probed, ingest))
+    if not segments:
+        return refused
+    records = ingest_task(
+        {"segments": segments}, ingest=ingest, flow=flow, output=output, progress=progress
+    )
+    return records + refused
+
+
 def task_shard(segments: list[dict[str, Any]]) -> str:
     """The shard a task writes: its split, and a hash of its segments, so the same task
     (Ray retrying it) finds its shard again and another task never overwrites it."""
@@ -352,7 +406,7 @@ def _write_segment(
     except _MEDIA_ERRORS as exc:  # the windows before the error are kept
         errors.append(_media_reason(exc, segment["path"], local))
     if progress is not None:
-        progress.finished.remote(segment["video_id"], segment["segment"])
+        progress.finished.remote(segment["video_id"], segment["segment"], segment["segments"])
     return {
         **_recorded_fields(segment),
         "n_windows": written,
