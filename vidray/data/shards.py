@@ -11,7 +11,9 @@ codec:
 Why a list and not one tensor per window: the loader decodes only the T frames
 (and L flow fields) a clip uses out of the W stored, and videos of different
 aspect ratios live in one dataset without an extension type that pins a shape.
-``height`` and ``width`` give the shape of every entry.
+``height`` and ``width`` give the shape of every entry. The loader reads a batch's
+entries in place (`StoredEntries`) and decodes and cuts only the picked ones
+(`decode_crops`); how the columns are compressed is `parquet_options`.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def decode_crops(
 ) -> np.ndarray:
     """The selected entries of (height, width) images, each decoded once and cut at every
     (top, left) corner into ``out`` (M corners, N entries, h, w, C), mirrored left to right
-    if ``mirror``: the only copy of a pixel the loader makes is the one it keeps."""
+    if ``mirror``: besides a JPEG decoder's own output, the only copy of a pixel is the
+    one kept (a raw entry is cut straight from Arrow's buffer)."""
     for i, entry in enumerate(entries):
         image = _decoded(entry, codec=codec, height=height, width=width, channels=out.shape[-1])
         for m, (top, left) in enumerate(corners):
