@@ -72,7 +72,7 @@ def test_reading_shards_starts_no_thread(motion_data, crop):
         f"clip = ClipConfig(T=4, stride=2, crop={crop})\n"
         f"reader = ShardReader(ClipSampler(clip, {FLOW_L}, True))\n"
         "before = threads()\n"
-        "clips = sum(len(b['label']) for b in reader({'path': np.array(sys.argv[1:])}))\n"
+        "clips = sum(len(b['label']) for b in reader({'paths': [np.array(sys.argv[1:])]}))\n"
         "print(clips, before, threads())\n"
     )
     files = window_files(motion_data)
@@ -90,22 +90,19 @@ def test_threads_sharing_one_reader_get_the_same_clips(motion_data):
     reader = ShardReader(
         ClipSampler(CLIP, FLOW_L, train=False, temporal_views=2, spatial_views=3), batch_rows=4
     )
-    expected = clip_digests(reader({"path": files}))
+    expected = clip_digests(reader({"paths": [files]}))
     with ThreadPoolExecutor(6) as pool:
-        reads = list(pool.map(lambda _: clip_digests(reader({"path": files})), range(18)))
+        reads = list(pool.map(lambda _: clip_digests(reader({"paths": [files]})), range(18)))
     assert all(read == expected for read in reads)
 
 
 def test_concurrent_epochs_on_ray_lose_no_clip_and_no_worker(ray_local, motion_data):
     died_before = dead_workers()
     expected = clip_digests(iter_clip_batches(motion_data, split="train", clip=CLIP, flow_L=FLOW_L))
-    # Small read tasks, so that many run and finish while the others stream.
-    train = read_clips(
-        motion_data, split="train", clip=CLIP, flow_L=FLOW_L, train=True, shards_per_task=2
-    )
-    evaluation = read_clips(
-        motion_data, split="train", clip=CLIP, flow_L=FLOW_L, train=False, shards_per_task=2
-    )
+    # A small split still makes several read tasks per CPU (reading.TASKS_PER_CPU), so
+    # that many run and finish while the others stream.
+    train = read_clips(motion_data, split="train", clip=CLIP, flow_L=FLOW_L, train=True)
+    evaluation = read_clips(motion_data, split="train", clip=CLIP, flow_L=FLOW_L, train=False)
     halves = train.streaming_split(2, equal=False)  # what Ray Train gives two workers
     counts: dict[int, list[int]] = {0: [], 1: []}
     seen: list[list[tuple[int, str]]] = []

@@ -1,12 +1,15 @@
 """The read path: which shards a read task takes and which clips each epoch draws."""
 
+import inspect
+import time
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 from windows import clip_views, coded_window
 
 from vidray.config import ClipConfig
 from vidray.data.clips import ClipSampler
-from vidray.data.reading import EpochReader, ShardReader
+from vidray.data.reading import EpochReader, ShardReader, task_groups, windows_per_task
 
 
 def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
@@ -23,15 +26,14 @@ def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
     sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16, hflip=False), flow_L=0, train=True)
 
     def reader(seed: int = 3) -> EpochReader:
-        return EpochReader(
-            ShardReader(sampler), tuple(files), shards_per_task=2, seed=seed, clock=None
-        )
+        groups = tuple((s, s + 1) for s in range(0, 12, 2))
+        return EpochReader(ShardReader(sampler), tuple(files), groups, seed=seed, clock=None)
 
     def epoch(reader: EpochReader, number: int) -> list[tuple[int, int, int, int]]:
         """(shard, first frame, top, left) of every clip, in the order read."""
         return [
             (int(key), *view)
-            for slot in range(reader.groups)
+            for slot in range(len(reader.groups))
             for batch in reader.read(slot, number)
             for key, view in zip(batch["video_key"], clip_views(batch["frames"]), strict=True)
         ]
@@ -45,3 +47,85 @@ def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
     assert orders[0] != orders[1] != orders[2] != orders[0]
     assert sorted(run[0]) != sorted(run[1])  # new clips, not only a new order
     assert epoch(reader(seed=4), 1) != run[0]
+
+
+def test_read_tasks_are_sized_by_windows_not_by_shard_count():
+    """A task holds about ``per_task`` windows: many small shards share one, a shard
+    bigger than a task is a task of its own, every shard is read once, in order."""
+    windows = [2] * 10 + [40] + [2] * 10
+    groups = task_groups(windows, per_task=8, min_tasks=2)
+    assert [s for group in groups for s in group] == list(range(21))
+    assert (10,) in groups
+    assert all(sum(windows[s] for s in g) <= 8 for g in groups if g != (10,))
+    assert len(groups) == 7  # 4 small shards a task, the big one alone
+
+
+def test_a_small_split_still_spreads_over_every_cpu():
+    assert len(task_groups([3, 3, 3, 3, 3, 3], per_task=100, min_tasks=4)) >= 4
+    assert len(task_groups([1] * 40, per_task=100, min_tasks=8)) == 8
+    assert task_groups([], per_task=10, min_tasks=4) == []
+
+
+def test_a_window_of_a_bigger_clip_makes_a_smaller_task():
+    info = {"storage": {"ingest.short_side": 128}}
+    small = windows_per_task(info, ClipConfig(T=16, crop=112), flow_L=0, views=1)
+    slowfast = windows_per_task(
+        {"storage": {"ingest.short_side": 256}}, ClipConfig(T=32, crop=224), flow_L=0, views=1
+    )
+    assert 20 < small < 200  # ~10 ms a clip: about 0.75 s in a task
+    assert slowfast < small / 6
+    assert windows_per_task(info, ClipConfig(T=16), flow_L=10, views=3) < small / 3
+
+
+def test_ray_data_behaviour_the_full_start_policy_relies_on():
+    """read_start swaps Ray Data 2.60's resource-budget policy through the policy list
+    in the DataContext and reads the resource manager's granted limits: if a Ray
+    upgrade renames or changes these, the policy must be looked at again."""
+    from ray.data._internal.execution import backpressure_policy as policies
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    assert policies.ResourceBudgetBackpressurePolicy in policies.ENABLED_BACKPRESSURE_POLICIES
+    assert policies.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY == "backpressure_policies.enabled"
+    assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
+    source = inspect.getsource(ResourceManager.__init__)
+    assert "self._global_limits = ExecutionResources.zero()" in source
+
+
+def read_task_spans(ray, name: str, since: float) -> list[tuple[float, float]]:
+    """(submitted, finished) in seconds of the finished Ray tasks named ``name`` that
+    were submitted after ``since``, from Ray's own task events."""
+    from ray.util.state import list_tasks
+
+    address = ray.get_runtime_context().gcs_address
+    spans = []
+    for task in list_tasks(
+        address=address, detail=True, limit=10000, raise_on_missing_output=False
+    ):
+        times = {event["state"]: event["created_ms"] / 1e3 for event in task.events or []}
+        if task.name == name and "FINISHED" in times and task.creation_time_ms / 1e3 > since:
+            spans.append((task.creation_time_ms / 1e3, times["FINISHED"]))
+    return sorted(spans)
+
+
+def test_an_epoch_starts_a_read_task_on_every_cpu_at_once(ray_local, motion_data):
+    """Ray Data starts each execution with no CPU budget for 1-2 s and then admits a
+    task only while none runs; the read path's own policy (read_start) submits one
+    task per CPU at once. Submission, not start, is compared: a busy machine may start
+    the second worker late, but Ray Data submitted it while the first still ran."""
+    from vidray.data.reading import read_clips
+
+    ds = read_clips(motion_data, split="train", clip=ClipConfig(T=4, crop=32), flow_L=0, train=True)
+    for _ in ds.iter_batches():  # workers started, modules imported
+        pass
+    since = time.time()
+    for _ in ds.iter_batches():
+        pass
+    spans: list[tuple[float, float]] = []
+    for _ in range(60):  # task events reach the GCS about once a second
+        spans = read_task_spans(ray_local, "MapBatches(ShardReader)", since)
+        if len(spans) >= 2:
+            break
+        time.sleep(0.5)
+    assert len(spans) >= 2, f"the epoch read in {len(spans)} task(s)"
+    (_, first_finished), (second_submitted, _) = spans[:2]
+    assert second_submitted < first_finished

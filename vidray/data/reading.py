@@ -14,7 +14,7 @@ order and every shard's clips follow from (seed, epoch, shard) alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,25 @@ import pyarrow.parquet as pq
 from vidray import storage
 from vidray.config import ClipConfig
 from vidray.data.clips import ClipSampler
-from vidray.data.manifest import read_dataset_info, window_files
+from vidray.data.manifest import read_dataset_info, split_shards, window_files
 from vidray.errors import VidrayError
 
 # What a draw from (train.seed, epoch) is for: numpy spawn keys, so these streams share
 # no seed with each other nor with the loop's local shuffle ([seed, epoch, rank]).
 SHARD_ORDER, SHARD_CLIPS = 0, 1
+
+# CPU seconds a read task aims at: the ~60 ms Ray spends on a task is small beside it,
+# and an epoch's last task, which may run alone, is short.
+TASK_SECONDS = 0.75
+# Read tasks an epoch has at least per CPU of the cluster, so that a small split spreads
+# over every CPU and the last round of tasks leaves few slots idle.
+TASKS_PER_CPU = 4
+# CPU seconds per stored pixel of a clip frame (read, JPEG decode, crop), measured at
+# 23-27 ns for 16 frames at 128 px (R(2+1)D-18's input) and 32 at 256 px (SlowFast's).
+PIXEL_SECONDS = 25e-9
+# What a window is estimated at when the dataset keeps its source size or a clip its
+# model's T (not known here).
+DEFAULT_SHORT_SIDE, DEFAULT_T = 256, 16
 
 
 def clips_from_shards(
@@ -90,7 +103,7 @@ def shard_batches(
 class ShardReader:
     """Ray Data stage: a batch of shard paths -> batches of clips.
 
-    One task reads a group of shards with pyarrow. Ray's own `read_parquet`
+    One task reads a group of shards (`task_groups`) with pyarrow. Ray's own `read_parquet`
     starts a read task per file, which costs ~60 ms each: at one shard per
     video segment that overhead, paid every epoch, exceeded the reading itself.
     Called on a batch, a training sampler draws from fresh entropy; seeded training
@@ -101,7 +114,8 @@ class ShardReader:
     batch_rows: int = 32
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        yield from self.read(batch["path"])
+        for paths in batch["paths"]:  # one group of shards (`task_groups`) a row
+            yield from self.read(paths)
 
     def read(
         self, paths: Iterable[str], seeds: Iterable[int] | None = None
@@ -158,7 +172,7 @@ class EpochReader:
     """Ray Data stage of seeded training: slots -> the clips of the shard groups that
     take those slots in the epoch ``clock`` says.
 
-    The shards are read in groups of ``shards_per_task`` (one read task each, as
+    The shards are read in ``groups`` (`task_groups`, one read task each, as
     `ShardReader` explains); group order and each shard's clips follow from
     (``seed``, epoch, shard) alone (`shard_group_order`, `shard_clip_seed`), so an
     epoch reads the same in every run with that seed, whether it runs on, resumes
@@ -167,13 +181,9 @@ class EpochReader:
 
     reader: ShardReader
     files: tuple[str, ...]  # the split's shards, sorted
-    shards_per_task: int
+    groups: tuple[tuple[int, ...], ...]  # the shards (places in ``files``) of each task
     seed: int
     clock: Any  # an EpochClock actor
-
-    @property
-    def groups(self) -> int:
-        return math.ceil(len(self.files) / self.shards_per_task)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         import ray
@@ -184,11 +194,39 @@ class EpochReader:
 
     def read(self, slot: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """The clips of the shard group read ``slot``-th in ``epoch``."""
-        first = shard_group_order(self.seed, epoch, self.groups)[slot] * self.shards_per_task
-        shards = range(first, min(first + self.shards_per_task, len(self.files)))
+        shards = self.groups[shard_group_order(self.seed, epoch, len(self.groups))[slot]]
         yield from self.reader.read(
             [self.files[s] for s in shards], [shard_clip_seed(self.seed, epoch, s) for s in shards]
         )
+
+
+def task_groups(
+    windows: Sequence[int], *, per_task: float, min_tasks: int
+) -> list[tuple[int, ...]]:
+    """Consecutive shards (their places in ``windows``, each shard's window count) in
+    read tasks of at most ``per_task`` windows, smaller where that makes fewer than
+    ``min_tasks`` tasks; a shard bigger than a task is a task of its own."""
+    size = min(per_task, sum(windows) / max(1, min_tasks))
+    groups: list[list[int]] = []
+    filled = 0.0
+    for shard, count in enumerate(windows):
+        if not groups or filled + count > size:
+            groups.append([])
+            filled = 0.0
+        groups[-1].append(shard)
+        filled += count
+    return [tuple(group) for group in groups]
+
+
+def windows_per_task(info: dict[str, Any], clip: ClipConfig, flow_L: int, views: int) -> float:
+    """How many windows make a read task of about `TASK_SECONDS` of CPU, estimated from
+    what a window's clips decode: ``views`` clips of T frames and ``flow_L`` flow
+    fields at the stored size (not measured: the estimate needs no read before the
+    first epoch, and `PIXEL_SECONDS` held within 20% for 112 and 224 crops)."""
+    short = info.get("storage", {}).get("ingest.short_side") or DEFAULT_SHORT_SIDE
+    pixels = short * short * 4 / 3  # stored frames are about 4:3
+    seconds = views * ((clip.T or DEFAULT_T) + flow_L) * pixels * PIXEL_SECONDS
+    return TASK_SECONDS / seconds
 
 
 def read_clips(
@@ -200,7 +238,6 @@ def read_clips(
     train: bool,
     seed: int | None = None,
     clock: Any = None,
-    shards_per_task: int = 16,
     temporal_views: int = 1,
     spatial_views: int = 1,
     video_ids: bool = False,
@@ -217,6 +254,7 @@ def read_clips(
     sampler = ClipSampler(clip, flow_L, train, temporal_views, spatial_views, video_ids)
     views = temporal_views * spatial_views
     reader = ShardReader(sampler, batch_rows=max(1, ShardReader.batch_rows // views))
+    per_task = windows_per_task(read_dataset_info(data_dir), clip, flow_L, views)
     return read_samples(
         data_dir,
         split=split,
@@ -224,7 +262,7 @@ def read_clips(
         train=train,
         seed=seed,
         clock=clock,
-        shards_per_task=shards_per_task,
+        windows_per_task=per_task,
     )
 
 
@@ -236,10 +274,12 @@ def read_samples(
     train: bool,
     seed: int | None = None,
     clock: Any = None,
-    shards_per_task: int = 16,
+    windows_per_task: float = 64,
 ) -> Any:
     """A Ray Dataset of what ``reader``'s sampler derives from one split's shards: groups
-    of ``shards_per_task`` shards per read task, in a new order every training epoch.
+    of about ``windows_per_task`` windows per read task (`task_groups`, and at least
+    `TASKS_PER_CPU` tasks per CPU of the cluster), in a new order every training epoch;
+    one task per CPU from each epoch's first second (`start_at_full_concurrency`).
 
     With a ``seed``, training draws the order and every shard's clips from the seed, the
     epoch ``clock`` says (an `EpochClock` the training loop sets) and the shard
@@ -248,22 +288,34 @@ def read_samples(
     """
     import ray
 
+    from vidray.data.read_start import start_at_full_concurrency
+
     read_dataset_info(data_dir)  # a clear error for a directory that is not an ingest output
-    files = window_files(data_dir, split=split)
-    groups = math.ceil(len(files) / shards_per_task)
+    shards = split_shards(data_dir, split=split)
+    files = [path for path, _ in shards]
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    groups = task_groups(
+        [n for _, n in shards],
+        per_task=windows_per_task,
+        min_tasks=math.ceil(TASKS_PER_CPU * cpus),
+    )
     if train and seed is not None:
         if clock is None:
             raise ValueError("a seeded training read needs the EpochClock the loop sets")
         slots = ray.data.from_items(
-            [{"slot": g} for g in range(groups)], override_num_blocks=groups
+            [{"slot": g} for g in range(len(groups))], override_num_blocks=len(groups)
         )
-        return slots.map_batches(
-            EpochReader(reader, tuple(files), shards_per_task, seed, clock), batch_size=1
+        ds = slots.map_batches(
+            EpochReader(reader, tuple(files), tuple(groups), seed, clock), batch_size=1
         )
-    ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=groups)
+        return start_at_full_concurrency(ds)
+    ds = ray.data.from_items(
+        [{"paths": [files[s] for s in group]} for group in groups],
+        override_num_blocks=len(groups),
+    )
     if train:
         ds = ds.randomize_block_order()
-    return ds.map_batches(reader, batch_size=shards_per_task)
+    return start_at_full_concurrency(ds.map_batches(reader, batch_size=1))
 
 
 def iter_clip_batches(
