@@ -12,7 +12,8 @@ driver does before any task runs, with the package's own functions:
   into tasks, one shard each (`pack_segments` by ``ingest.shard_mb``);
 - ``plan_epoch``: read the manifest, find each shard's windows of the train
   split (`split_shards`) and group shards into read tasks as
-  `vidray.data.reading.read_samples` does (``shards_per_task`` a task).
+  `vidray.data.reading.read_samples` does (`task_groups`: its default windows a
+  task, at least ``TASKS_PER_CPU`` tasks a CPU of the cluster).
 
 It prints per size the CPU seconds (median of 3) and the peak Python memory
 (tracemalloc, one more run) of each, the files and read tasks an epoch has (and
@@ -137,8 +138,13 @@ def tiny_row(segment: dict[str, Any], window: int) -> dict[str, Any]:
 def plan_epoch(output: Path) -> tuple[int, int]:
     """The train split's shards and read tasks, as the training read path plans them."""
     shards = split_shards(output, split="train")
-    per_task = inspect.signature(reading.read_samples).parameters["shards_per_task"].default
-    return len(shards), math.ceil(len(shards) / per_task)
+    per_task = inspect.signature(reading.read_samples).parameters["windows_per_task"].default
+    groups = reading.task_groups(
+        [n for _, n in shards],
+        per_task=per_task,
+        min_tasks=math.ceil(reading.TASKS_PER_CPU * CLUSTER_CPUS),
+    )
+    return len(shards), len(groups)
 
 
 def measure(fn: Callable[[], Any]) -> tuple[float, float, Any]:
