@@ -82,13 +82,19 @@ def test_ray_data_behaviour_the_full_start_policy_relies_on():
     in the DataContext and reads the resource manager's granted limits: if a Ray
     upgrade renames or changes these, the policy must be looked at again."""
     from ray.data._internal.execution import backpressure_policy as policies
-    from ray.data._internal.execution.resource_manager import ResourceManager
+    from ray.data._internal.execution.resource_manager import (
+        ReservationOpResourceAllocator,
+        ResourceManager,
+    )
 
     assert policies.ResourceBudgetBackpressurePolicy in policies.ENABLED_BACKPRESSURE_POLICIES
     assert policies.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY == "backpressure_policies.enabled"
     assert ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S == 1
     source = inspect.getsource(ResourceManager.__init__)
     assert "self._global_limits = ExecutionResources.zero()" in source
+    assert "_op_resource_allocator" in source
+    blocked = ReservationOpResourceAllocator._is_task_submission_blocked_on_output_budget
+    assert list(inspect.signature(blocked).parameters) == ["op", "budget"]
 
 
 def read_task_spans(ray, name: str, since: float) -> list[tuple[float, float]]:
