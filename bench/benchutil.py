@@ -223,6 +223,25 @@ class CpuMeter:
 # --- the same-run ceiling: K plain processes, each doing 1/K of the work
 
 
+@dataclass
+class Run:
+    """One timed repetition: units of work (clips, windows), wall seconds, CPU-s by role."""
+
+    units: int
+    seconds: float
+    cpu: dict[str, float]
+    slot_use: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.seconds
+
+    def cpu_ms(self, role: str | None = None) -> float:
+        """CPU-ms per unit: of one role, or of all together."""
+        used = self.cpu[role] if role else sum(self.cpu.values())
+        return 1000 * used / max(1, self.units)
+
+
 def shares(items: Sequence[Any], k: int) -> list[list[Any]]:
     """``items`` dealt round-robin into ``k`` shares (as even as they can be)."""
     return [list(items[i::k]) for i in range(k)]
@@ -282,25 +301,6 @@ def run_ceiling(pool: Any, work: Callable[[Any], int], work_shares: Sequence[Any
     cpu = dict.fromkeys(CPU_ROLES, 0.0)
     cpu["workers"] = sum(r[1] for r in results)
     return Run(units=units, seconds=seconds, cpu=cpu)
-
-
-@dataclass
-class Run:
-    """One timed repetition: units of work (clips, windows), wall seconds, CPU-s by role."""
-
-    units: int
-    seconds: float
-    cpu: dict[str, float]
-    slot_use: float | None = None
-
-    @property
-    def rate(self) -> float:
-        return self.units / self.seconds
-
-    def cpu_ms(self, role: str | None = None) -> float:
-        """CPU-ms per unit: of one role, or of all together."""
-        used = self.cpu[role] if role else sum(self.cpu.values())
-        return 1000 * used / max(1, self.units)
 
 
 def median_run(runs: Sequence[Run]) -> Run:
