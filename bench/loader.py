@@ -39,7 +39,7 @@ CPU time (user+sys of this process tree, by role: driver, workers, Ray daemons)
 does not move with other users' load; wall time does, so load averages are
 printed before and after.
 
-    PYTHONPATH=. python bench/loader.py            # default sizes (~3 min on 2 cores)
+    PYTHONPATH=. python bench/loader.py            # default sizes (~3-4 min on 2 cores)
     PYTHONPATH=. python bench/loader.py --quick    # smoke run
 """
 
@@ -83,8 +83,8 @@ class Recipe:
 
 
 RECIPES = [
-    Recipe("R(2+1)D-18", ClipConfig(T=16, stride=2, crop=112), 128, 400, 5.0, 16),
-    Recipe("SlowFast R50", ClipConfig(T=32, stride=1, crop=224), 256, 100, 35.0, 2),
+    Recipe("R(2+1)D-18", ClipConfig(T=16, stride=2, crop=112), 128, 400, 5.0, 48),
+    Recipe("SlowFast R50", ClipConfig(T=32, stride=1, crop=224), 256, 100, 35.0, 6),
 ]
 
 
