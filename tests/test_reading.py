@@ -26,7 +26,7 @@ def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
     sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16, hflip=False), flow_L=0, train=True)
 
     def reader(seed: int = 3) -> EpochReader:
-        groups = tuple((s, s + 1) for s in range(0, 12, 2))
+        groups = tuple(((s, 0, 1), (s + 1, 0, 1)) for s in range(0, 12, 2))
         return EpochReader(ShardReader(sampler), tuple(files), groups, seed=seed, clock=None)
 
     def epoch(reader: EpochReader, number: int) -> list[tuple[int, int, int, int]]:
@@ -51,13 +51,31 @@ def test_an_epoch_reads_the_same_clips_whatever_read_before_it(tmp_path):
 
 def test_read_tasks_are_sized_by_windows_not_by_shard_count():
     """A task holds about ``per_task`` windows: many small shards share one, a shard
-    bigger than a task is a task of its own, every shard is read once, in order."""
+    bigger than a task is read in parts of a task each, every shard is read once, in
+    order."""
     windows = [2] * 10 + [40] + [2] * 10
     groups = task_groups(windows, per_task=8, min_tasks=2)
-    assert [s for group in groups for s in group] == list(range(21))
-    assert (10,) in groups
-    assert all(sum(windows[s] for s in g) <= 8 for g in groups if g != (10,))
-    assert len(groups) == 7  # 4 small shards a task, the big one alone
+    parts = [part for group in groups for part in group]
+    assert [shard for shard, _, _ in parts] == [*range(10), *[10] * 5, *range(11, 21)]
+    assert [(k, n) for shard, k, n in parts if shard == 10] == [(k, 5) for k in range(5)]
+    assert all(sum(windows[s] / n for s, _, n in g) <= 8 for g in groups)
+    assert len(groups) == 3 + 5 + 3  # 4 small shards a task, the big one in 5 parts
+
+
+def test_a_part_of_a_shard_is_its_share_of_the_row_groups(tmp_path):
+    """The parts of a shard read each of its windows once, whatever their number."""
+    path = tmp_path / "shard.parquet"
+    rows = [{**coded_window(20, 30), "video_key": key} for key in range(10)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3)  # 4 row groups
+    sampler = ClipSampler(ClipConfig(T=4, stride=2, crop=16), flow_L=0, train=False)
+    for n in (1, 2, 3, 4, 6):
+        keys = [
+            int(key)
+            for k in range(n)
+            for batch in ShardReader(sampler).read([str(path)], parts=[(k, n)])
+            for key in batch["video_key"]
+        ]
+        assert keys == list(range(10)), n
 
 
 def test_a_small_split_still_spreads_over_every_cpu():

@@ -32,6 +32,11 @@ from vidray.errors import VidrayError
 # What a draw from (train.seed, epoch) is for: numpy spawn keys, so these streams share
 # no seed with each other nor with the loop's local shuffle ([seed, epoch, rank]).
 SHARD_ORDER, SHARD_CLIPS = 0, 1
+# What one read task reads of a shard: (its place among the split's sorted shards, part,
+# parts), part k of n being the shard's row groups [G*k//n, G*(k+1)//n) of its G. A
+# packed shard (`ingest.shard_mb`) holds hundreds of windows: whole, it would be one
+# task of seconds, and a small split of few shards would leave CPUs idle.
+Part = tuple[int, int, int]
 
 # CPU seconds a read task aims at: the ~60 ms Ray spends on a task is small beside it,
 # and an epoch's last task, which may run alone, is short.
@@ -53,32 +58,43 @@ def clips_from_shards(
     *,
     batch_rows: int,
     seeds: Iterable[int | None] | None = None,
+    parts: Iterable[tuple[int, int]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Read shards (only the columns the clip needs) and derive their clips, batch by
-    batch; a training sampler draws from a generator seeded by the shard's seed."""
+    """Read shards, or parts (k, n) of them (`Part`), only the columns the clip needs,
+    and derive their clips batch by batch; a training sampler draws from a generator
+    seeded by the shard's (part's) seed."""
     paths = list(paths)
     seeds = [None] * len(paths) if seeds is None else seeds
-    for path, seed in zip(paths, seeds, strict=True):
+    parts = [(0, 1)] * len(paths) if parts is None else parts
+    for path, seed, part in zip(paths, seeds, parts, strict=True):
         rng = np.random.default_rng(seed)
-        for batch in shard_batches(path, columns=sampler.columns, batch_rows=batch_rows):
+        batches = shard_batches(path, columns=sampler.columns, batch_rows=batch_rows, part=part)
+        for batch in batches:
             yield sampler(pa.Table.from_batches([batch]), rng)
 
 
 def shard_batches(
-    path: str, *, columns: list[str] | None, batch_rows: int
+    path: str, *, columns: list[str] | None, batch_rows: int, part: tuple[int, int] = (0, 1)
 ) -> Iterator[pa.RecordBatch]:
-    """The record batches of one shard. A shard the manifest names but that is gone,
-    damaged (a partial copy, a bad disk) or unreadable (permissions, credentials)
-    is a `VidrayError` naming the file and what to do."""
+    """The record batches of one shard, or of part (k, n) of its row groups. A shard the
+    manifest names but that is gone, damaged (a partial copy, a bad disk) or unreadable
+    (permissions, credentials) is a `VidrayError` naming the file and what to do."""
+    k, n = part
     try:
         # Read and decoded on the calling thread: a read task starts no Arrow pool
         # threads (it has one CPU, and pool threads would outlive it in the worker).
         # Only a remote file pre-buffers, on Arrow's I/O threads: it saves round trips.
         # The file closes once the shard is read, not whenever a GC pass finds it.
         with pq.ParquetFile(storage.open_input(path), pre_buffer=storage.is_uri(path)) as parquet:
-            yield from parquet.iter_batches(
-                batch_size=batch_rows, columns=columns, use_threads=False
-            )
+            groups = parquet.metadata.num_row_groups
+            row_groups = range(groups * k // n, groups * (k + 1) // n)
+            if row_groups:  # pyarrow reads every group when given none
+                yield from parquet.iter_batches(
+                    batch_size=batch_rows,
+                    row_groups=row_groups,
+                    columns=columns,
+                    use_threads=False,
+                )
     except (pa.ArrowException, OSError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         repair = (
@@ -101,11 +117,11 @@ def shard_batches(
 
 @dataclass(frozen=True)
 class ShardReader:
-    """Ray Data stage: a batch of shard paths -> batches of clips.
+    """Ray Data stage: a batch of shard groups -> batches of clips.
 
-    One task reads a group of shards (`task_groups`) with pyarrow. Ray's own `read_parquet`
-    starts a read task per file, which costs ~60 ms each: at one shard per
-    video segment that overhead, paid every epoch, exceeded the reading itself.
+    One task reads a group of shards or parts of shards (`task_groups`) with pyarrow.
+    Ray's own `read_parquet` starts a read task per file, which costs ~60 ms each: at one
+    shard per video segment that overhead, paid every epoch, exceeded the reading itself.
     Called on a batch, a training sampler draws from fresh entropy; seeded training
     reads through `EpochReader`.
     """
@@ -114,14 +130,20 @@ class ShardReader:
     batch_rows: int = 32
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for paths in batch["paths"]:  # one group of shards (`task_groups`) a row
-            yield from self.read(paths)
+        for paths, parts in zip(batch["paths"], batch["parts"], strict=True):  # a task a row
+            yield from self.read(paths, parts=[(int(k), int(n)) for k, n in parts])
 
     def read(
-        self, paths: Iterable[str], seeds: Iterable[int] | None = None
+        self,
+        paths: Iterable[str],
+        seeds: Iterable[int] | None = None,
+        parts: Iterable[tuple[int, int]] | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """The clips of ``paths``; each shard's drawn from its seed, if given."""
-        yield from clips_from_shards(paths, self.sampler, batch_rows=self.batch_rows, seeds=seeds)
+        """The clips of ``paths`` (or of parts (k, n) of them); each drawn from its seed,
+        if given."""
+        yield from clips_from_shards(
+            paths, self.sampler, batch_rows=self.batch_rows, seeds=seeds, parts=parts
+        )
 
 
 def shard_group_order(seed: int, epoch: int, groups: int) -> list[int]:
@@ -130,10 +152,10 @@ def shard_group_order(seed: int, epoch: int, groups: int) -> list[int]:
     return np.random.default_rng(draws).permutation(groups).tolist()
 
 
-def shard_clip_seed(seed: int, epoch: int, shard: int) -> int:
+def shard_clip_seed(seed: int, epoch: int, shard: int, part: int = 0) -> int:
     """The seed of the clips drawn in ``epoch`` from shard number ``shard`` (its place
-    among the split's sorted shards)."""
-    draws = np.random.SeedSequence([seed, epoch], spawn_key=(SHARD_CLIPS, shard))
+    among the split's sorted shards), or from its ``part`` (`Part`)."""
+    draws = np.random.SeedSequence([seed, epoch], spawn_key=(SHARD_CLIPS, shard, part))
     return int(draws.generate_state(1, np.uint64)[0])
 
 
@@ -173,15 +195,15 @@ class EpochReader:
     take those slots in the epoch ``clock`` says.
 
     The shards are read in ``groups`` (`task_groups`, one read task each, as
-    `ShardReader` explains); group order and each shard's clips follow from
-    (``seed``, epoch, shard) alone (`shard_group_order`, `shard_clip_seed`), so an
-    epoch reads the same in every run with that seed, whether it runs on, resumes
-    from a checkpoint or restarts its workers.
+    `ShardReader` explains); group order and each shard part's clips follow from
+    (``seed``, epoch, shard, part) alone (`shard_group_order`, `shard_clip_seed`), so
+    an epoch reads the same in every run with that seed and as many cluster CPUs (they
+    set the parts), whether it runs on, resumes from a checkpoint or restarts its workers.
     """
 
     reader: ShardReader
     files: tuple[str, ...]  # the split's shards, sorted
-    groups: tuple[tuple[int, ...], ...]  # the shards (places in ``files``) of each task
+    groups: tuple[tuple[Part, ...], ...]  # the shard parts each task reads
     seed: int
     clock: Any  # an EpochClock actor
 
@@ -194,27 +216,31 @@ class EpochReader:
 
     def read(self, slot: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """The clips of the shard group read ``slot``-th in ``epoch``."""
-        shards = self.groups[shard_group_order(self.seed, epoch, len(self.groups))[slot]]
+        parts = self.groups[shard_group_order(self.seed, epoch, len(self.groups))[slot]]
         yield from self.reader.read(
-            [self.files[s] for s in shards], [shard_clip_seed(self.seed, epoch, s) for s in shards]
+            [self.files[shard] for shard, _, _ in parts],
+            [shard_clip_seed(self.seed, epoch, shard, k) for shard, k, _ in parts],
+            [(k, n) for _, k, n in parts],
         )
 
 
 def task_groups(
     windows: Sequence[int], *, per_task: float, min_tasks: int
-) -> list[tuple[int, ...]]:
-    """Consecutive shards (their places in ``windows``, each shard's window count) in
-    read tasks of at most ``per_task`` windows, smaller where that makes fewer than
-    ``min_tasks`` tasks; a shard bigger than a task is a task of its own."""
+) -> list[tuple[Part, ...]]:
+    """Consecutive shards (``windows`` gives each one's window count) in read tasks of
+    about ``per_task`` windows, smaller where that makes fewer than ``min_tasks`` tasks;
+    a shard bigger than a task is read in as many parts (`Part`), one task each."""
     size = min(per_task, sum(windows) / max(1, min_tasks))
-    groups: list[list[int]] = []
+    groups: list[list[Part]] = []
     filled = 0.0
     for shard, count in enumerate(windows):
-        if not groups or filled + count > size:
-            groups.append([])
-            filled = 0.0
-        groups[-1].append(shard)
-        filled += count
+        parts = max(1, round(count / size))
+        for part in range(parts):
+            if not groups or filled + count / parts > size:
+                groups.append([])
+                filled = 0.0
+            groups[-1].append((shard, part, parts))
+            filled += count / parts
     return [tuple(group) for group in groups]
 
 
@@ -309,10 +335,11 @@ def read_samples(
             EpochReader(reader, tuple(files), tuple(groups), seed, clock), batch_size=1
         )
         return start_at_full_concurrency(ds)
-    ds = ray.data.from_items(
-        [{"paths": [files[s] for s in group]} for group in groups],
-        override_num_blocks=len(groups),
-    )
+    tasks = [
+        {"paths": [files[s] for s, _, _ in group], "parts": [[k, n] for _, k, n in group]}
+        for group in groups
+    ]
+    ds = ray.data.from_items(tasks, override_num_blocks=len(groups))
     if train:
         ds = ds.randomize_block_order()
     return start_at_full_concurrency(ds.map_batches(reader, batch_size=1))
