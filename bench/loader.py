@@ -270,6 +270,12 @@ def recipe_report(
         f"ceiling {ceil.rate:.1f} clips/s, Ray Data {ray.rate:.1f} clips/s, slot use "
         f"{100 * (ray.slot_use or 0):.0f}% (median epoch)"
     )
+    print(
+        f"{recipe.name}: the ratio is about CPU efficiency (ceiling CPU-ms / Ray CPU-ms per "
+        f"clip: {ceil.cpu_ms() / ray.cpu_ms():.2f}) x how busy Ray keeps its CPUs "
+        f"({100 * sum(ray.cpu.values()) / (ray.seconds * cpus):.0f}%) / how busy the "
+        f"ceiling does ({100 * sum(ceil.cpu.values()) / (ceil.seconds * cpus):.0f}%)"
+    )
     return ray.rate / ceil.rate, one.cpu_ms()
 
 
