@@ -28,9 +28,10 @@ times each (default 3; all printed, the median counts):
     ratio = Ray Data clips/s / ceiling clips/s          target >= 0.9
 
 Then, on ONE core in this process, the CPU-ms per clip of each stage of a training
-clip: read (Parquet, the columns the sampler needs), select (rows out of Arrow,
-the T entries picked), decode (``decode_images``), crop, flip (half the clips, as
-in training) and batch (stacking); Ray transport is the Ray side's CPU-ms per clip
+clip: read (Parquet, the columns the sampler needs), select (the T entries picked,
+in place in Arrow's buffers), decode (OpenCV, JPEG straight to RGB), crop and flip
+(the cut into the batch; "flip" for the half of the clips mirrored, as in training)
+and batch (allocating it); Ray transport is the Ray side's CPU-ms per clip
 (all its processes) less the in-process loader's. From those: the cores a GPU
 needs at its clip rate through each path. Targets on one core, in-process:
 R(2+1)D clip <= 5 CPU-ms, SlowFast clip <= 35 CPU-ms.
@@ -55,20 +56,22 @@ from pathlib import Path
 from typing import Any
 
 import benchutil as bu
+import cv2
 import numpy as np
 import pyarrow as pa
 
 from vidray.config import ClipConfig, load_config
-from vidray.data.clips import ClipSampler, hflip
+from vidray.data.clips import ClipSampler
 from vidray.data.ingest import run_ingest
 from vidray.data.manifest import read_manifest, window_files, write_manifest
 from vidray.data.reading import clips_from_shards, read_clips, shard_batches
-from vidray.data.shards import decode_images
+from vidray.data.shards import StoredEntries, cut_region
 from vidray.train.tasks import shard_batches as training_batches
 
 SPLIT = "train"
 BATCH = 32  # window rows per read batch, as ShardReader reads them
 TARGET_RATIO = 0.9
+# "flip" is the cut of a mirrored clip, "crop" of the others (one OpenCV copy either way).
 STAGES = ("read", "select", "decode", "crop", "flip", "batch")
 
 
@@ -187,7 +190,9 @@ class StageClock:
 
 def stage_costs(data: Path, clip: ClipConfig, seed: int = 0) -> tuple[dict[str, float], int]:
     """CPU seconds of each stage of a training clip over one epoch, in this process,
-    following the sampler's steps (`ClipSampler.sample`, `_cut`) one by one."""
+    following `ClipSampler`'s steps one by one: the batch's entries read in place
+    (`StoredEntries`), each picked frame decoded (OpenCV, straight to RGB) and cut into
+    the batch, mirrored for half the clips (`cut_region`, as `decode_crops` does)."""
     sampler = ClipSampler(clip, 0, True)
     rng = np.random.default_rng(seed)
     clock = StageClock()
@@ -201,27 +206,24 @@ def stage_costs(data: Path, clip: ClipConfig, seed: int = 0) -> tuple[dict[str, 
             if batch is None:
                 break
             with clock("select"):
-                rows = pa.Table.from_batches([batch]).to_pylist()
-            out = []
-            for row in rows:
-                n, height, width = len(row["frames"]), row["height"], row["width"]
-                start = int(rng.integers(0, n - span + 1))
+                table = pa.Table.from_batches([batch])
+                stored = StoredEntries(table.column("frames"))
+                heights, widths = (table.column(k).to_pylist() for k in ("height", "width"))
+            with clock("batch"):
+                out = np.empty((len(table), clip.T, crop, crop, 3), np.uint8)
+            for r, (height, width) in enumerate(zip(heights, widths, strict=True)):
+                entries = stored[r]
+                start = int(rng.integers(0, len(entries) - span + 1))
                 top = int(rng.integers(0, height - crop + 1))
                 left = int(rng.integers(0, width - crop + 1))
+                mirror = bool(rng.integers(0, 2))
                 with clock("select"):
-                    picked = row["frames"][start : start + span : clip.stride]
-                with clock("decode"):
-                    full = decode_images(
-                        picked, codec=row["frames_codec"], height=height, width=width, channels=3
-                    )
-                with clock("crop"):
-                    frames = np.ascontiguousarray(full[:, top : top + crop, left : left + crop])
-                if rng.integers(0, 2):
-                    with clock("flip"):
-                        frames = np.ascontiguousarray(hflip(frames)[0])
-                out.append(frames)
-            with clock("batch"):
-                np.stack(out)
+                    picked = entries[start : start + span : clip.stride]
+                for i, entry in enumerate(picked):
+                    with clock("decode"):
+                        image = cv2.imdecode(entry, cv2.IMREAD_COLOR_RGB)
+                    with clock("flip" if mirror else "crop"):
+                        cut_region(image, top, left, mirror, out[r, i])
             clips += len(out)
     return clock.cost, clips
 

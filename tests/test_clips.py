@@ -207,7 +207,7 @@ def test_a_flipped_keyframe_box_still_holds_its_person():
     frames = np.zeros((2, 40, 100, 3), np.uint8)
     box = np.array([[0.1, 0.25, 0.3, 0.75]], np.float32)  # x1, y1, x2, y2
     frames[:, 10:30, 10:30] = 255
-    flipped, _, moved = hflip(frames, boxes=box)
+    flipped, moved = hflip(frames, box)
     x1, y1, x2, y2 = (moved[0] * [100, 40, 100, 40]).round().astype(int)
     assert (x1, x2) == (70, 90) and (y1, y2) == (10, 30)
     assert (flipped[:, y1:y2, x1:x2] == 255).all() and flipped.sum() == frames.sum()

@@ -64,7 +64,6 @@ def test_reading_shards_starts_no_thread(motion_data, crop):
     """
     program = (
         "import os, sys\n"
-        "import numpy as np\n"
         "from vidray.config import ClipConfig\n"
         "from vidray.data.clips import ClipSampler\n"
         "from vidray.data.reading import ShardReader\n"
@@ -72,7 +71,8 @@ def test_reading_shards_starts_no_thread(motion_data, crop):
         f"clip = ClipConfig(T=4, stride=2, crop={crop})\n"
         f"reader = ShardReader(ClipSampler(clip, {FLOW_L}, True))\n"
         "before = threads()\n"
-        "clips = sum(len(b['label']) for b in reader({'paths': [np.array(sys.argv[1:])]}))\n"
+        "task = {'paths': [sys.argv[1:]], 'parts': [[(0, 1)] * len(sys.argv[1:])]}\n"
+        "clips = sum(len(b['label']) for b in reader(task))\n"
         "print(clips, before, threads())\n"
     )
     files = window_files(motion_data)
@@ -90,9 +90,10 @@ def test_threads_sharing_one_reader_get_the_same_clips(motion_data):
     reader = ShardReader(
         ClipSampler(CLIP, FLOW_L, train=False, temporal_views=2, spatial_views=3), batch_rows=4
     )
-    expected = clip_digests(reader({"paths": [files]}))
+    task = {"paths": [files], "parts": [[(0, 1)] * len(files)]}  # one read task's row
+    expected = clip_digests(reader(task))
     with ThreadPoolExecutor(6) as pool:
-        reads = list(pool.map(lambda _: clip_digests(reader({"paths": [files]})), range(18)))
+        reads = list(pool.map(lambda _: clip_digests(reader(task)), range(18)))
     assert all(read == expected for read in reads)
 
 

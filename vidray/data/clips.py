@@ -268,20 +268,12 @@ def _window_rows(table: pa.Table) -> list[dict[str, Any]]:
     ]
 
 
-def hflip(
-    frames: np.ndarray, flow: np.ndarray | None = None, boxes: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """A clip mirrored left to right: frames (T, H, W, C) and quantized flow
-    (T, H, W, 2) along W, with flow's x negated, and normalised (x1, y1, x2, y2)
-    boxes mirrored. Detection's keyframe clips flip here; `ClipSampler` mirrors its
-    clips as it cuts them (`decode_crops`) and negates flow x the same way."""
-    frames = frames[:, :, ::-1]
-    if flow is not None:
-        flow = flow[:, :, ::-1].copy()
-        negate_flow_x(flow)
-    if boxes is not None:
-        boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1)
-    return frames, flow, boxes
+def hflip(frames: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A keyframe clip mirrored left to right: frames (T, H, W, C) along W and normalised
+    (x1, y1, x2, y2) boxes with them (detection training's flip). `ClipSampler` mirrors
+    its clips as it cuts them (`decode_crops`) and negates flow x with `negate_flow_x`."""
+    boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1)
+    return frames[:, :, ::-1], boxes
 
 
 def negate_flow_x(flow: np.ndarray) -> None:

@@ -101,7 +101,7 @@ class KeyframeSampler:
             if rng is not None:
                 chosen = _jitter(chosen, self.detection.box_jitter, rng)
                 if self.clip.hflip and rng.integers(0, 2):
-                    clip, _, chosen = hflip(clip, boxes=chosen)
+                    clip, chosen = hflip(clip, chosen)
             n = min(len(chosen), limit)
             boxes[r, :n] = chosen[:n]
             targets[r, :n] = multi_hot[:n]
