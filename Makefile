@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/loader.py
 	$(PY) bench/train.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) demo_output mlflow.db mlruns runs sweeps

@@ -242,6 +242,8 @@ class _Run:
     def ingest_videos(self) -> None:
         import ray
 
+        from vidray.data.read_start import start_at_full_concurrency
+
         todo = self._settle_known()
         cpus = ray.cluster_resources().get("CPU", 1.0)
         if todo and all(self._foldable(entry) for entry in todo):
@@ -249,13 +251,10 @@ class _Run:
             return
         segments: list[dict[str, Any]] = []
         if todo:
-            probed = (
-                ray.data.from_items(
-                    todo, override_num_blocks=_tasks_for(len(todo), _PROBES_PER_TASK, cpus)
-                )
-                .map(probe_entry)
-                .take_all()
-            )
+            probes = ray.data.from_items(
+                todo, override_num_blocks=_tasks_for(len(todo), _PROBES_PER_TASK, cpus)
+            ).map(probe_entry)
+            probed = start_at_full_concurrency(probes).take_all()
             for item in probed:
                 if item["error"]:
                     self.records.pop(item["video_id"], None)
@@ -383,9 +382,11 @@ class _Run:
         `_add`; ``videos``: video id -> segments it ingests (`IngestProgress`)."""
         import ray
 
+        from vidray.data.read_start import start_at_full_concurrency
+
         ingest = self.ingest
         progress = ray.remote(num_cpus=0)(IngestProgress).remote(videos)
-        results = ray.data.from_items(tasks, override_num_blocks=len(tasks)).flat_map(
+        work = ray.data.from_items(tasks, override_num_blocks=len(tasks)).flat_map(
             stage,
             fn_kwargs={
                 "ingest": ingest,
@@ -396,6 +397,7 @@ class _Run:
             num_cpus=ingest.cpus_per_task,
             num_gpus=ingest.gpus_per_task,
         )
+        results = start_at_full_concurrency(work)  # every CPU from the first second
         started = time.monotonic()
         last = IngestProgress({}).snapshot()
 
