@@ -101,4 +101,9 @@ def test_3d_cnn_learns_the_motion(motion_splits):
 
 @pytest.mark.slow
 def test_two_stream_learns_the_motion_from_flow(motion_splits):
-    assert held_out_accuracy(motion_splits, "two_stream", "flow.L=8", "optim.lr=0.001") >= 0.9
+    # One worker reads its blocks in order, so the run repeats exactly (train.seed): with
+    # two, the order blocks arrive in moved this 8-epoch run between 0.875 and 1.0.
+    accuracy = held_out_accuracy(
+        motion_splits, "two_stream", "flow.L=8", "optim.lr=0.001", "train.workers=1"
+    )
+    assert accuracy >= 0.9
