@@ -50,7 +50,8 @@ from vidray.data.segments import (
     window_bytes,
 )
 from vidray.data.shards import ShardWriter
-from vidray.data.sources import list_sources, video_key
+from vidray.data.sources import list_sources
+from vidray.data.window_rows import video_fields
 
 SIZES = (10_000, 50_000, 250_000)
 QUICK_SIZES = (1_000, 5_000, 25_000)
@@ -115,12 +116,9 @@ def write_output(output: Path, tasks: list[list[dict[str, Any]]], cfg: Config) -
 
 
 def tiny_row(segment: dict[str, Any], window: int) -> dict[str, Any]:
+    """One row of one window whose frame and flow are a single pixel."""
     return {
-        "video_id": segment["video_id"],
-        "video_key": video_key(segment["video_id"]),
-        "label": segment["label"],
-        "label_name": segment["label_name"],
-        "split": segment["split"],
+        **video_fields(segment),
         "window_idx": window,
         "start_sec": window * 3.2,
         "fps": 10.0,

@@ -2,7 +2,7 @@
 
 One row per window (the data contract in DESIGN.md): on the regular grid of
 ``ingest.window_stride``, or (layout ava) one centred on each keyframe with the
-keyframe's boxes. `vidray.data.segments.ingest_segment` writes them to the shard.
+keyframe's boxes. `vidray.data.segments.ingest_task` writes them to the task's shard.
 Overlapping windows share frames: each frame is encoded, and each frame pair's
 flow computed, once per segment (`WindowCoder`).
 """
@@ -83,11 +83,7 @@ class WindowCoder:
         self.fields = {p: e for p, e in self.fields.items() if p[0] >= first}
         frames = window.frames
         return {
-            "video_id": segment["video_id"],
-            "video_key": video_key(segment["video_id"]),
-            "label": segment["label"],
-            "label_name": segment["label_name"],
-            "split": segment["split"],
+            **video_fields(segment),
             "window_idx": window.index,
             "start_sec": window.start_sec,
             "fps": self.ingest.fps,
@@ -131,6 +127,17 @@ class WindowCoder:
             codec=self.flow.codec,
             quality=self.ingest.jpeg_quality,
         )
+
+
+def video_fields(segment: dict[str, Any]) -> dict[str, Any]:
+    """The columns every row of a segment shares: which video, its label and split."""
+    return {
+        "video_id": segment["video_id"],
+        "video_key": video_key(segment["video_id"]),
+        "label": segment["label"],
+        "label_name": segment["label_name"],
+        "split": segment["split"],
+    }
 
 
 def _new_runs(pairs: list[tuple[int, int]], *, known: Iterable[tuple[int, int]]) -> list[range]:
