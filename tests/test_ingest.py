@@ -536,10 +536,15 @@ def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
             time.sleep(0.05)
         assert run.poll() is None, "the run ended before it could be stopped"
 
+    def journaled() -> list[dict]:
+        """The journal's records of published shards (a task stopped between recording
+        its shard and publishing it leaves a record of a shard that is not there)."""
+        return [r for r in read_journal(output) if (output / "windows" / r["shard"]).exists()]
+
     def recorded() -> dict[str, tuple[int, int]]:
         """Inode and mtime of each shard the manifest or the journal names."""
         named = {s for row in read_manifest(output) for s in row["shards"]}
-        named |= {r["shard"] for r in read_journal(output) if r["n_windows"]}
+        named |= {r["shard"] for r in journaled() if r["n_windows"]}
         return {
             s: ((output / "windows" / s).stat().st_ino, (output / "windows" / s).stat().st_mtime_ns)
             for s in named
@@ -571,7 +576,7 @@ def test_a_stopped_or_killed_ingest_resumes_without_redoing_a_finished_segment(
     after_kill = recorded()
     assert {s: after_kill.get(s) for s in after_stop} == after_stop  # the kill redid none
 
-    journal = read_journal(output)
+    journal = journaled()
     per_video = Counter(r["video_id"] for r in journal)
     done_before = {m["video_id"] for m in read_manifest(output) if m["status"] == "ok"}
     done_before |= {vid for vid, n in per_video.items() if n == 7}

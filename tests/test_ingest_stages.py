@@ -38,6 +38,7 @@ from vidray.data.segments import (
     plan_segments,
     probe_and_ingest_task,
     probe_entry,
+    shard_in_place,
     source_entry,
     window_bytes,
 )
@@ -194,6 +195,30 @@ def test_a_retried_task_does_not_ingest_a_recorded_segment_again(tmp_path):
     shard.unlink()  # the record's shard is gone: redone
     assert again(segment)["n_windows"] == 2 and shard.exists()
     assert (shard.stat().st_ino, shard.stat().st_mtime_ns) != stamp
+
+
+def test_a_shard_appears_only_after_its_record(tmp_path, monkeypatch):
+    """A task stopped between recording its shard and publishing it (here: publishing
+    fails) leaves a record of a missing shard and no shard: a shard in place is always on
+    record, and a record without its shard is done again."""
+    cfg = config("flow.backend=none")
+    output = tmp_path / "out"
+    (segment,) = segments(make_video(tmp_path / "v.mp4", num_frames=16), cfg)
+
+    def stopped_before_publishing(src, dst):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stages.storage, "upload", stopped_before_publishing)
+        with pytest.raises(KeyboardInterrupt):
+            ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(output))
+    (record,) = read_journal(output)
+    assert record["n_windows"] == 2
+    assert not (output / "windows" / record["shard"]).exists()
+    assert not shard_in_place(str(output), [record])
+    again = ingest_segment(segment, ingest=cfg.ingest, flow=cfg.flow, output=str(output))
+    assert again == record and (output / "windows" / record["shard"]).exists()
+    assert pq.read_table(output / "windows" / record["shard"]).num_rows == 2
 
 
 def test_a_task_of_short_files_probes_them_and_writes_one_shard(tmp_path):

@@ -189,20 +189,20 @@ def test_one_parent_run_and_a_nested_run_per_trial_with_training_names(demo_swee
 
 
 @pytest.mark.slow
-def test_asha_stops_a_trial_that_cannot_learn_and_lets_one_at_its_last_epoch_end(
+def test_asha_stops_a_trial_ranked_low_at_its_rung_and_lets_one_at_its_last_epoch_end(
     sweep_data, tmp_path, monkeypatch, capsys
 ):
     """As a user types it, in a fresh working directory: ``vidray tune --data data``
     (relative), the default tracking URI (sqlite:///mlflow.db) and storage (runs/).
 
-    Trial 0 learns (lr 0.003, 12 AdamW steps an epoch: 24 training windows, 1
-    worker); trials 1 and 2 have a learning rate of 0 and keep their initial weights
-    (trial 0's too: same seed). ASHA has one rung, at epoch 2 (grace period 2, 3
-    epochs at most), and keeps the better half of the trials there. After epoch 2
-    trial 0's val loss is clearly lower (1.21 and 1.30 in two runs, against 1.39).
-    Trial 1 has 2 epochs: the rung is its last epoch, and it finishes (ASHA's stop
-    there killed it while it logged its checkpoint, leaving its run RUNNING with no
-    end time). ASHA stops trial 2 before its third and last epoch."""
+    ASHA ranks the trials by ``train/lr`` here, so that their order at the rung is
+    known before they run: a learning curve of 3 epochs on 24 windows is not (trial 0's
+    val loss after 2 epochs was 1.21, 1.30, and above the untrained 1.39 in three runs).
+    Trial 0 has lr 0.003, trials 1 and 2 lr 0; they run one at a time, in order. ASHA
+    has one rung, at epoch 2 (grace period 2, 3 epochs at most), and keeps the better
+    half of the trials there. Trial 1 has 2 epochs: the rung is its last epoch, and it
+    finishes (ASHA's stop there killed it while it logged its checkpoint, leaving its
+    run RUNNING with no end time). ASHA stops trial 2 before its third and last epoch."""
     monkeypatch.chdir(tmp_path)
     shutil.copytree(sweep_data, "data")
     write_sweep(
@@ -214,14 +214,14 @@ def test_asha_stops_a_trial_that_cannot_learn_and_lets_one_at_its_last_epoch_end
         },
         {
             "name": "asha",
-            "metric": "val/loss",
-            "mode": "min",
+            "metric": "train/lr",
+            "mode": "max",
             "scheduler": "asha",
             "grace_period": 2,
             "reduction_factor": 2,
+            "max_concurrent_trials": 1,
         },
         epochs=3,
-        batch_size=2,  # 12 optimiser steps an epoch
     )
     assert run_command("tune", ["--config", "sweep.yaml", "--data", "data"]) == 0
     db = tmp_path.resolve() / "mlflow.db"

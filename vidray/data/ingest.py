@@ -326,7 +326,15 @@ class _Run:
         )
 
     def _in_place(self, record: dict[str, Any]) -> bool:
+        """Whether a record's shard was there when this run started."""
         return record["n_windows"] == 0 or record["shard"] in self.present
+
+    def _published(self, record: dict[str, Any]) -> bool:
+        """Whether a record's shard is there now (its task may have been stopped between
+        recording it and publishing it)."""
+        return record["n_windows"] == 0 or storage.is_file(
+            storage.join(self.output, WINDOWS_DIR, record["shard"])
+        )
 
     def _plan(self, probed: dict[str, Any]) -> list[dict[str, Any]]:
         """The segments of a video still to ingest: those the journal has no record of."""
@@ -512,7 +520,7 @@ class _Run:
         if self.stage == "ingesting":
             # Tasks record segments the driver has not been sent yet.
             for record in read_journal(self.output):
-                if self._awaited(record):
+                if self._awaited(record) and self._published(record):
                     self._add(record)
             rows = self.ledger.rows()
             write_manifest(self.output, rows)

@@ -359,15 +359,18 @@ def ingest_task(
     except BaseException:
         writer.abort()
         raise
-    size = 0
-    if writer.num_rows:
-        size = writer.commit()
-    else:
-        writer.abort()
+    size = writer.finish() if writer.num_rows else 0
     for record in records:  # the shard's bytes, shared out by windows
         share = record["n_windows"] / max(1, writer.num_rows)
         record.update(shard=shard, bytes=round(size * share))
+    # The record is written before the shard appears, so a shard in place is always on
+    # record; a task killed between the two leaves a record whose shard is missing,
+    # which readers take as not done (`shard_in_place`).
     write_journal_record(output, shard, records)
+    if writer.num_rows:
+        writer.commit()
+    else:
+        writer.abort()
     return records
 
 

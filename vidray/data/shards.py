@@ -255,8 +255,9 @@ class ShardWriter:
 
     Rows go to a temporary file in ``tmp_dir`` (same filesystem), in row groups
     of ``rows_per_group`` windows so memory stays bounded on long videos;
-    `commit` renames it into place atomically. A crash leaves only the temp
-    file, which the next ingest run deletes.
+    `finish` completes that file and `commit` renames it into place atomically,
+    so whatever must be recorded before the shard is visible can be written in
+    between. A crash leaves only the temp file, which the next ingest run deletes.
     """
 
     def __init__(self, path: str | Path, *, tmp_dir: str | Path, rows_per_group: int = 4):
@@ -268,6 +269,7 @@ class ShardWriter:
         self._rows: list[dict[str, Any]] = []
         self._rows_per_group = rows_per_group
         self._writer: pq.ParquetWriter | None = None
+        self._finished = False
         self.num_rows = 0
 
     def add(self, row: dict[str, Any]) -> None:
@@ -287,18 +289,24 @@ class ShardWriter:
         self._writer.write_table(table)
         self._rows = []
 
-    def commit(self) -> int:
-        """Publish the shard; returns its size in bytes."""
+    def finish(self) -> int:
+        """Complete the temporary file, publishing nothing; its size in bytes."""
         self._flush()
         if self._writer is None:
             raise VidrayError(f"no windows to write for shard {self.path}")
-        self._writer.close()
-        size = self._tmp.stat().st_size
+        if not self._finished:
+            self._writer.close()
+            self._finished = True
+        return self._tmp.stat().st_size
+
+    def commit(self) -> int:
+        """Publish the shard (finishing it if need be); returns its size in bytes."""
+        size = self.finish()
         storage.upload(self._tmp, self.path)
         return size
 
     def abort(self) -> None:
-        if self._writer is not None:
+        if self._writer is not None and not self._finished:
             self._writer.close()
         self._tmp.unlink(missing_ok=True)
 
