@@ -12,8 +12,9 @@ from ray import tune
 
 from vidray import tracking
 from vidray.config import load_config
-from vidray.tune.report import stopped_by, trial_dirname, trial_rows
+from vidray.tune.report import stopped_by, trial_rows
 from vidray.tune.space import load_sweep
+from vidray.tune.trial import trial_dirname
 
 EPOCHS = 3
 NEVER = {"cpu": 64}  # more than the local Ray has: the trial is created and never started

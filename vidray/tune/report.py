@@ -6,12 +6,13 @@ import csv
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from vidray.config import Config
 from vidray.errors import user_error
 from vidray.tune.space import Sweep, trial_name
+from vidray.tune.trial import index_of
 
 
 @dataclass
@@ -33,19 +34,6 @@ class TrialRow:
         return trial_name(self.overrides) or "(shared config)"
 
 
-def trial_dirname(trial: Any) -> str:
-    """Tune's directory for a trial, named by its index in the sweep (``trial007``): Tune
-    calls this when it creates a trial (``TuneConfig.trial_dirname_creator``)."""
-    return f"trial{trial.config['index']:03d}"
-
-
-def _trial_index(result: Any) -> int | None:
-    """Which trial a Tune result belongs to. Its directory says so in every state: a
-    trial Tune cut before its first report has no config (``result.config`` is None)."""
-    match = re.fullmatch(r"trial(\d+)", PurePosixPath(result.path).name)
-    return int(match[1]) if match else None
-
-
 def trial_rows(
     grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict[int, Any]
 ) -> list[TrialRow]:
@@ -56,7 +44,7 @@ def trial_rows(
     (no result, or one without config or metrics), cut at any point, or failed.
     """
     metric, sign = sweep.sweep.metric, (1 if sweep.sweep.mode == "max" else -1)
-    results = {_trial_index(result): result for result in grid}
+    results = {index_of(result.path): result for result in grid}
     rows = []
     for index, overrides in enumerate(trials):
         result = results.get(index)

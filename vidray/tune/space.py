@@ -102,6 +102,18 @@ class Sweep:
         """Where the sweep's Ray runs (``ray.*`` of the shared config)."""
         return self.config({}).ray
 
+    def max_epochs(self) -> int:
+        """The most epochs any trial of the sweep can train."""
+        most = self.config({}).train.epochs
+        for dim in self.space:
+            if dim.key == "train.epochs":
+                most = (
+                    max(most, *dim.values)
+                    if dim.kind != "randint"
+                    else max(most, dim.values[1] - 1)
+                )
+        return most
+
     def output_dir(self) -> Path:
         return Path(self.sweep.output or Path("sweeps") / self.sweep.name)
 

@@ -42,13 +42,12 @@ import vidray.detect  # noqa: F401  (registers train.task=detect: a sweep may tr
 from vidray import storage, tracking
 from vidray.config import Config
 from vidray.errors import Interrupted, VidrayError
-from vidray.train.driver import check_training, run_training
+from vidray.train.driver import check_training
 from vidray.tune.report import (
     TrialRow,
     format_table,
     plot_sweep,
     stopped_by,
-    trial_dirname,
     trial_rows,
     write_best_config,
     write_table,
@@ -138,6 +137,18 @@ class SweepPlan:
     def state_file(self) -> Path:
         return self.output / STATE_FILE
 
+    def trial_config(self, overrides: dict[str, Any]) -> Config:
+        """A trial's full config: its overrides of the shared config, with every path
+        and the tracking URI absolute (Tune runs it in a directory of its own)."""
+        sweep = self.sweep
+        return sweep.config(
+            {
+                **overrides,
+                **absolute_paths(sweep.config(overrides)),
+                "mlflow.tracking_uri": self.tracking_uri,
+            }
+        )
+
 
 def absolute_paths(cfg: Config) -> dict[str, str]:
     """The path keys of ``cfg`` that are set, as dotted overrides with absolute values."""
@@ -177,9 +188,7 @@ def check_sweep(sweep: Sweep) -> SweepPlan:
     configs = []
     for index, trial in enumerate(trials):
         try:
-            cfg = sweep.config(
-                {**trial, **absolute_paths(sweep.config(trial)), "mlflow.tracking_uri": uri}
-            )
+            cfg = plan.trial_config(trial)
             check_training(cfg)
         except VidrayError as exc:
             raise VidrayError(f"trial {index} ({trial_name(trial)}): {exc}") from None
@@ -220,34 +229,6 @@ def _check_state(plan: SweepPlan) -> tuple[str, bool]:
         )
     saved = [f for f in storage.list_files(plan.experiment) if "/" not in f]
     return state["parent_run_id"], bool(fnmatch.filter(saved, TUNE_STATE))
-
-
-def _trial(
-    config: dict[str, Any],
-    *,
-    configs: list[Config],
-    sweep_name: str,
-    parent_run_id: str,
-    trials_path: str,
-) -> None:
-    """One Tune trial: the training pipeline, its epochs reported to Tune."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    index = config["index"]
-    cfg = configs[index]
-    # A fixed run name per trial: a trial restarted by --resume finds its own
-    # Ray Train run and continues from its last checkpoint.
-    run_name = f"{sweep_name}-trial{index:03d}"
-    cfg = replace(cfg, train=replace(cfg.train, run_name=run_name, storage_path=trials_path))
-    run_training(
-        cfg,
-        tags={
-            tracking.PARENT_RUN_TAG: parent_run_id,
-            tracking.SWEEP_TAG: sweep_name,
-            tracking.TRIAL_TAG: str(index),
-        },
-        callbacks=[TuneReportCallback()],
-    )
 
 
 def run_sweep(sweep: Sweep) -> SweepResult:
@@ -382,38 +363,21 @@ def _open_parent(plan: SweepPlan) -> str:
 def _tuner(plan: SweepPlan, parent: str) -> Any:
     """The Tune experiment of the sweep: new, or restored from its saved state."""
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
 
     from vidray.tune.budget import TimeBudget
-    from vidray.tune.scheduler import FinishingASHA
+    from vidray.tune.scheduler import make_scheduler
+    from vidray.tune.trial import run_trial, trial_dirname
 
     settings, trials = plan.sweep.sweep, plan.trials
     trainable = tune.with_resources(
-        tune.with_parameters(
-            _trial,
-            configs=plan.configs,
-            sweep_name=settings.name,
-            parent_run_id=parent,
-            trials_path=plan.trials_path,
-        ),
+        tune.with_parameters(run_trial, plan=plan, parent_run_id=parent),
         TRIAL_DRIVER_RESOURCES,
     )
     if plan.restore:
         return tune.Tuner.restore(
             plan.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    epochs = [cfg.train.epochs for cfg in plan.configs]
-    scheduler = (
-        FinishingASHA(
-            epochs=epochs,
-            time_attr="training_iteration",
-            max_t=max(*epochs, settings.grace_period),
-            grace_period=settings.grace_period,
-            reduction_factor=settings.reduction_factor,
-        )
-        if settings.scheduler == "asha"
-        else FIFOScheduler()
-    )
+    scheduler = make_scheduler(plan)
     return tune.Tuner(
         trainable,
         param_space={
