@@ -456,8 +456,11 @@ def settings(section: str, cls: type) -> list[Setting]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):  # a subsection: its keys, dotted
+            out += settings(f"{section}.{f.name}", kind)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = get_args(kind) if get_origin(kind) is Literal else None
         out.append(
             Setting(

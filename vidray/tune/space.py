@@ -40,20 +40,35 @@ DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
 @dataclass(frozen=True)
+class PBTConfig:
+    """The ``sweep.pbt:`` section (``sweep.scheduler: pbt``)."""
+
+    interval: int = 1  # epochs between two exploit/explore steps of a trial
+    # space keys PBT perturbs (each a float or choice key of `space:`)
+    mutations: list[str] = field(default_factory=lambda: ["optim.lr"])
+    quantile: float = 0.25  # the bottom share exploits the top share
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     """The ``sweep:`` section."""
 
     name: str = "sweep"  # the Tune experiment and the MLflow parent run
-    metric: str = tracking.VAL_VIDEO_TOP1  # what ASHA and the final ranking use
+    metric: str = tracking.VAL_VIDEO_TOP1  # what the scheduler, searcher and ranking use
     mode: Literal["max", "min"] = "max"
-    num_samples: int = 1  # draws of the random keys per grid point
+    # grid: grid keys crossed, random keys drawn num_samples times per point; random:
+    # num_samples trials, every key drawn; optuna, hyperopt: num_samples trials, each
+    # proposed by the searcher from the results so far
+    search: Literal["grid", "random", "optuna", "hyperopt"] = "grid"
+    num_samples: int = 1
     max_concurrent_trials: int = 1
     # seconds from the first epoch a trial reports; then every trial stops (0 = no limit)
     time_budget_s: float = 0.0
-    scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = 1  # epochs every trial gets before ASHA may stop it
+    scheduler: Literal["asha", "fifo", "median", "pbt"] = "asha"
+    grace_period: int = 1  # epochs every trial gets before ASHA or median stopping may stop it
     reduction_factor: int = 2  # ASHA keeps the top 1/reduction_factor at each rung
-    seed: int = 0  # of the random draws: the same file gives the same trials
+    pbt: PBTConfig = field(default_factory=PBTConfig)
+    seed: int = 0  # of the random draws and the searchers: the same file gives the same trials
     output: str = ""  # trials table, plot, best config ("" = sweeps/<name>)
     resume: bool = False  # continue an interrupted sweep of the same name
 

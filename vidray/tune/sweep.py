@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,7 +348,7 @@ def _open_parent(plan: SweepPlan) -> str:
         parent,
         {
             **describe_space(plan.sweep),
-            **{f"sweep.{k}": v for k, v in vars(settings).items() if k != "resume"},
+            **{f"sweep.{k}": v for k, v in _flat(asdict(settings)).items() if k != "resume"},
             "sweep.trials": len(plan.trials),
             "sweep.file": plan.sweep.source,
         },
@@ -358,6 +358,17 @@ def _open_parent(plan: SweepPlan) -> str:
         json.dumps({"parent_run_id": parent, "experiment": plan.experiment, "trials": plan.trials})
     )
     return parent
+
+
+def _flat(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested settings dict as dotted keys (``pbt.interval``)."""
+    flat = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _tuner(plan: SweepPlan, parent: str) -> Any:

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from vidray import tracking
-from vidray.train.driver import run_training
+from vidray.train.driver import check_training, run_training
 
 if TYPE_CHECKING:
     from vidray.tune.sweep import SweepPlan
@@ -45,6 +45,9 @@ def run_trial(config: dict[str, Any], *, plan: SweepPlan, parent_run_id: str) ->
     if index is None:
         index = config["index"]
     cfg = plan.trial_config(config["overrides"])
+    # A searcher's trial is checked here, as `vidray train` checks its config: one that
+    # cannot run fails with the one-line reason, which the searcher is told of.
+    check_training(cfg)
     # A fixed run name per trial: a trial restarted by --resume finds its own
     # Ray Train run and continues from its last checkpoint.
     name = plan.sweep.sweep.name
