@@ -87,9 +87,10 @@ def trial_rows(
 
 def stopped_by(row: TrialRow, scheduler: str, budget_reached: bool) -> str:
     """What stopped a trial that stopped early, where that is known ("" where not):
-    ASHA stops a trial on one of its results, the time budget cuts one between two."""
+    ASHA and the median rule stop a trial on one of its results, the time budget cuts
+    one between two."""
     if row.stopped_on_result:
-        return "asha" if scheduler == "asha" else ""
+        return scheduler if scheduler in ("asha", "median") else ""
     return "time_budget" if budget_reached else ""
 
 
