@@ -8,11 +8,12 @@ import time
 
 import pytest
 import yaml
+from PIL import Image
 from ray import tune
 
 from vidray import tracking
 from vidray.config import load_config
-from vidray.tune.report import stopped_by, trial_rows
+from vidray.tune.report import TrialRow, best_so_far, plot_sweep, stopped_by, trial_rows
 from vidray.tune.space import load_sweep
 from vidray.tune.trial import trial_dirname
 
@@ -135,3 +136,36 @@ def test_every_state_tune_leaves_a_trial_in_gives_a_row(ray_local, tmp_path):
         ("fifo", True): ["", "time_budget", "time_budget"],
         ("fifo", False): ["", "", ""],
     }
+
+
+def scored_rows() -> list[TrialRow]:
+    """Trials as a searcher proposed them (by index), best first as `trial_rows` gives
+    them: trial 2 failed and trial 4 was never run, so they have no result."""
+    rows = [
+        TrialRow(0, {"optim.lr": 0.01}, "finished", [0.2, 0.4], best=0.4),
+        TrialRow(1, {"optim.lr": 0.001}, "stopped early", [0.3], best=0.3),
+        TrialRow(2, {"optim.lr": 0.1}, "failed", error="boom"),
+        TrialRow(3, {"optim.lr": 0.003}, "finished", [0.5, 0.7], best=0.7),
+        TrialRow(4, {"optim.lr": 0.03}, "not run"),
+        TrialRow(5, {"optim.lr": 0.002}, "finished", [0.6, 0.6], best=0.6),
+    ]
+    return sorted(rows, key=lambda r: (r.best is None, -(r.best or 0.0), r.index))
+
+
+def test_the_best_so_far_follows_the_order_the_trials_were_proposed_in():
+    rows = scored_rows()
+    assert best_so_far(rows, "max") == [(0, 0.4), (1, 0.4), (3, 0.7), (5, 0.7)]
+    assert best_so_far(rows, "min") == [(0, 0.4), (1, 0.3), (3, 0.3), (5, 0.3)]
+    assert best_so_far([r for r in rows if r.best is None], "max") == []
+
+
+def test_the_sweep_plot_has_a_panel_of_the_trials_over_time(tmp_path):
+    """One panel for the swept key, one of the trials over time, one of the best trial
+    per family: three panels in a row, written as a PNG."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"space": {"optim.lr": {"loguniform": [1e-3, 1e-1]}}}))
+    png = plot_sweep(tmp_path / "sweep.png", scored_rows(), load_sweep(path))
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert width >= 3 * height  # 4.2 inches a panel (the last 1.4x) at 3.8 inches high

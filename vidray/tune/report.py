@@ -180,14 +180,67 @@ def _plot_key(ax: Any, dim: Any, scored: list[TrialRow], metric: str) -> None:
     ax.grid(alpha=0.3)
 
 
+def best_so_far(rows: list[TrialRow], mode: str) -> list[tuple[int, float]]:
+    """The best metric of the sweep after each scored trial, in the order the trials
+    were proposed (by index): what a searcher had found by then. Trials without a
+    result (failed, not run) add no point."""
+    better = max if mode == "max" else min
+    series: list[tuple[int, float]] = []
+    for row in sorted(rows, key=lambda r: r.index):
+        if row.best is not None:
+            best = row.best if not series else better(series[-1][1], row.best)
+            series.append((row.index, best))
+    return series
+
+
+def _plot_trials(ax: Any, rows: list[TrialRow], sweep: Sweep) -> None:
+    """Each trial's best metric against its index (the order the searcher proposed
+    the trials; hollow: stopped early), and the best so far."""
+    from matplotlib.ticker import MaxNLocator
+
+    for row in rows:
+        if row.best is not None:
+            fill = "C0" if row.status == "finished" else "none"
+            ax.scatter(row.index, row.best, s=36, facecolors=fill, edgecolors="C0")
+    series = best_so_far(rows, sweep.sweep.mode)
+    if series:
+        indices, bests = zip(*series, strict=True)
+        ax.plot(indices, bests, drawstyle="steps-post", color="C1", label="best so far")
+        ax.legend(fontsize=8, loc="best")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial (in the order proposed)")
+    ax.set_ylabel(sweep.sweep.metric)
+    ax.set_title("trials over time")
+    ax.grid(alpha=0.3)
+
+
+def _plot_families(ax: Any, scored: list[TrialRow], sweep: Sweep) -> None:
+    """The best trial of each model family: its metric over epochs."""
+    from matplotlib.ticker import MaxNLocator
+
+    families: dict[str, TrialRow] = {}
+    for row in scored:  # rows are best first: the first of a family is its best
+        family = str(sweep.config(row.overrides).model.name)
+        families.setdefault(family, row)
+    for family, row in families.items():
+        ax.plot(range(1, len(row.curve) + 1), row.curve, marker="o", label=family)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(sweep.sweep.metric)
+    ax.set_title("best trial per family")
+    ax.grid(alpha=0.3)
+    if families:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
 def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
-    """One panel per swept key (each trial's best metric against its value) and one of
+    """One panel per swept key (each trial's best metric against its value), one of the
+    trials over time (best metric against trial index, with the best so far) and one of
     the best trial of each model family's metric over epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     metric = sweep.sweep.metric
     # A key that took one value in every trial it applies to says nothing here.
@@ -197,10 +250,10 @@ def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
         if len({str(r.overrides[d.key]) for r in rows if d.key in r.overrides}) > 1
     ]
     # The last panel is wider: its legend sits to the right of the curves.
-    widths = [1.0] * len(dims) + [1.4]
+    widths = [1.0] * (len(dims) + 1) + [1.4]
     fig, axes = plt.subplots(
         1,
-        len(dims) + 1,
+        len(widths),
         figsize=(4.2 * sum(widths), 3.8),
         squeeze=False,
         gridspec_kw={"width_ratios": widths},
@@ -208,20 +261,8 @@ def plot_sweep(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
     scored = [r for r in rows if r.best is not None]
     for ax, dim in zip(axes[0], dims, strict=False):
         _plot_key(ax, dim, scored, metric)
-    ax = axes[0][-1]
-    families: dict[str, TrialRow] = {}
-    for row in scored:  # rows are best first: the first of a family is its best
-        family = str(sweep.config(row.overrides).model.name)
-        families.setdefault(family, row)
-    for family, row in families.items():
-        ax.plot(range(1, len(row.curve) + 1), row.curve, marker="o", label=family)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title("best trial per family")
-    ax.grid(alpha=0.3)
-    if families:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    _plot_trials(axes[0][-2], rows, sweep)
+    _plot_families(axes[0][-1], scored, sweep)
     fig.suptitle(f"sweep {sweep.sweep.name}: {len(rows)} trials (hollow: stopped early)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
