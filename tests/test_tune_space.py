@@ -195,8 +195,8 @@ def test_every_path_of_a_sweep_means_where_the_command_was_typed(
     )
     plan = check_sweep(load_sweep(path, ["train.data=data"]))
     here = tmp_path.resolve()
-    assert len(plan.configs) == 2
-    for cfg in plan.configs:
+    assert len(plan.trials) == 2
+    for cfg in map(plan.trial_config, plan.trials):
         assert cfg.train.data == str(here / "data")
         assert cfg.train.storage_path == str(here / "runs")
         assert cfg.model.pretrained == str(here / "weights.pt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -12,14 +13,14 @@ from typing import Any
 from vidray.config import Config
 from vidray.errors import user_error
 from vidray.tune.space import Sweep, trial_name
-from vidray.tune.trial import index_of
+from vidray.tune.trial import InvalidTrial, index_of
 
 
 @dataclass
 class TrialRow:
     index: int
     overrides: dict[str, Any]
-    status: str  # finished | stopped early | failed | not run
+    status: str  # finished | stopped early | failed | invalid | not run
     curve: list[float] = field(default_factory=list)  # the metric after each epoch
     best: float | None = None
     run_id: str = ""  # the trial's MLflow run
@@ -34,55 +35,90 @@ class TrialRow:
         return trial_name(self.overrides) or "(shared config)"
 
 
+def record_refused(record: Path, index: int, overrides: dict[str, Any], reason: str) -> None:
+    """Add a proposal the sweep refused to its record (one JSON line), which outlives the
+    driver: a resumed sweep's table still shows it."""
+    with record.open("a") as f:
+        f.write(json.dumps({"index": index, "overrides": overrides, "reason": reason}) + "\n")
+
+
+def refused_trials(record: Path) -> list[dict[str, Any]]:
+    """The proposals a sweep refused, as `record_refused` wrote them."""
+    if not record.is_file():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+
+
+def proposed_trials(grid: Any, refused: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The overrides of each trial a searcher proposed, by index: from Tune's results (a
+    trial Tune cut before its first report, whose result has no config: {}) and the
+    proposals the sweep refused."""
+    proposed = {index_of(r.path): (r.config or {}).get("overrides", {}) for r in grid}
+    proposed |= {r["index"]: r["overrides"] for r in refused}
+    count = max((i + 1 for i in proposed if i is not None), default=0)
+    return [proposed.get(index, {}) for index in range(count)]
+
+
 def trial_rows(
-    grid: Any, trials: list[dict[str, Any]], sweep: Sweep, runs: dict[int, Any]
+    grid: Any,
+    trials: list[dict[str, Any]],
+    sweep: Sweep,
+    runs: dict[int, Any],
+    *,
+    refused: dict[int, str] | None = None,
 ) -> list[TrialRow]:
     """One row per trial from Tune's ResultGrid and the trials' MLflow runs (the latest
-    run of each trial, by index), best first (trials without a result last).
+    run of each trial, by index), best first (trials without a result last). ``refused``:
+    the proposals the sweep did not start, by index, with the reason.
 
     Whatever state Tune left a trial in gives a row: never created or never started
     (no result, or one without config or metrics), cut at any point, or failed.
     """
-    metric, sign = sweep.sweep.metric, (1 if sweep.sweep.mode == "max" else -1)
+    sign = 1 if sweep.sweep.mode == "max" else -1
     results = {index_of(result.path): result for result in grid}
     rows = []
     for index, overrides in enumerate(trials):
-        result = results.get(index)
-        frame = result.metrics_dataframe if result is not None else None
-        last = (result.metrics or {}) if result is not None else {}
-        curve = []
-        if frame is not None and metric in frame:
-            curve = [float(v) for v in frame[metric] if not math.isnan(float(v))]
-        run = runs.get(index)
-        error = result.error if result is not None else None
-        if error is not None:
-            status = "failed"
-        elif not curve and run is None:
-            status = "not run"
-        elif (
-            len(curve) >= sweep.config(overrides).train.epochs
-            and run is not None
-            and run.info.status == "FINISHED"
-        ):
-            status = "finished"
+        if refused and index in refused:
+            rows.append(TrialRow(index, overrides, "invalid", error=refused[index]))
         else:
-            # By the scheduler or the time budget, possibly before its first epoch, or
-            # after its last one but before its run had logged its checkpoint and ended.
-            status = "stopped early"
-        rows.append(
-            TrialRow(
-                index=index,
-                overrides=overrides,
-                status=status,
-                curve=curve,
-                best=(max(curve, key=lambda v: sign * v) if curve else None),
-                run_id=run.info.run_id if run is not None else "",
-                error=_reason(error) if error is not None else "",
-                stopped_on_result=bool(last.get("done")),
-            )
-        )
+            rows.append(_row(index, overrides, results.get(index), runs.get(index), sweep))
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best or 0.0), r.index))
     return rows
+
+
+def _row(index: int, overrides: dict[str, Any], result: Any, run: Any, sweep: Sweep) -> TrialRow:
+    """A trial's row from its Tune result and its MLflow run (either may be None)."""
+    metric, sign = sweep.sweep.metric, (1 if sweep.sweep.mode == "max" else -1)
+    frame = result.metrics_dataframe if result is not None else None
+    last = (result.metrics or {}) if result is not None else {}
+    curve = []
+    if frame is not None and metric in frame:
+        curve = [float(v) for v in frame[metric] if not math.isnan(float(v))]
+    error = result.error if result is not None else None
+    if error is not None:
+        status = "invalid" if isinstance(user_error(error), InvalidTrial) else "failed"
+    elif not curve and run is None:
+        status = "not run"
+    elif (
+        len(curve) >= sweep.config(overrides).train.epochs
+        and run is not None
+        and run.info.status == "FINISHED"
+    ):
+        status = "finished"
+    else:
+        # By the scheduler or the time budget, possibly before its first epoch, or
+        # after its last one but before its run had logged its checkpoint and ended.
+        status = "stopped early"
+    return TrialRow(
+        index=index,
+        overrides=overrides,
+        status=status,
+        curve=curve,
+        best=(max(curve, key=lambda v: sign * v) if curve else None),
+        run_id=run.info.run_id if run is not None else "",
+        error=_reason(error) if error is not None else "",
+        stopped_on_result=bool(last.get("done")),
+    )
 
 
 def stopped_by(row: TrialRow, scheduler: str, budget_reached: bool) -> str:

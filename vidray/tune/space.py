@@ -10,15 +10,18 @@
       clip.T: {choice: [4, 8]}
       optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
 
-`expand` turns the space into the list of trials up front: the Cartesian
-product of the ``grid`` keys, and for each point ``sweep.num_samples`` draws
-of the random keys (``choice``, ``uniform``, ``loguniform``, ``randint``),
-seeded. A key that does not apply to a trial's model (a knob its family lacks,
-such as ``model.fusion`` for anything but two_stream, or ``flow.L`` for an
-RGB model) is left out of that trial instead of being sampled as noise; a key
-may also name its own condition with ``when: {model.name: [two_stream]}``.
-Knowing every trial before the first starts is what lets a bad one (a clip
-longer than the stored windows) fail the sweep at once.
+How the trials are drawn is ``sweep.search``. ``grid`` and ``random`` fix the
+list up front (`expand`): the Cartesian product of the ``grid`` keys with
+``sweep.num_samples`` draws of the random keys (``choice``, ``uniform``,
+``loguniform``, ``randint``) for each point, or ``num_samples`` draws of every
+key; seeded, and each trial checked before Ray starts, so a bad one (a clip
+longer than the stored windows) fails the sweep at once. ``optuna`` and
+``hyperopt`` propose ``num_samples`` trials one by one from the results so far
+(`vidray.tune.search`); each is checked in its trial. Under any search, a key
+that does not apply to a trial's model (a knob its family lacks, such as
+``model.fusion`` for anything but two_stream, or ``flow.L`` for an RGB model) is
+left out of that trial instead of being sampled as noise; a key may also name
+its own condition with ``when: {model.name: [two_stream]}``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from vidray.errors import VidrayError
 from vidray.models import arguments, available, entry
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+SEARCHERS = ("optuna", "hyperopt")  # searches whose trials are proposed as the sweep runs
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class SweepConfig:
     # proposed by the searcher from the results so far
     search: Literal["grid", "random", "optuna", "hyperopt"] = "grid"
     num_samples: int = 1
+    random_starts: int = 3  # trials optuna and hyperopt draw at random before proposing
     max_concurrent_trials: int = 1
     # seconds from the first epoch a trial reports; then every trial stops (0 = no limit)
     time_budget_s: float = 0.0
@@ -88,7 +93,7 @@ class Dimension:
         return f"{self.kind}({args}){cond}"
 
     def sample(self, rng: np.random.Generator) -> Any:
-        if self.kind == "choice":
+        if self.kind in ("choice", "grid"):  # a grid key of a random search: drawn too
             return self.values[int(rng.integers(len(self.values)))]
         low, high = self.values
         if self.kind == "uniform":
@@ -151,9 +156,26 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         raise VidrayError(f"sweep.num_samples={sweep.num_samples}: needs at least 1")
     if sweep.reduction_factor < 2 or sweep.grace_period < 1:
         raise VidrayError("sweep.reduction_factor must be >= 2 and sweep.grace_period >= 1")
-    return Sweep(
+    if sweep.random_starts < 1:
+        raise VidrayError(f"sweep.random_starts={sweep.random_starts}: needs at least 1")
+    parsed = Sweep(
         base=base, space=space, sweep=sweep, source=str(path), overrides=tuple(overrides or ())
     )
+    _check_searchable(parsed)
+    return parsed
+
+
+def _check_searchable(sweep: Sweep) -> None:
+    """Hyperopt's space is a tree with a branch per value of each deciding key, so those
+    keys must have a list of values."""
+    if sweep.sweep.search != "hyperopt":
+        return
+    for dim in sweep.space:
+        if dim.key in deciding_keys(sweep) and dim.kind not in ("grid", "choice"):
+            raise VidrayError(
+                f"space.{dim.key}: under sweep.search=hyperopt a key that others depend on "
+                f"must be a grid or choice, not {dim.kind} (or use sweep.search=optuna)"
+            )
 
 
 def _dimension(key: str, spec: Any) -> Dimension:
@@ -224,19 +246,32 @@ def applies(dimension: Dimension, trial: dict[str, Any], base: dict[str, Any]) -
     return True
 
 
-def expand(sweep: Sweep) -> list[dict[str, Any]]:
-    """Every trial of the sweep, as dotted overrides of the shared config, in run order.
+def deciding_keys(sweep: Sweep) -> set[str]:
+    """The keys whether other keys apply depends on: ``model.name``, and any a
+    ``when`` names."""
+    return {"model.name"} | {key for d in sweep.space for key in d.when}
 
-    Grid keys are settled first, then the random ones; within each group
-    ``model.name`` and the keys a ``when`` names come first, since whether the
-    other keys apply depends on them.
+
+def ordered_dimensions(sweep: Sweep) -> list[Dimension]:
+    """The space with the deciding keys first (in file order), so that each key is
+    drawn after the keys that decide whether it applies."""
+    deciding = deciding_keys(sweep)
+    return sorted(sweep.space, key=lambda d: d.key not in deciding)
+
+
+def expand(sweep: Sweep) -> list[dict[str, Any]]:
+    """Every trial of a grid or random sweep, as dotted overrides of the shared config,
+    in run order.
+
+    ``grid``: the grid keys crossed, then ``sweep.num_samples`` draws of the random
+    keys for each point. ``random``: ``sweep.num_samples`` trials, every key drawn
+    (a grid key as a choice). A key is drawn only where it applies (`applies`).
     """
     rng = np.random.default_rng(sweep.sweep.seed)
-    # Keys others depend on (model.name, and any a 'when' names) are settled first.
-    deciding = {"model.name"} | {key for d in sweep.space for key in d.when}
-    ordered = sorted(sweep.space, key=lambda d: d.key not in deciding)
+    ordered = ordered_dimensions(sweep)
+    crossed = sweep.sweep.search == "grid"
     points: list[dict[str, Any]] = [{}]
-    for dim in (d for d in ordered if d.kind == "grid"):
+    for dim in (d for d in ordered if crossed and d.kind == "grid"):
         expanded = []
         for point in points:
             if applies(dim, point, sweep.base):
@@ -244,11 +279,11 @@ def expand(sweep: Sweep) -> list[dict[str, Any]]:
             else:
                 expanded.append(point)
         points = expanded
-    randoms = [d for d in ordered if d.kind != "grid"]
+    drawn = [d for d in ordered if not crossed or d.kind != "grid"]
     trials = []
     for point, _ in itertools.product(points, range(sweep.sweep.num_samples)):
         trial = dict(point)
-        for dim in randoms:
+        for dim in drawn:
             if applies(dim, trial, sweep.base):
                 trial[dim.key] = dim.sample(rng)
         trials.append({d.key: trial[d.key] for d in sweep.space if d.key in trial})

@@ -32,6 +32,7 @@ import shlex
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -47,14 +48,17 @@ from vidray.tune.report import (
     TrialRow,
     format_table,
     plot_sweep,
+    proposed_trials,
+    refused_trials,
     stopped_by,
     trial_rows,
     write_best_config,
     write_table,
 )
-from vidray.tune.space import Sweep, describe_space, expand, trial_name
+from vidray.tune.space import SEARCHERS, Sweep, describe_space, expand, trial_name
 
 STATE_FILE = "sweep.json"
+REFUSED_FILE = "refused.jsonl"
 TUNE_STATE = "experiment_state-*.json"  # what Tune saves in its experiment, and restores
 # The trial function only waits on its trainer. Tune refuses an empty resource
 # bundle, and any CPU it held would be missing for the trial's Ray Data readers
@@ -93,12 +97,15 @@ class SweepResult:
     tracking_uri: str
 
     def report(self) -> str:
-        done = sum(r.status == "finished" for r in self.rows)
-        stopped = sum(r.status == "stopped early" for r in self.rows)
-        lines = [
-            f"tune: {len(self.rows)} trials: {done} finished, {stopped} stopped early, "
-            f"{len(self.rows) - done - stopped} failed or not run"
-        ]
+        count = Counter(r.status for r in self.rows)
+        line = (
+            f"tune: {len(self.rows)} trials: {count['finished']} finished, "
+            f"{count['stopped early']} stopped early, "
+            f"{count['failed'] + count['not run']} failed or not run"
+        )
+        if count["invalid"]:
+            line += f", {count['invalid']} proposed that vidray train refuses"
+        lines = [line]
         best = next((r for r in self.rows if r.best is not None), None)
         if best:
             lines.append(f"tune: best {self.metric} {best.best:.3f}: {best.label}")
@@ -115,9 +122,10 @@ class SweepPlan:
     """A sweep checked before Ray starts, with everything settled in the driver."""
 
     sweep: Sweep
-    trials: list[dict[str, Any]]  # each trial's dotted overrides, as `expand` gives them
-    configs: list[Config]  # each trial's full config: paths and tracking URI absolute
-    base: Config  # the shared config, likewise (the parent run's params)
+    # each trial's dotted overrides, as `expand` gives them ([] where a searcher proposes)
+    trials: list[dict[str, Any]]
+    settled: dict[str, Any]  # the shared config's paths and tracking URI, absolute
+    base: Config  # the shared config, with those (the parent run's params)
     tracking_uri: str
     root: str  # train.storage_path, absolute: Tune's experiments live here
     output: Path  # trials table, plot, best config and sweep.json, absolute
@@ -137,29 +145,60 @@ class SweepPlan:
     def state_file(self) -> Path:
         return self.output / STATE_FILE
 
+    @property
+    def count(self) -> int:
+        """How many trials the sweep runs."""
+        return len(self.trials) or self.sweep.sweep.num_samples
+
+    @property
+    def refused_file(self) -> Path:
+        """The proposals of a searcher that `vidray train` refuses, one JSON line each."""
+        return self.output / REFUSED_FILE
+
+    def refusal(self, overrides: dict[str, Any]) -> str | None:
+        """Why ``vidray train`` refuses a trial, or None where it can run."""
+        try:
+            check_training(self.trial_config(overrides))
+        except VidrayError as exc:
+            return str(exc)
+        return None
+
     def trial_config(self, overrides: dict[str, Any]) -> Config:
         """A trial's full config: its overrides of the shared config, with every path
-        and the tracking URI absolute (Tune runs it in a directory of its own)."""
-        sweep = self.sweep
-        return sweep.config(
-            {
-                **overrides,
-                **absolute_paths(sweep.config(overrides)),
-                "mlflow.tracking_uri": self.tracking_uri,
-            }
-        )
+        and the tracking URI absolute (Tune runs it in a directory of its own; they
+        were settled in the driver)."""
+        return self.sweep.config({**self.settled, **overrides})
 
 
 def absolute_paths(cfg: Config) -> dict[str, str]:
     """The path keys of ``cfg`` that are set, as dotted overrides with absolute values."""
     flat = cfg.flat()
-    paths = {key: storage.resolve(flat[key]) for key in PATH_KEYS if flat[key]}
-    files = {
-        key: str(Path(flat[key]).expanduser().resolve())
-        for key in FILE_OR_NAME_KEYS
-        if flat[key] and Path(flat[key]).expanduser().exists()
-    }
-    return {**paths, **files}
+    paths = {key: _absolute(key, flat[key]) for key in (*PATH_KEYS, *FILE_OR_NAME_KEYS)}
+    return {key: path for key, path in paths.items() if path != flat[key]}
+
+
+def _absolute(key: str, value: Any) -> Any:
+    """A path key's value made absolute where the user typed it (a file-or-name key only
+    where that file exists); any other value as it is."""
+    if not value or not isinstance(value, str):
+        return value
+    if key in PATH_KEYS:
+        return storage.resolve(value)
+    if key in FILE_OR_NAME_KEYS and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _absolute_space(sweep: Sweep) -> Sweep:
+    """The sweep with the path values of its space made absolute, so that what a trial
+    draws means what it meant in the driver."""
+    space = tuple(
+        replace(d, values=tuple(_absolute(d.key, v) for v in d.values))
+        if d.kind in ("grid", "choice")
+        else d
+        for d in sweep.space
+    )
+    return replace(sweep, space=space)
 
 
 def check_sweep(sweep: Sweep) -> SweepPlan:
@@ -168,32 +207,31 @@ def check_sweep(sweep: Sweep) -> SweepPlan:
     the tracking URI made absolute where the user typed the command (Tune runs each
     trial in a directory of its own), and the sweep's state (``--resume`` needs one,
     a new sweep must not find one). Imports nothing of Ray."""
-    trials = expand(sweep)
+    drawn = sweep.sweep.search in SEARCHERS  # its trials are proposed as it runs
+    trials = [] if drawn else expand(sweep)
     shared = sweep.config({})
-    if not all(sweep.config(trial).train.data for trial in trials):
+    if not all(sweep.config(trial).train.data for trial in trials or [{}]):
         raise VidrayError("train.data is not set: pass --data DIR (an ingest output)")
     uri = tracking.tracking_uri(shared.mlflow)
     tracking.check_reachable(uri)
     root = storage.resolve(shared.train.storage_path)
+    settled = {**absolute_paths(shared), "mlflow.tracking_uri": uri}
     plan = SweepPlan(
-        sweep=sweep,
-        trials=trials,
-        configs=[],
-        base=sweep.config({**absolute_paths(shared), "mlflow.tracking_uri": uri}),
+        sweep=_absolute_space(sweep),
+        trials=[{k: _absolute(k, v) for k, v in trial.items()} for trial in trials],
+        settled=settled,
+        base=sweep.config(settled),
         tracking_uri=uri,
         root=root,
         output=sweep.output_dir().resolve(),
     )
     parent, restore = _check_state(plan)
-    configs = []
     for index, trial in enumerate(trials):
         try:
-            cfg = plan.trial_config(trial)
-            check_training(cfg)
+            check_training(plan.trial_config(trial))
         except VidrayError as exc:
             raise VidrayError(f"trial {index} ({trial_name(trial)}): {exc}") from None
-        configs.append(cfg)
-    return replace(plan, configs=configs, parent_run_id=parent, restore=restore)
+    return replace(plan, parent_run_id=parent, restore=restore)
 
 
 def _check_state(plan: SweepPlan) -> tuple[str, bool]:
@@ -222,7 +260,7 @@ def _check_state(plan: SweepPlan) -> tuple[str, bool]:
             "run it without --resume"
         )
     state = json.loads(plan.state_file.read_text())
-    if state["trials"] != plan.trials:
+    if state["trials"] != plan.trials or state.get("space") != _searched(plan.sweep):
         raise VidrayError(
             f"the sweep file now gives other trials than {plan.state_file} records: resume "
             "with the file it started with, or start a new sweep.name"
@@ -240,7 +278,10 @@ def run_sweep(sweep: Sweep) -> SweepResult:
     plan = check_sweep(sweep)
     settings, uri = sweep.sweep, plan.tracking_uri
     parent = _open_parent(plan)
-    print(f"tune: {len(plan.trials)} trials, scheduler {settings.scheduler}; parent run {parent}")
+    how = f"{plan.count} trials"
+    if settings.search in SEARCHERS:
+        how += f" proposed by {settings.search}"
+    print(f"tune: {how}, scheduler {settings.scheduler}; parent run {parent}")
     t0 = time.monotonic()
     status = "FAILED"
     try:
@@ -297,7 +338,9 @@ def _record(plan: SweepPlan, parent: str, grid: Any, *, seconds: float) -> list[
     sweep, settings, uri = plan.sweep, plan.sweep.sweep, plan.tracking_uri
     # The latest run of each trial (a resumed trial has one per attempt).
     runs = {int(r.data.tags[tracking.TRIAL_TAG]): r for r in _trial_runs(uri, parent)}
-    rows = trial_rows(grid, plan.trials, sweep, runs)
+    refused = refused_trials(plan.refused_file)
+    trials = plan.trials or proposed_trials(grid, refused)
+    rows = trial_rows(grid, trials, sweep, runs, refused={r["index"]: r["reason"] for r in refused})
     # Only the time budget ends a sweep with trials cut between two results or never
     # started (ASHA stops a trial on a result; an interrupt does not come here).
     cut = [
@@ -321,7 +364,7 @@ def _record(plan: SweepPlan, parent: str, grid: Any, *, seconds: float) -> list[
     best = next((r for r in rows if r.best is not None), None)
     if best is not None:
         path = plan.output / "best_config.yaml"
-        written.append(write_best_config(path, sweep, best, plan.configs[best.index]))
+        written.append(write_best_config(path, sweep, best, plan.trial_config(best.overrides)))
         best_value = {tracking.best_metric(settings.metric): best.best}
         tracking.log_metrics(uri, parent, best_value, step=0)
     for path in written:
@@ -349,15 +392,27 @@ def _open_parent(plan: SweepPlan) -> str:
         {
             **describe_space(plan.sweep),
             **{f"sweep.{k}": v for k, v in _flat(asdict(settings)).items() if k != "resume"},
-            "sweep.trials": len(plan.trials),
+            "sweep.trials": plan.count,
             "sweep.file": plan.sweep.source,
         },
     )
     plan.output.mkdir(parents=True, exist_ok=True)
-    plan.state_file.write_text(
-        json.dumps({"parent_run_id": parent, "experiment": plan.experiment, "trials": plan.trials})
-    )
+    plan.refused_file.unlink(missing_ok=True)  # an earlier sweep's, deleted with its state
+    state = {
+        "parent_run_id": parent,
+        "experiment": plan.experiment,
+        "trials": plan.trials,
+        "space": _searched(plan.sweep),
+    }
+    plan.state_file.write_text(json.dumps(state))
     return parent
+
+
+def _searched(sweep: Sweep) -> dict[str, Any]:
+    """What a resumed sweep must search as before: the space, and how it is searched."""
+    settings = sweep.sweep
+    how = {"search": settings.search, "num_samples": settings.num_samples, "seed": settings.seed}
+    return {**describe_space(sweep), **how}
 
 
 def _flat(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -377,6 +432,7 @@ def _tuner(plan: SweepPlan, parent: str) -> Any:
 
     from vidray.tune.budget import TimeBudget
     from vidray.tune.scheduler import make_scheduler
+    from vidray.tune.search import make_searcher
     from vidray.tune.trial import run_trial, trial_dirname
 
     settings, trials = plan.sweep.sweep, plan.trials
@@ -388,18 +444,24 @@ def _tuner(plan: SweepPlan, parent: str) -> Any:
         return tune.Tuner.restore(
             plan.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    scheduler = make_scheduler(plan)
-    return tune.Tuner(
-        trainable,
-        param_space={
+    if settings.search in SEARCHERS:
+        searcher = make_searcher(plan.sweep, refusal=plan.refusal, record=plan.refused_file)
+        param_space, samples = {}, settings.num_samples
+    else:
+        searcher, samples = None, 1
+        param_space = {
             "index": tune.grid_search(list(range(len(trials)))),
             "overrides": tune.sample_from(lambda config: trials[config["index"]]),
-        },
+        }
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=settings.metric,
             mode=settings.mode,
-            scheduler=scheduler,
-            num_samples=1,
+            search_alg=searcher,
+            scheduler=make_scheduler(plan),
+            num_samples=samples,
             max_concurrent_trials=settings.max_concurrent_trials,
             trial_dirname_creator=trial_dirname,
             # A stopped trial's process must end: Tune keeps a reusable one alive for
@@ -493,7 +555,7 @@ def _interrupted(plan: SweepPlan, parent: str) -> Interrupted:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Interrupted(f"interrupted (MLflow runs not updated: {first}); {how}")
     done = sum(run.info.status == "FINISHED" for run in latest.values())
-    return Interrupted(f"interrupted: {done} of {len(plan.trials)} trials finished; {how}")
+    return Interrupted(f"interrupted: {done} of {plan.count} trials finished; {how}")
 
 
 def _trial_runs(uri: str, parent: str) -> list[Any]:
