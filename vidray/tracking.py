@@ -60,8 +60,10 @@ RESUMED_FROM_TAG = "vidray.resumed_from"  # the checkpoint a resumed training ru
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: nests a sweep's trials in its run
 SWEEP_TAG = "vidray.sweep"  # a trial run's sweep name
 TRIAL_TAG = "vidray.trial"  # a trial run's index in its sweep
-TRIAL_STATUS_TAG = "vidray.trial_status"  # finished, failed, stopped early, not run
-STOPPED_TAG = "vidray.stopped_early"  # what stopped a trial: asha, or time_budget
+# finished, failed, stopped early, not run; interrupted: a run a killed or stopped
+# driver left, which --resume continued in a new run of the same trial
+TRIAL_STATUS_TAG = "vidray.trial_status"
+STOPPED_TAG = "vidray.stopped_early"  # what stopped a trial: asha, median, or time_budget
 BUDGET_TAG = "vidray.time_budget_reached"  # on the parent run of a sweep the budget ended
 INTERRUPTED_TAG = "vidray.interrupted"  # a run Ctrl-C or SIGTERM ended (KILLED)
 
@@ -233,3 +235,21 @@ def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri {uri}"
+
+
+# Population-based training (``sweep.scheduler: pbt``): a trial run's lineage. Each
+# exploit is a tag ``vidray.pbt.exploit.<n>`` (the n-th of the run), JSON:
+# {"from_trial": the donor's index, "epoch": the donor's epoch the trial continues
+# from, "values": the mutated keys' new values, "checkpoint": the donor's checkpoint}.
+PBT_EXPLOIT_TAG = "vidray.pbt.exploit"
+PBT_FROM_TRIAL = "pbt/from_trial"  # metric, step = that epoch: the donor's index
+
+
+def pbt_exploit_tag(n: int) -> str:
+    """The tag of a PBT trial run's ``n``-th exploit (from 1): ``vidray.pbt.exploit.1``."""
+    return f"{PBT_EXPLOIT_TAG}.{n}"
+
+
+def pbt_value(key: str) -> str:
+    """Metric: a PBT-mutated key's value from its step (epoch) on: ``pbt/optim.lr``."""
+    return f"pbt/{key}"

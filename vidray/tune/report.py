@@ -22,6 +22,10 @@ class TrialRow:
     overrides: dict[str, Any]
     status: str  # finished | stopped early | failed | invalid | not run
     curve: list[float] = field(default_factory=list)  # the metric after each epoch
+    # The last epoch the trial reported. More than len(curve) where Tune kept only part
+    # of the results: a trial --resume continued (the restarted attempt's), or one PBT
+    # moved onto another trial's checkpoint (which may be epochs ahead or behind).
+    epochs: int = 0
     best: float | None = None
     run_id: str = ""  # the trial's MLflow run
     error: str = ""
@@ -94,13 +98,14 @@ def _row(index: int, overrides: dict[str, Any], result: Any, run: Any, sweep: Sw
     curve = []
     if frame is not None and metric in frame:
         curve = [float(v) for v in frame[metric] if not math.isnan(float(v))]
+    epochs = int(last.get("epoch") or len(curve))
     error = result.error if result is not None else None
     if error is not None:
         status = "invalid" if isinstance(user_error(error), InvalidTrial) else "failed"
     elif not curve and run is None:
         status = "not run"
     elif (
-        len(curve) >= sweep.config(overrides).train.epochs
+        epochs >= sweep.config(overrides).train.epochs
         and run is not None
         and run.info.status == "FINISHED"
     ):
@@ -114,6 +119,7 @@ def _row(index: int, overrides: dict[str, Any], result: Any, run: Any, sweep: Sw
         overrides=overrides,
         status=status,
         curve=curve,
+        epochs=epochs,
         best=(max(curve, key=lambda v: sign * v) if curve else None),
         run_id=run.info.run_id if run is not None else "",
         error=_reason(error) if error is not None else "",
@@ -152,7 +158,7 @@ def format_table(rows: list[TrialRow], sweep: Sweep) -> str:
     for rank, row in enumerate(rows, 1):
         values = [_cell(row.overrides.get(k, "-")) for k in keys]
         best = "-" if row.best is None else f"{row.best:.3f}"
-        lines.append([str(rank), str(row.index), row.status, str(len(row.curve)), best, *values])
+        lines.append([str(rank), str(row.index), row.status, str(row.epochs), best, *values])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
@@ -172,7 +178,7 @@ def write_table(path: Path, rows: list[TrialRow], sweep: Sweep) -> Path:
         writer.writerow([*fixed, *keys, "mlflow_run_id", "error"])
         for rank, row in enumerate(rows, 1):
             writer.writerow(
-                [rank, row.index, row.status, len(row.curve), row.best]
+                [rank, row.index, row.status, row.epochs, row.best]
                 + [row.curve[-1] if row.curve else None]
                 + [row.overrides.get(k, "") for k in keys]
                 + [row.run_id, row.error]

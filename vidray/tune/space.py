@@ -72,6 +72,9 @@ class SweepConfig:
     scheduler: Literal["asha", "fifo", "median", "pbt"] = "asha"
     grace_period: int = 1  # epochs every trial gets before ASHA or median stopping may stop it
     reduction_factor: int = 2  # ASHA keeps the top 1/reduction_factor at each rung
+    # median: a trial is compared with the others' median once at least this many trials
+    # have reached its epoch (before that, every trial continues)
+    median_min_trials: int = 3
     pbt: PBTConfig = field(default_factory=PBTConfig)
     seed: int = 0  # of the random draws and the searchers: the same file gives the same trials
     output: str = ""  # trials table, plot, best config ("" = sweeps/<name>)
@@ -156,12 +159,17 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         raise VidrayError(f"sweep.num_samples={sweep.num_samples}: needs at least 1")
     if sweep.reduction_factor < 2 or sweep.grace_period < 1:
         raise VidrayError("sweep.reduction_factor must be >= 2 and sweep.grace_period >= 1")
+    if sweep.median_min_trials < 1:
+        raise VidrayError(f"sweep.median_min_trials={sweep.median_min_trials}: needs at least 1")
     if sweep.random_starts < 1:
         raise VidrayError(f"sweep.random_starts={sweep.random_starts}: needs at least 1")
     parsed = Sweep(
         base=base, space=space, sweep=sweep, source=str(path), overrides=tuple(overrides or ())
     )
     _check_searchable(parsed)
+    from vidray.tune.pbt import check_pbt  # the module that knows Tune's PBT
+
+    check_pbt(parsed)
     return parsed
 
 

@@ -575,6 +575,7 @@ def _close_interrupted(uri: str, parent: str) -> None:
     for run in _trial_runs(uri, parent):
         if run.info.status == "RUNNING":
             tracking.client(uri).set_tag(run.info.run_id, tracking.INTERRUPTED_TAG, "true")
+            tracking.client(uri).set_tag(run.info.run_id, tracking.TRIAL_STATUS_TAG, "interrupted")
             tracking.end_run(uri, run.info.run_id, status="KILLED")
 
 
