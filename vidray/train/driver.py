@@ -293,18 +293,20 @@ def run_training(
     *,
     tags: dict[str, str] | None = None,
     callbacks: Sequence[Any] = (),
+    run_id: str = "",
 ) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.train.data``; needs a running Ray.
 
     ``tags`` go on the MLflow run (a sweep nests its trials with
     ``mlflow.parentRunId``); ``callbacks`` are Ray Train callbacks (a Tune trial
-    passes the one that reports each epoch to Tune). Raises `Interrupted` on
-    Ctrl-C.
+    passes the one that reports each epoch to Tune). ``run_id``: an MLflow run this
+    training continues, still RUNNING, instead of opening one (a PBT trial keeps one
+    run across its restarts; the run keeps its params and tags). Raises `Interrupted` on Ctrl-C.
     """
     plan = plan_training(cfg, tags)
     uri = tracking.tracking_uri(plan.cfg.mlflow)
     tracking.check_reachable(uri)
-    run_id = open_run(plan, uri)
+    run_id = run_id or open_run(plan, uri)
     t0 = time.monotonic()
     status = "FAILED"
     try:

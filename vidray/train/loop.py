@@ -117,6 +117,12 @@ def restore(
         state, _ = load_checkpoint(directory)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    # The state, but this run's settings: a PBT trial continues another trial's
+    # checkpoint with perturbed optim.* values (the rate is set before every step).
+    for group in optimizer.param_groups:
+        group["weight_decay"] = scheduler.cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = scheduler.cfg.momentum
     if "scheduler" in state:  # checkpoints from before the schedule existed have none
         scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])

@@ -57,21 +57,24 @@ def run_trial(config: dict[str, Any], *, plan: SweepPlan, parent_run_id: str) ->
         check_training(cfg)
     except VidrayError as exc:
         raise InvalidTrial(str(exc)) from None
+    name = plan.sweep.sweep.name
+    tags = {
+        tracking.PARENT_RUN_TAG: parent_run_id,
+        tracking.SWEEP_TAG: name,
+        tracking.TRIAL_TAG: str(index),
+    }
+    if plan.sweep.sweep.scheduler == "pbt":
+        # PBT restarts a trial from checkpoints Tune hands it (its own, or another's).
+        from vidray.tune.pbt import run_pbt_trial
+
+        run_pbt_trial(cfg, plan=plan, index=index, tags=tags)
+        return
     # A fixed run name per trial: a trial restarted by --resume finds its own
     # Ray Train run and continues from its last checkpoint.
-    name = plan.sweep.sweep.name
     cfg = replace(
         cfg,
         train=replace(
             cfg.train, run_name=f"{name}-trial{index:03d}", storage_path=plan.trials_path
         ),
     )
-    run_training(
-        cfg,
-        tags={
-            tracking.PARENT_RUN_TAG: parent_run_id,
-            tracking.SWEEP_TAG: name,
-            tracking.TRIAL_TAG: str(index),
-        },
-        callbacks=[TuneReportCallback()],
-    )
+    run_training(cfg, tags=tags, callbacks=[TuneReportCallback()])
