@@ -169,3 +169,14 @@ def test_the_sweep_plot_has_a_panel_of_the_trials_over_time(tmp_path):
         assert image.format == "PNG"
         width, height = image.size
     assert width >= 3 * height  # 4.2 inches a panel (the last 1.4x) at 3.8 inches high
+
+
+def test_a_trial_the_median_rule_stopped_names_it_and_a_cut_one_the_budget():
+    # Tune's last result of a trial stopped on a result says done; a cut one's does not.
+    stopped = TrialRow(3, {}, "stopped early", [0.0], best=0.0, stopped_on_result=True)
+    cut = TrialRow(4, {}, "stopped early", [0.0], best=0.0)
+    assert [stopped_by(row, "median", True) for row in (stopped, cut)] == [
+        "median",
+        "time_budget",
+    ]
+    assert [stopped_by(row, "median", False) for row in (stopped, cut)] == ["median", ""]
