@@ -226,7 +226,7 @@ def test_asha_stops_a_trial_ranked_low_at_its_rung_and_lets_one_at_its_last_epoc
     assert run_command("tune", ["--config", "sweep.yaml", "--data", "data"]) == 0
     db = tmp_path.resolve() / "mlflow.db"
     assert f"mlflow ui --backend-store-uri sqlite:///{db}" in capsys.readouterr().out
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
     (parent,) = client.search_runs(
         [client.get_experiment_by_name("sweeps").experiment_id], "attributes.run_name = 'asha'"
     )

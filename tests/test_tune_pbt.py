@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -69,7 +70,7 @@ def test_a_trial_that_cannot_learn_takes_the_best_trials_checkpoint_and_trains_o
         seed=5,
     )
     assert run_command("tune", ["--config", "sweep.yaml", "--data", "data"]) == 0
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
     (parent,) = client.search_runs(
         [client.get_experiment_by_name("sweeps").experiment_id], "attributes.run_name = 'pbt'"
     )
