@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from vidray.tune.space import Sweep
     from vidray.tune.sweep import SweepPlan
 
-# Median stopping compares a trial with at least this many others that reached its epoch
-# (Tune's default): one or two make a noisy median.
-MEDIAN_MIN_TRIALS = 3
-
 
 def make_scheduler(plan: SweepPlan) -> TrialScheduler:
     """The Tune scheduler ``sweep.scheduler`` names, set up from the sweep's settings
@@ -53,7 +49,7 @@ def make_scheduler(plan: SweepPlan) -> TrialScheduler:
             sweep=plan.sweep,
             time_attr="training_iteration",
             grace_period=settings.grace_period,
-            min_samples_required=MEDIAN_MIN_TRIALS,
+            min_samples_required=settings.median_min_trials,
             # Never pause a trial while too few others are there to compare it with:
             # a paused trial's process ends mid-run and its training starts over in a
             # new one. Tune pauses once a trial has run longer than this since its last
