@@ -19,6 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from probe import Probe, install
 
+from vidray import tracking
 from vidray.checkpoints import load_checkpoint
 from vidray.config import load_config
 from vidray.errors import VidrayError
@@ -112,6 +113,16 @@ def test_two_worker_run_logs_params_metrics_and_artifacts_to_mlflow(trained):
         # What the run reports as its best epoch is what MLflow holds at that step.
         best = history[result.metrics["epoch"] - 1]
         assert best.value == pytest.approx(result.metrics[name]), name
+    # Each worker's own report: its clips of each epoch (together, the training windows).
+    own = {
+        rank: {m.step: m.value for m in client.get_metric_history(result.run_id, name)}
+        for rank in (0, 1)
+        for name in [tracking.worker_metric(rank, tracking.WORKER_CLIPS)]
+    }
+    for epoch in (1, 2):
+        assert own[0][epoch] > 0 and own[1][epoch] > 0
+        assert own[0][epoch] + own[1][epoch] == int(params["data.windows_train"])
+    assert tracking.WORKER_CLIPS not in run.data.metrics  # a worker's count, not the run's
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.yaml", "checkpoint"} <= artifacts
     files = {a.path for a in client.list_artifacts(result.run_id, "checkpoint")}

@@ -46,6 +46,9 @@ TRAIN_LR = "train/lr"  # the rate of the epoch's first optimiser step
 TRAIN_STEP = "train/global_step"  # optimiser steps so far, at the end of the epoch
 EPOCH_SECONDS = "time/epoch_s"
 CLIPS_PER_SECOND = "time/clips_per_s"
+# What one Ray Train worker trained on in an epoch, its own count (the other training
+# metrics are summed over workers); logged per worker as worker/<rank>/train/clips.
+WORKER_CLIPS = "train/clips"
 SWEEP_SECONDS = "time/sweep_s"  # on a sweep's parent run
 
 
@@ -228,6 +231,11 @@ def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | N
 
 def end_run(uri: str, run_id: str, *, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
+
+
+def worker_metric(rank: int, name: str) -> str:
+    """One Ray Train worker's reported value, e.g. ``worker/1/train/clips``."""
+    return f"worker/{rank}/{name}"
 
 
 def ui_command(uri: str) -> str:

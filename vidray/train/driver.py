@@ -335,6 +335,27 @@ def open_run(plan: TrainingPlan, uri: str) -> str:
     return run_id
 
 
+def worker_reports(uri: str, run_id: str) -> Any:
+    """A Ray Train callback that logs every worker's own report of an epoch to the run, as
+    ``worker/<rank>/train/clips`` and ``worker/<rank>/time/epoch_s`` (step: the epoch):
+    rank 0 logs the run's metrics, and Tune sees rank 0's report only."""
+    from ray.train import UserCallback
+
+    class _WorkerReports(UserCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any):
+            keys = (tracking.WORKER_CLIPS, tracking.EPOCH_SECONDS)
+            values = {
+                tracking.worker_metric(rank, key): report[key]
+                for rank, report in enumerate(metrics)
+                for key in keys
+                if key in report
+            }
+            if values:
+                tracking.log_metrics(uri, run_id, values, step=int(metrics[0]["epoch"]))
+
+    return _WorkerReports()
+
+
 def fit(plan: TrainingPlan, uri: str, run_id: str, callbacks: Sequence[Any]) -> Any:
     """Ray Train's run of `train_loop_per_worker` on the plan's data; its `Result`.
     Ctrl-C (and SIGTERM, where it means Ctrl-C) aborts it as KeyboardInterrupt."""
@@ -367,7 +388,7 @@ def fit(plan: TrainingPlan, uri: str, run_id: str, callbacks: Sequence[Any]) -> 
             name=plan.run_name,
             storage_path=cfg.train.storage_path,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=list(callbacks),
+            callbacks=[worker_reports(uri, run_id), *callbacks],
             # The best by the rule and the latest (the resume point), whatever the
             # ties: see vidray.train.selection.
             checkpoint_config=CheckpointConfig(

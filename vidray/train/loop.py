@@ -214,18 +214,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         totals, first_lr = train_epoch(
             model, batches, optimizer, scheduler, epoch - 1, cfg, device, task=task
         )
+        own_clips = totals[2].item()  # before the sum over workers
         if world > 1:
             torch.distributed.all_reduce(totals)
         metrics = epoch_metrics(
             epoch, totals, first_lr, scheduler, time.monotonic() - t0, hits=task.hits
         )
+        metrics[tracking.WORKER_CLIPS] = own_clips  # logged per worker (`worker_reports`)
         if rank != 0:
             ray.train.report(metrics)
             continue
         metrics.update(task.validate(bare_model, val_data, cfg, device, classes))
-        tracking.log_metrics(
-            uri, run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch
-        )
+        per_run = {k: v for k, v in metrics.items() if k not in ("epoch", tracking.WORKER_CLIPS)}
+        tracking.log_metrics(uri, run_id, per_run, step=epoch)
         state = {"model": bare_model, "optimizer": optimizer, "scheduler": scheduler}
         report_with_checkpoint(metrics, state, cfg, loop_config, score=best.update(metrics))
         # After the report, so a line on screen means its checkpoint is stored. Ray
