@@ -201,6 +201,8 @@ def write_best_config(path: Path, sweep: Sweep, best: TrialRow, config: Config) 
 def _plot_key(ax: Any, dim: Any, scored: list[TrialRow], metric: str) -> None:
     """Each scored trial's best ``metric`` against its value of one swept key (hollow:
     stopped early); categories on a labelled axis, numbers on a linear or log one."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
     points = [(r.overrides[dim.key], r) for r in scored if dim.key in r.overrides]
     numeric = dim.kind in ("uniform", "loguniform", "randint") or all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in points
@@ -217,6 +219,10 @@ def _plot_key(ax: Any, dim: Any, scored: list[TrialRow], metric: str) -> None:
         ax.scatter(x, row.best, s=36, facecolors="C0" if finished else "none", edgecolors="C0")
     if dim.kind == "loguniform":
         ax.set_xscale("log")
+        # Under two decades matplotlib labels the minor ticks too, over one another.
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    elif numeric and all(isinstance(v, int) for v, _ in points):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # clip.T 4, 6, 8: no 4.5
     ax.set_xlabel(dim.key)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
