@@ -5,15 +5,22 @@ a resumed searcher goes on where it stopped."""
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from test_tune import (
+    REPO,
     child_runs,
+    stop_when,
     sweep_data,  # noqa: F401  (a fixture of these tests)
     write_sweep,
 )
@@ -25,6 +32,7 @@ from vidray.tracking import TRIAL_TAG
 from vidray.tune.report import refused_trials
 from vidray.tune.search import make_searcher
 from vidray.tune.space import expand, load_sweep
+from vidray.tune.sweep import STATE_FILE
 
 SPACE = {
     "model.name": {"choice": ["simple3d", "slow_fusion"]},
@@ -246,3 +254,43 @@ def test_a_hyperopt_sweep_logs_the_values_it_drew(
         assert (drawn != "") == (rows[i]["model.name"] == "single_frame")
         if drawn:
             assert run.data.params["optim.weight_decay"] == drawn
+
+
+@pytest.mark.slow
+def test_a_killed_optuna_sweep_resumes_with_its_searcher_and_goes_on_numbering(
+    sweep_data,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+):
+    """The driver and its Ray are killed once Tune recorded trial 0 done; ``--resume``
+    restores the searcher (its history and its count) and runs the other two trials:
+    trial 0 is not trained again, and the three trials are numbered 0, 1, 2."""
+    space = {"optim.lr": {"loguniform": [1.0e-4, 1.0e-1]}}
+    settings = {"name": "again", "metric": "train/lr", "mode": "max", "scheduler": "fifo"}
+    settings |= {"search": "optuna", "num_samples": 3, "random_starts": 1}
+    path = write_sweep(tmp_path, sweep_data, space, settings, epochs=1)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    command = [sys.executable, "-m", "pipelines.tune", "--config", str(path), "ray.num_cpus=2"]
+    experiment = tmp_path / "runs" / "again"
+
+    def trial_0_recorded_done() -> bool:
+        """Tune recording trial 0 as done"""
+        states = list(experiment.glob("experiment_state-*.json"))
+        return bool(states) and states[0].read_text().count("TERMINATED") >= 1
+
+    killed = stop_when(command, env, tmp_path / "1.log", trial_0_recorded_done, signal.SIGKILL)
+    assert killed == -signal.SIGKILL
+    resumed = subprocess.run(
+        [*command, "--resume"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "3 trials: 3 finished" in resumed.stdout, resumed.stdout[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent_id = json.loads((tmp_path / "out" / STATE_FILE).read_text())["parent_run_id"]
+    runs = child_runs(client, client.get_run(parent_id))
+    finished = sorted(int(r.data.tags[TRIAL_TAG]) for r in runs if r.info.status == "FINISHED")
+    assert finished == [0, 1, 2]  # trial 0 once: not trained again
+    with open(tmp_path / "out" / "trials.csv") as f:
+        rows = {int(row["trial"]): row for row in csv.DictReader(f)}
+    assert sorted(rows) == [0, 1, 2] and len({r["optim.lr"] for r in rows.values()}) == 3
+    assert sorted((experiment).glob("trial*")) == [experiment / f"trial{i:03d}" for i in range(3)]
