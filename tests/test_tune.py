@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -101,6 +102,17 @@ def ended(run) -> bool:
         and info.end_time is not None
         and (info.end_time >= info.start_time)
     )
+
+
+def sweep_runs(name: str, db: Path = Path("mlflow.db")) -> tuple[MlflowClient, Any, dict]:
+    """A sweep's MLflow client, parent run and trial runs by index, from ``db`` (by its
+    absolute path: MLflow keeps one engine per URI string, so a relative one in this
+    process would go on reading the first test's database)."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{db.resolve()}")
+    experiment = client.get_experiment_by_name("sweeps").experiment_id
+    (parent,) = client.search_runs([experiment], f"attributes.run_name = '{name}'")
+    runs = {int(c.data.tags[TRIAL_TAG]): c for c in child_runs(client, parent)}
+    return client, parent, runs
 
 
 def child_runs(client: MlflowClient, parent) -> list:
@@ -226,11 +238,7 @@ def test_asha_stops_a_trial_ranked_low_at_its_rung_and_lets_one_at_its_last_epoc
     assert run_command("tune", ["--config", "sweep.yaml", "--data", "data"]) == 0
     db = tmp_path.resolve() / "mlflow.db"
     assert f"mlflow ui --backend-store-uri sqlite:///{db}" in capsys.readouterr().out
-    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
-    (parent,) = client.search_runs(
-        [client.get_experiment_by_name("sweeps").experiment_id], "attributes.run_name = 'asha'"
-    )
-    children = {int(c.data.tags["vidray.trial"]): c for c in child_runs(client, parent)}
+    client, _, children = sweep_runs("asha")
     assert sorted(children) == [0, 1, 2]
     params = [children[i].data.params for i in range(3)]
     assert [(p["optim.lr"], p["train.epochs"]) for p in params] == [

@@ -6,8 +6,7 @@ import csv
 import shutil
 
 import pytest
-from mlflow.tracking import MlflowClient
-from test_tune import child_runs, ended, write_sweep
+from test_tune import ended, sweep_runs, write_sweep
 
 from vidray.cli import run_command
 from vidray.tracking import STOPPED_TAG, TRIAL_STATUS_TAG
@@ -46,12 +45,8 @@ def test_median_stopping_stops_a_trial_that_lags_the_median_of_the_others(
         epochs=1,
     )
     assert run_command("tune", ["--config", "sweep.yaml", "--data", "data"]) == 0
-    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
-    (parent,) = client.search_runs(
-        [client.get_experiment_by_name("sweeps").experiment_id], "attributes.run_name = 'median'"
-    )
+    client, parent, children = sweep_runs("median")
     assert parent.data.params["sweep.scheduler"] == "median"
-    children = {int(c.data.tags["vidray.trial"]): c for c in child_runs(client, parent)}
     assert sorted(children) == [0, 1, 2]
     params = [children[i].data.params for i in range(3)]
     assert [(p["optim.lr"], p["train.epochs"]) for p in params] == [

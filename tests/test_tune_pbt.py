@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from test_tune import TINY, child_runs, ended, sweep_data  # noqa: F401  (a fixture)
+from test_tune import TINY, ended, sweep_data, sweep_runs  # noqa: F401  (a fixture)
 
 from vidray import tracking
 from vidray.cli import run_command
@@ -70,11 +69,7 @@ def test_a_trial_that_cannot_learn_takes_the_best_trials_checkpoint_and_trains_o
         seed=5,
     )
     assert run_command("tune", ["--config", "sweep.yaml", "--data", "data"]) == 0
-    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
-    (parent,) = client.search_runs(
-        [client.get_experiment_by_name("sweeps").experiment_id], "attributes.run_name = 'pbt'"
-    )
-    runs = {int(c.data.tags[tracking.TRIAL_TAG]): c for c in child_runs(client, parent)}
+    client, _, runs = sweep_runs("pbt")
     assert sorted(runs) == [0, 1, 2]  # one run per trial, across its restarts
     assert all(r.info.status == "FINISHED" and ended(r) for r in runs.values())
 

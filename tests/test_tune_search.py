@@ -22,6 +22,7 @@ from test_tune import (
     child_runs,
     stop_when,
     sweep_data,  # noqa: F401  (a fixture of these tests)
+    sweep_runs,
     write_sweep,
 )
 
@@ -163,10 +164,7 @@ def drawn_runs(tmp_path: Path, name: str) -> tuple[dict[int, dict], dict[int, ob
     """trials.csv's rows and the trials' MLflow runs, by trial index."""
     with open(tmp_path / "sweeps" / name / "trials.csv") as f:
         rows = {int(row["trial"]): row for row in csv.DictReader(f)}
-    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
-    experiment = client.get_experiment_by_name("sweeps").experiment_id
-    (parent,) = client.search_runs([experiment], f"attributes.run_name = '{name}'")
-    runs = {int(c.data.tags[TRIAL_TAG]): c for c in child_runs(client, parent)}
+    _, _, runs = sweep_runs(name)
     return rows, runs
 
 
