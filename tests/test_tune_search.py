@@ -260,11 +260,11 @@ def test_a_killed_optuna_sweep_resumes_with_its_searcher_and_goes_on_numbering(
     tmp_path,
 ):
     """The driver and its Ray are killed once Tune recorded trial 0 done; ``--resume``
-    restores the searcher (its history and its count) and runs the other two trials:
-    trial 0 is not trained again, and the three trials are numbered 0, 1, 2."""
+    restores the searcher (its history and its count) and runs the other trial: trial
+    0 is not trained again, and the trials are numbered 0 and 1."""
     space = {"optim.lr": {"loguniform": [1.0e-4, 1.0e-1]}}
     settings = {"name": "again", "metric": "train/lr", "mode": "max", "scheduler": "fifo"}
-    settings |= {"search": "optuna", "num_samples": 3, "random_starts": 1}
+    settings |= {"search": "optuna", "num_samples": 2, "random_starts": 1}
     path = write_sweep(tmp_path, sweep_data, space, settings, epochs=1)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
@@ -282,13 +282,13 @@ def test_a_killed_optuna_sweep_resumes_with_its_searcher_and_goes_on_numbering(
         [*command, "--resume"], env=env, capture_output=True, text=True, timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "3 trials: 3 finished" in resumed.stdout, resumed.stdout[-2000:]
+    assert "2 trials: 2 finished" in resumed.stdout, resumed.stdout[-2000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent_id = json.loads((tmp_path / "out" / STATE_FILE).read_text())["parent_run_id"]
     runs = child_runs(client, client.get_run(parent_id))
     finished = sorted(int(r.data.tags[TRIAL_TAG]) for r in runs if r.info.status == "FINISHED")
-    assert finished == [0, 1, 2]  # trial 0 once: not trained again
+    assert finished == [0, 1]  # trial 0 once: not trained again
     with open(tmp_path / "out" / "trials.csv") as f:
         rows = {int(row["trial"]): row for row in csv.DictReader(f)}
-    assert sorted(rows) == [0, 1, 2] and len({r["optim.lr"] for r in rows.values()}) == 3
-    assert sorted((experiment).glob("trial*")) == [experiment / f"trial{i:03d}" for i in range(3)]
+    assert sorted(rows) == [0, 1] and rows[0]["optim.lr"] != rows[1]["optim.lr"]
+    assert sorted(experiment.glob("trial*")) == [experiment / f"trial{i:03d}" for i in range(2)]
