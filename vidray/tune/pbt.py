@@ -160,7 +160,7 @@ def _forwarder() -> type:
     """A Ray Train callback that hands each epoch's metrics (rank 0's) and checkpoint to
     the trial function, which reports both to Tune (Tune's own `TuneReportCallback`
     reports the metrics only, and PBT can copy only a checkpoint Tune knows)."""
-    from ray.train.v2.api.callback import UserCallback
+    from ray.train import UserCallback
 
     class ForwardReports(UserCallback):
         def __init__(self, reports: Any) -> None:
