@@ -63,8 +63,10 @@ def test_median_stopping_stops_a_trial_that_lags_the_median_of_the_others(
     assert children[2].data.tags[STOPPED_TAG] == "median"
     assert not any(STOPPED_TAG in children[i].data.tags for i in range(2))
     assert all(ended(c) for c in children.values())
+    # Stopped on its epoch-1 result. Tune's decision reaches a trial while it trains on:
+    # on a fast machine its run may log epoch 2 before the stop (Tune never sees it).
     history = client.get_metric_history(children[2].info.run_id, "train/lr")
-    assert [(m.step, m.value) for m in history] == [(1, 0.0)]
+    assert [(m.step, m.value) for m in history][:1] == [(1, 0.0)] and len(history) <= 2
     with open("sweeps/median/trials.csv") as f:
         rows = {int(row["trial"]): row for row in csv.DictReader(f)}
     assert {i: (r["status"], r["epochs"]) for i, r in rows.items()} == {

@@ -59,7 +59,6 @@ from vidray.tune.space import SEARCHERS, Sweep, describe_space, expand, trial_na
 
 STATE_FILE = "sweep.json"
 REFUSED_FILE = "refused.jsonl"
-PBT_CHECKPOINTS_KEPT = 4  # per trial, in Tune's experiment (Tune warns below 3 under PBT)
 TUNE_STATE = "experiment_state-*.json"  # what Tune saves in its experiment, and restores
 # The trial function only waits on its trainer. Tune refuses an empty resource
 # bundle, and any CPU it held would be missing for the trial's Ray Data readers
@@ -475,9 +474,6 @@ def _tuner(plan: SweepPlan, parent: str) -> Any:
             name=settings.name,
             storage_path=plan.root,
             stop=TimeBudget(settings.time_budget_s) if settings.time_budget_s else None,
-            # PBT trials report every epoch's checkpoint to Tune: the latest few are what
-            # an exploit or a restart reads.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=PBT_CHECKPOINTS_KEPT),
         ),
     )
 
