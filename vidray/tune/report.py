@@ -13,7 +13,7 @@ from typing import Any
 from vidray.config import Config
 from vidray.errors import user_error
 from vidray.tune.space import Sweep, trial_name
-from vidray.tune.trial import InvalidTrial, index_of
+from vidray.tune.trial import index_of
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _row(index: int, overrides: dict[str, Any], result: Any, run: Any, sweep: Sw
     epochs = int(last.get("epoch") or len(curve))
     error = result.error if result is not None else None
     if error is not None:
-        status = "invalid" if isinstance(user_error(error), InvalidTrial) else "failed"
+        status = "failed"
     elif not curve and run is None:
         status = "not run"
     elif (

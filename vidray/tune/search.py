@@ -87,8 +87,9 @@ def _suggest(trial: Any, dim: Dimension) -> Any:
 def _hyperopt(sweep: Sweep) -> Searcher:
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    deciding = [d for d in ordered_dimensions(sweep) if d.key in deciding_keys(sweep)]
-    others = [d for d in ordered_dimensions(sweep) if d.key not in deciding_keys(sweep)]
+    keys = deciding_keys(sweep)
+    deciding = [d for d in ordered_dimensions(sweep) if d.key in keys]
+    others = [d for d in ordered_dimensions(sweep) if d.key not in keys]
     branches = []
     for values in itertools.product(*(d.values for d in deciding)):
         fixed = {d.key: v for d, v in zip(deciding, values, strict=True)}

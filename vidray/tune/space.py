@@ -17,8 +17,8 @@ list up front (`expand`): the Cartesian product of the ``grid`` keys with
 key; seeded, and each trial checked before Ray starts, so a bad one (a clip
 longer than the stored windows) fails the sweep at once. ``optuna`` and
 ``hyperopt`` propose ``num_samples`` trials one by one from the results so far
-(`vidray.tune.search`); each is checked in its trial. Under any search, a key
-that does not apply to a trial's model (a knob its family lacks, such as
+(`vidray.tune.search`); each is checked in the driver before it runs. Under
+any search, a key that does not apply to a trial's model (a knob its family lacks, such as
 ``model.fusion`` for anything but two_stream, or ``flow.L`` for an RGB model) is
 left out of that trial instead of being sampled as noise; a key may also name
 its own condition with ``when: {model.name: [two_stream]}``.

@@ -17,16 +17,10 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from vidray import tracking
-from vidray.errors import VidrayError
-from vidray.train.driver import check_training, run_training
+from vidray.train.driver import run_training
 
 if TYPE_CHECKING:
     from vidray.tune.sweep import SweepPlan
-
-
-class InvalidTrial(VidrayError):
-    """A trial whose config `vidray train` would refuse (a searcher drew it): the sweep
-    records it with the reason and goes on."""
 
 
 def index_of(trial_dir: str) -> int | None:
@@ -51,12 +45,6 @@ def run_trial(config: dict[str, Any], *, plan: SweepPlan, parent_run_id: str) ->
     if index is None:
         index = config["index"]
     cfg = plan.trial_config(config["overrides"])
-    # A searcher's trial is checked here, as `vidray train` checks its config: one that
-    # cannot run fails with the one-line reason, which the searcher is told of.
-    try:
-        check_training(cfg)
-    except VidrayError as exc:
-        raise InvalidTrial(str(exc)) from None
     name = plan.sweep.sweep.name
     tags = {
         tracking.PARENT_RUN_TAG: parent_run_id,
