@@ -46,23 +46,24 @@ def test_a_trial_that_cannot_learn_takes_the_best_trials_checkpoint_and_trains_o
     monkeypatch,
 ):
     """Three trials at once, ranked by ``train/lr`` (their order is known before they
-    run): trial 2 (lr 0) is always the bottom one, trial 0 (lr 0.03) the top one, and
-    starts first, so it has a checkpoint by the time trial 2 looks for one. At an epoch
-    before its last, trial 2 exploits trial 0: it takes trial 0's checkpoint of an epoch
-    E and its lr (with sweep.seed 5 PBT's first exploits move 0.03 "left", off the list:
-    it stays 0.03), and trains epochs E+1.. again.
+    run): trial 2 (lr 0) is the bottom one, trial 0 (lr 0.03) the top one. Synchronous
+    PBT holds every trial at epoch 2 until all three are there (so which trials exist and
+    have reported does not depend on the machine's speed), then trial 2 exploits trial 0:
+    it takes trial 0's epoch-2 checkpoint and its lr (with sweep.seed 5 PBT's first
+    exploit moves 0.03 "left", off the list: it stays 0.03), and trains epochs 3.. again.
 
     The weights came across, and the optimiser, schedule and RNG state: with them and
-    the same lr, trial 2's next epoch repeats trial 0's epoch E+1 exactly (one CPU
-    worker reading blocks in order repeats a run), the same train and val loss. From
-    there it learns: its last train loss is below every one it had with lr 0.
+    the same lr, trial 2's next epoch repeats trial 0's epoch 3 exactly (one CPU worker
+    reading blocks in order repeats a run; trial 0 too went on from that checkpoint), the
+    same train and val loss. From there it learns: its last train loss is below every one
+    it had with lr 0. Trial 1, in neither quantile, and trial 0 exploit nothing.
     """
     monkeypatch.chdir(tmp_path)
     shutil.copytree(sweep_data, "data")
     write_pbt_sweep(
         tmp_path / "sweep.yaml",
         {"optim.lr": {"grid": LRS}},
-        {"interval": 1, "mutations": ["optim.lr"], "quantile": 0.25},
+        {"interval": 2, "mutations": ["optim.lr"], "quantile": 0.25, "synch": True},
         metric="train/lr",
         mode="max",
         max_concurrent_trials=3,
@@ -77,7 +78,10 @@ def test_a_trial_that_cannot_learn_takes_the_best_trials_checkpoint_and_trains_o
     exploit = json.loads(bad.data.tags[tracking.pbt_exploit_tag(1)])
     assert exploit["from_trial"] == 0 and exploit["values"] == {"optim.lr": 0.03}
     epoch = exploit["epoch"]
-    assert 1 <= epoch < EPOCHS
+    assert epoch == 2
+    assert not any(
+        key.startswith(tracking.PBT_EXPLOIT_TAG) for r in (runs[0], runs[1]) for key in r.data.tags
+    )
     assert exploit["checkpoint"].startswith(str(tmp_path.resolve() / "runs" / "pbt" / "trial000"))
     exploits = history(client, bad, tracking.PBT_FROM_TRIAL)
     assert (exploits[0].step, exploits[0].value) == (epoch, 0)
@@ -90,7 +94,7 @@ def test_a_trial_that_cannot_learn_takes_the_best_trials_checkpoint_and_trains_o
     # with the new lr in the optimiser.
     lrs = history(client, bad, tracking.TRAIN_LR)
     own = sum(m.value == 0 for m in lrs)
-    assert own >= 1 and all(m.value == 0 for m in lrs[:own])
+    assert own == epoch and all(m.value == 0 for m in lrs[:own])
     assert [(m.step, m.value) for m in lrs[own:]] == [
         (e, pytest.approx(0.03)) for e in range(epoch + 1, EPOCHS + 1)
     ]

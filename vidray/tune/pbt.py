@@ -95,6 +95,7 @@ def population_based_training(plan: SweepPlan) -> TrialScheduler:
         time_attr="training_iteration",  # one result per epoch
         perturbation_interval=settings.pbt.interval,
         quantile_fraction=settings.pbt.quantile,
+        synch=settings.pbt.synch,
         # A trial's config is {"index", "overrides"}: the keys live in the overrides.
         hyperparam_mutations={"overrides": mutations},
     )
@@ -137,8 +138,9 @@ def _seeded_pbt() -> type:
             # Tune's PBT pauses a trial whenever another waits (its fair share of a cluster
             # too small for the population), also one that waits only to restart after an
             # exploit. A paused trial's training starts over in a new process: when the
-            # whole population runs at once, no trial needs to give way.
-            if decision == TrialScheduler.PAUSE and self._all_at_once:
+            # whole population runs at once, no trial needs to give way. (Synchronous PBT
+            # pauses a trial to hold it at the interval until the others get there.)
+            if decision == TrialScheduler.PAUSE and self._all_at_once and not self._synch:
                 return TrialScheduler.CONTINUE
             return decision
 

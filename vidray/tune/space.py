@@ -51,6 +51,10 @@ class PBTConfig:
     # space keys PBT perturbs (each a float or choice key of `space:`)
     mutations: list[str] = field(default_factory=lambda: ["optim.lr"])
     quantile: float = 0.25  # the bottom share exploits the top share
+    # every trial waits at each interval until the whole population is there, and only
+    # then do the bottom exploit the top: the same seed gives the same exploits on any
+    # machine, at the cost of a restart (from its checkpoint) per trial and interval
+    synch: bool = False
 
 
 @dataclass(frozen=True)
