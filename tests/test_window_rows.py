@@ -64,7 +64,7 @@ def rows_with_counts(seg, ingest, monkeypatch):
             encoded["frames"] += len(images)
         return encode_images(images, **kwargs)
 
-    monkeypatch.setattr(window_rows, "_flow_estimator", lambda flow: counted)
+    monkeypatch.setattr(window_rows, "flow_estimator", lambda flow: counted)
     monkeypatch.setattr(window_rows, "encode_images", counting_encode)
     rows = list(window_rows.segment_rows(seg, ingest=ingest, flow=FLOW, errors=[]))
     return rows, encoded["frames"], counted.pairs

@@ -105,6 +105,20 @@ def _detect(cfg: Config) -> int:
     return 0
 
 
+def _predict(cfg: Config) -> int:
+    from vidray.predict.job import run_predict
+
+    report = run_predict(cfg)
+    print(report.report())
+    return 0
+
+
+def _serve(cfg: Config) -> int:
+    from vidray.serve.app import run_serve
+
+    return run_serve(cfg)
+
+
 def _tune(sweep: Sweep) -> int:
     from vidray.tune.sweep import run_sweep
 
@@ -177,6 +191,31 @@ COMMANDS = {
                 "--output": "detect.output",
             },
             needs_ray=False,  # a folder starts Ray itself; one video runs in-process
+        ),
+        Command(
+            "predict",
+            "a classifier on new videos (a folder, CSV or URI: Ray Data) -> top-k and timeline",
+            _predict,
+            {
+                "--video": "predict.video",
+                "--checkpoint": "predict.checkpoint",
+                "--output": "predict.output",
+                "--top-k": "predict.top_k",
+                "--render": "predict.render",
+            },
+            needs_ray=False,  # a folder starts Ray itself; one video runs in-process
+        ),
+        Command(
+            "serve",
+            "a classifier behind HTTP (Ray Serve): POST /predict a video, get top-k JSON",
+            _serve,
+            {
+                "--checkpoint": "serve.checkpoint",
+                "--model": "serve.model",
+                "--host": "serve.host",
+                "--port": "serve.port",
+            },
+            needs_ray=False,  # serve starts Ray and Serve itself
         ),
         Command(
             "tune",

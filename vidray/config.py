@@ -175,6 +175,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast; on CPU it works but is slow
     resume_from: str = ""  # a checkpoint directory or URI: continue its epochs and LR schedule
     max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
+    # register the best model (an MLflow pyfunc model) under this name in the MLflow
+    # model registry ("" = log it with the run only)
+    register_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,42 @@ class DetectConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """``vidray predict``: a classification checkpoint on new videos."""
+
+    checkpoint: str = ""  # a classification checkpoint directory (or URI) written by training
+    # a video file, a folder of videos, a CSV with a ``path`` column, or a URI prefix
+    # (s3://...); anything but one local file runs as a Ray Data job
+    video: str = ""
+    output: str = ""  # the answers' folder ("" = predictions/<video or folder name>)
+    format: Literal["csv", "jsonl"] = "csv"  # predictions.csv + timeline.csv, or .jsonl
+    top_k: int = 5  # classes per video and per window
+    stride_s: float = 0.0  # seconds between windows (0 = the training data's window stride)
+    temporal_views: int = 1  # clips per window, as eval.temporal_views
+    spatial_views: int = 1  # crops per clip, as eval.spatial_views
+    render: str = ""  # an .mp4 to draw the top-3 labels and a timeline on (one video)
+    workers: int = 1  # model replicas of the Ray Data job
+    use_gpu: bool = False  # one GPU per replica
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """``vidray serve``: a classifier behind HTTP with Ray Serve."""
+
+    checkpoint: str = ""  # a classification checkpoint directory (or URI)
+    model: str = ""  # or an MLflow model URI (models:/NAME/VERSION, runs:/ID/model)
+    host: str = "127.0.0.1"  # listen on this address only (0.0.0.0: every interface)
+    port: int = 8000
+    num_replicas: int = 1  # model replicas
+    gpus_per_replica: float = 0.0
+    max_batch_size: int = 8  # requests batched into one call on a replica
+    batch_wait_timeout_s: float = 0.05  # how long a replica waits to fill a batch
+    max_upload_mb: float = 200.0  # larger uploads get 413
+    max_duration_s: float = 600.0  # longer videos get 422
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     checkpoint: str = ""  # a checkpoint directory (or URI) written by training
     data: str = ""  # ingest output to evaluate ("" = the training data)
@@ -254,6 +293,8 @@ class Config:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

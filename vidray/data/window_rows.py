@@ -33,13 +33,13 @@ def segment_rows(
 
     # Ray gives each task `cpus_per_task` cores; OpenCV would otherwise use all of them.
     cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
-    coder = WindowCoder(ingest=ingest, flow=flow, estimator=_flow_estimator(flow))
+    coder = WindowCoder(ingest=ingest, flow=flow, estimator=flow_estimator(flow))
     for window, extra in _segment_windows(segment, ingest=ingest, errors=errors):
         yield {**coder.row(segment, window), **extra}
 
 
 @functools.lru_cache(maxsize=2)
-def _flow_estimator(flow: FlowConfig) -> Callable | None:
+def flow_estimator(flow: FlowConfig) -> Callable | None:
     """One estimator per worker process: Ray reuses workers, RAFT loads once."""
     if flow.backend == "none":
         return None
