@@ -1,6 +1,6 @@
 """Job: serve a classifier over HTTP with Ray Serve (POST /predict).
 
-python -m pipelines.serve --checkpoint DIR | --model models:/NAME/1 [--port 8000] [section.key=value ...]
+python -m pipelines.serve --checkpoint DIR | --model models:/NAME/1 [--port 8000] [key=value ...]
 """
 
 import sys

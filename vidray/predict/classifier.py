@@ -28,11 +28,11 @@ import pyarrow as pa
 import torch
 
 from vidray.config import ClipConfig, Config, FlowConfig, IngestConfig
-from vidray.data.clips import ClipSampler, check_views
 from vidray.data import decode
+from vidray.data.clips import ClipSampler, check_views
 from vidray.data.window_rows import WindowCoder, flow_estimator
 from vidray.device import Normalization, for_inference
-from vidray.errors import VidrayError, VideoError
+from vidray.errors import VideoError, VidrayError
 from vidray.train.evaluate import load_model
 from vidray.train.tasks import predict
 
