@@ -1,7 +1,8 @@
 """The packages form layers that import only downwards:
 
     base (errors, config, storage, tracking, runtime, checkpoints, device)
-      -> data -> models -> train -> detect -> tune -> cli, demo -> pipelines
+      -> data -> models -> train -> detect -> predict -> serve -> tune -> cli, demo
+      -> pipelines
 
 Every import counts, also one inside a function: a lazy import that reaches up a
 layer is a cycle waiting for the next refactor. Within a layer anything goes.
@@ -33,6 +34,8 @@ LAYERS = [
     {"vidray.models"},
     {"vidray.train"},
     {"vidray.detect"},
+    {"vidray.predict"},
+    {"vidray.serve"},
     {"vidray.tune"},
     {"vidray.cli", "vidray.demo", "vidray.__main__"},
     {"pipelines"},
