@@ -3,14 +3,19 @@ scored as `vidray evaluate` scores a video of that data."""
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from commands import own_lines
 from untrained import save_untrained
 
+from vidray.cli import run_command
 from vidray.config import load_config
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.data.reading import iter_clip_batches
@@ -67,3 +72,135 @@ def test_a_video_is_scored_as_evaluate_scores_it_from_the_shards(untrained, moti
         found = predict_video(Path(paths[video_id]), scorer)
         np.testing.assert_allclose(found.probs, probs, rtol=1e-5, atol=1e-7)
         assert len(found.starts) == 2 and found.starts[1] == pytest.approx(1.6)
+
+
+def predict(*args: str) -> int:
+    return run_command("predict", [str(a) for a in args])
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def write_hostile_files(folder: Path, good: Path) -> dict[str, str]:
+    """Files no decoder reads, each named by the reason predict gives for it."""
+    data = good.read_bytes()
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.txt").write_text("not a video\n")
+    (folder / "text.mp4").write_text("not a video either\n")
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (folder / ".hidden.mp4").write_bytes(data)  # hidden: not an input
+    return {"empty.mp4", "notes.txt", "text.mp4", "truncated.mp4"}
+
+
+def test_a_folder_is_a_ray_job_that_answers_every_file_and_a_rerun_keeps_the_answers(
+    untrained, motion_data, tmp_path, monkeypatch, capsys
+):
+    """As a user types: relative paths, default output (predictions/<folder>)."""
+    directory, _, _ = untrained
+    monkeypatch.chdir(tmp_path)
+    manifest = sorted(read_manifest(motion_data), key=lambda r: r["video_id"])
+    videos = Path("new")
+    (videos / "sub").mkdir(parents=True)
+    good = {}
+    for row, place in zip(manifest[:3], ["a.mp4", "b.mp4", "sub/c.mp4"], strict=True):
+        shutil.copy(row["path"], videos / place)
+        good[(videos / place).resolve()] = row["path"]
+    hostile = write_hostile_files(videos, Path(manifest[0]["path"]))
+
+    scorer = WindowScorer(load_classifier(directory), device=torch.device("cpu"))
+    expected = {str(path): predict_video(path, scorer) for path in good}
+    for _ in range(2):
+        assert predict("--checkpoint", directory, "--video", videos) == 0
+        out = capsys.readouterr().out
+        rows = read_rows(Path("predictions/new/predictions.csv"))
+        assert len(rows) == len(good) + len(hostile)
+        by_video = {row["video"]: row for row in rows}
+        for video, prediction in expected.items():
+            row = by_video[video]
+            assert row["status"] == "ok" and row["error"] == ""
+            top = prediction.top(5)
+            assert [row[f"label_{r}"] for r in range(1, 5)] == [c for c, _ in top[:4]]
+            assert float(row["score_1"]) == pytest.approx(top[0][1], abs=1e-6)
+        skipped = {Path(v).name: row for v, row in by_video.items() if row["status"] != "ok"}
+        assert set(skipped) == hostile
+        assert all(row["error"] and not row["label_1"] for row in skipped.values())
+        timeline = read_rows(Path("predictions/new/timeline.csv"))
+        assert sorted({row["video"] for row in timeline}) == sorted(expected)
+        assert len(timeline) == sum(len(p.starts) for p in expected.values())
+    # The second run answered nothing again but the skipped files, and said so.
+    assert "3 answered before" in out and "0 video(s) answered" in out
+    journal = Path("predictions/new/_journal.jsonl").read_text().splitlines()
+    assert len(journal) == 2 * len(hostile) + len(good)
+
+
+def test_a_csv_of_paths_gives_json_lines_with_a_row_for_a_missing_file(
+    untrained, motion_data, tmp_path, monkeypatch
+):
+    directory, _, _ = untrained
+    monkeypatch.chdir(tmp_path)
+    row = read_manifest(motion_data)[0]
+    shutil.copy(row["path"], "clip.mp4")
+    Path("list.csv").write_text("path\nclip.mp4\ngone.mp4\n")
+    assert predict("--checkpoint", directory, "--video", "list.csv", "predict.format=jsonl") == 0
+    lines = Path("predictions/list/predictions.jsonl").read_text().splitlines()
+    answers = {Path(a["video"]).name: a for a in map(json.loads, lines)}
+    assert set(answers) == {"clip.mp4", "gone.mp4"}
+    assert (
+        answers["gone.mp4"]["status"] == "skipped"
+        and "no such file" in answers["gone.mp4"]["error"]
+    )
+    found = answers["clip.mp4"]
+    assert found["status"] == "ok" and len(found["top"]) == 4  # top_k 5 of 4 classes
+    assert [w["start_s"] for w in found["timeline"]] == pytest.approx([0.0, 1.6])
+
+
+def test_one_video_runs_in_process_and_prints_its_top_classes(
+    untrained, motion_data, tmp_path, monkeypatch, capsys
+):
+    directory, _, _ = untrained
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(read_manifest(motion_data)[0]["path"], "clip.mp4")
+    assert predict("--checkpoint", directory, "--video", "clip.mp4", "--top-k", "2") == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("predict: /")]
+    prediction = predict_video(
+        Path("clip.mp4"), WindowScorer(load_classifier(directory), device=torch.device("cpu"))
+    )
+    (first, _), (second, _) = prediction.top(2)
+    assert line.endswith(
+        f"clip.mp4: {first} {prediction.top(1)[0][1]:.3f}, {second} {prediction.top(2)[1][1]:.3f}"
+    )
+    rows = read_rows(Path("predictions/clip/predictions.csv"))
+    assert [r["label_1"] for r in rows] == [first] and "label_3" not in rows[0]
+
+
+def test_bad_inputs_are_one_line_errors(untrained, motion_data, tmp_path, monkeypatch, capsys):
+    directory, _, _ = untrained
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(read_manifest(motion_data)[0]["path"], "clip.mp4")
+    Path("folder").mkdir()
+    Path("empty").mkdir()
+    Path("bad.csv").write_text("video\nclip.mp4\n")
+    (tmp_path / "not_a_checkpoint").mkdir()
+    cases = [
+        (["--video", "clip.mp4"], "--checkpoint DIR"),
+        (["--checkpoint", directory], "--video PATH"),
+        (["--checkpoint", directory, "--video", "missing.mp4"], "no such file, folder or URI"),
+        (["--checkpoint", directory, "--video", "empty"], "holds no files"),
+        (["--checkpoint", directory, "--video", "bad.csv"], "'path' column"),
+        (["--checkpoint", "not_a_checkpoint", "--video", "clip.mp4"], "not_a_checkpoint"),
+        (["--checkpoint", directory, "--video", "clip.mp4", "--top-k", "0"], "predict.top_k=0"),
+        (["--checkpoint", directory, "--video", "clip.mp4", "--render", "x.avi"], ".mp4"),
+        (["--checkpoint", directory, "--video", "clip.mp4", "predict.tpo_k=3"], "tpo_k"),
+    ]
+    for args, message in cases:
+        assert predict(*args) == 2, args
+        err = own_lines(capsys.readouterr().err)
+        assert len(err) == 1 and message in err[0], (args, err)
+    # One video that does not decode is an answer row too, and the command says why.
+    Path("text.mp4").write_text("not a video")
+    assert predict("--checkpoint", directory, "--video", "text.mp4") == 0
+    assert "skipped" in capsys.readouterr().out
+    (row,) = read_rows(Path("predictions/text/predictions.csv"))
+    assert row["status"] == "skipped" and row["error"]

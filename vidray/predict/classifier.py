@@ -181,13 +181,13 @@ class WindowScorer:
         self.sampler = classifier.sampler(temporal_views, spatial_views)
         self.views = temporal_views * spatial_views
 
-    def __call__(self, rows: list[dict[str, Any]]) -> np.ndarray:
-        """(len(rows), classes) float64 probabilities."""
+    def __call__(self, rows: list[dict[str, Any]] | pa.Table) -> np.ndarray:
+        """(windows, classes) float64 probabilities of window rows (dicts or a table)."""
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
         per_batch = max(1, CLIPS_PER_BATCH // self.views)
-        parts = []
-        for first in range(0, len(rows), per_batch):
-            table = pa.Table.from_pylist(rows[first : first + per_batch])
-            clips = self.sampler(table)
+        parts = [np.zeros((0, len(self.classifier.classes)))]
+        for first in range(0, table.num_rows, per_batch):
+            clips = self.sampler(table.slice(first, per_batch))
             logits = predict(
                 self.model,
                 [clips],
@@ -197,8 +197,6 @@ class WindowScorer:
             )["logits"]
             probs = torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
             parts.append(probs.reshape(-1, self.views, probs.shape[1]).mean(axis=1))
-        if not parts:
-            return np.zeros((0, len(self.classifier.classes)))
         return np.concatenate(parts)
 
 
