@@ -261,3 +261,11 @@ def pbt_exploit_tag(n: int) -> str:
 def pbt_value(key: str) -> str:
     """Metric: a PBT-mutated key's value from its step (epoch) on: ``pbt/optim.lr``."""
     return f"pbt/{key}"
+
+
+# The best checkpoint as an MLflow model (`vidray.train.publish`, `vidray.predict.pyfunc`):
+# run artifact path ``model`` holding the checkpoint as its pyfunc artifact ``checkpoint``,
+# and on the run a tag with the model's URI (runs:/ID/model or models:/NAME/VERSION).
+MODEL_ARTIFACT = "model"
+MODEL_CHECKPOINT_ARTIFACT = "checkpoint"
+MODEL_URI_TAG = "vidray.model_uri"

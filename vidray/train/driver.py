@@ -37,6 +37,7 @@ from vidray.data.manifest import read_dataset_info
 from vidray.data.reading import start_epoch_clock
 from vidray.errors import Interrupted, VidrayError
 from vidray.models import entry
+from vidray.train import publish
 from vidray.train.inputs import resolve_inputs
 from vidray.train.loop import build_model, train_loop_per_worker
 from vidray.train.preflight import check_settings, check_settings_against, labeled_split_counts
@@ -440,6 +441,9 @@ def record(
             tracking.log_artifact(uri, run_id, table)
     with best.as_directory() as directory:
         tracking.log_artifact(uri, run_id, directory, "checkpoint")
+        publish.log_model(
+            plan.cfg.train.task, uri, run_id, directory, plan.cfg.train.register_model
+        )
     return TrainResult(
         run_id=run_id,
         tracking_uri=uri,
