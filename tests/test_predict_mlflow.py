@@ -15,6 +15,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server
+from test_s3 import BUCKET, s3, s3_env  # noqa: F401  (s3_env: a fixture)
 from test_train import tiny_config
 from untrained import save_untrained
 
@@ -96,7 +97,7 @@ def test_the_logged_model_answers_what_predict_video_does(
     assert_same_answers(found.iloc[:4], new_videos, expected(checkpoint, new_videos, 5))
     errors = found.iloc[4:]
     assert list(errors["label"]) == ["", ""] and errors["score"].isna().all()
-    assert "empty file" in errors["error"].iloc[0] and "not found" in errors["error"].iloc[1]
+    assert list(errors["error"]) == ["empty file (0 bytes)", "file not found"]
     assert all(len(labels) == 0 for labels in errors["top_labels"])
 
     views = {"temporal_views": 2, "spatial_views": 3}
@@ -191,3 +192,31 @@ def test_a_model_that_cannot_be_logged_costs_a_warning_not_the_run(checkpoint, t
     assert "is not a vidray checkpoint" in capsys.readouterr().err
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert tracking.MODEL_URI_TAG not in run.data.tags and run.info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_videos_given_as_s3_uris_are_answered_as_local_ones(
+    checkpoint,
+    new_videos,
+    s3_env,  # noqa: F811  (the fixture imported above)
+    tmp_path,
+    monkeypatch,
+):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, s3_env[key])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["AWS_ENDPOINT_URL"])
+    fs = s3(s3_env)
+    uris = []
+    for path in map(Path, new_videos[:2]):
+        with fs.open_output_stream(f"{BUCKET}/new/{path.name}") as out:
+            out.write(path.read_bytes())
+        uris.append(f"s3://{BUCKET}/new/{path.name}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model_uri = log_classifier(uri, new_run(uri, tmp_path / "artifacts"), checkpoint)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+
+    found = model.predict(pd.DataFrame({"video": [*uris, f"s3://{BUCKET}/new/missing.mp4"]}))
+    answers = expected(checkpoint, new_videos[:2], 5)
+    assert_same_answers(found.iloc[:2], uris, answers)
+    assert found["label"].iloc[2] == "" and found["error"].iloc[2]

@@ -96,12 +96,17 @@ class VideoClassifierModel(mlflow.pyfunc.PythonModel):
 
 
 def _answer(scorer: WindowScorer, video: str, top_k: int, stride_s: float) -> dict[str, Any]:
-    """The row of one video: its top ``top_k``, or the one-line reason it has none."""
+    """The row of one video: its top ``top_k``, or the one-line reason it has none (as
+    `vidray predict` gives it: without the file's name, which the row has; a remote
+    video's is that of its temporary copy)."""
+    local = video
     try:
         with storage.local_file(video) as path:
+            local = str(path)
             top = predict_video(path, scorer, stride_s=stride_s, video=video).top(top_k)
     except (VidrayError, OSError) as exc:  # a file that is not there, or not a video
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = reason.removeprefix(f"{local}: ").removeprefix(f"{video}: ")
         return {
             "video": video,
             "label": "",
