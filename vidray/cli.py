@@ -66,7 +66,8 @@ def _check_ingest(cfg: Config) -> None:
 def _register_tasks() -> None:
     """Every training task, so that any ``train.task`` and any checkpoint is known
     (`vidray.train.tasks`: each task's package registers it)."""
-    import vidray.detect  # noqa: F401  (registers train.task=detect)
+    import vidray.detect  # registers train.task=detect
+    import vidray.predict  # noqa: F401  (registers the classifier's MLflow model)
 
 
 def _train(cfg: Config) -> int:
@@ -144,6 +145,7 @@ def _load_sweep(path: str | None, overrides: list[str]) -> Sweep:
 def _demo(cfg: Config) -> int:
     from vidray.demo import run_demo
 
+    _register_tasks()
     return run_demo(cfg)
 
 

@@ -184,6 +184,8 @@ class WindowScorer:
     def __call__(self, rows: list[dict[str, Any]] | pa.Table) -> np.ndarray:
         """(windows, classes) float64 probabilities of window rows (dicts or a table)."""
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+        # What clips are cut from, only: an RGB model's rows may hold an untyped null flow.
+        table = table.select(self.sampler.columns)
         per_batch = max(1, CLIPS_PER_BATCH // self.views)
         parts = [np.zeros((0, len(self.classifier.classes)))]
         for first in range(0, table.num_rows, per_batch):

@@ -52,6 +52,7 @@ def check_settings_against(cfg: Config, info: dict[str, Any]) -> None:
     for key, values in (("clip.mean", cfg.clip.mean), ("clip.std", cfg.clip.std)):
         if values is not None and (len(values) != 3 or (key == "clip.std" and min(values) <= 0)):
             raise VidrayError(f"{key} needs 3 values (R, G, B; std above 0), got {values}")
+    _check_model_name(cfg)
     stored = info["storage"]
     windows = stored["ingest.window_frames"]
     T, crop, flow_L = cfg.clip.T, cfg.clip.crop, cfg.flow.L  # None: the model's, not yet known
@@ -126,3 +127,14 @@ def labeled_split_counts(cfg: Config, info: dict[str, Any]) -> dict[str, int]:
             f"(splits: {counts}): set train.val_split"
         )
     return counts
+
+
+def _check_model_name(cfg: Config) -> None:
+    """A registered-model name MLflow takes, for a task that has an MLflow model: found
+    here, not after the training the registration follows."""
+    name = cfg.train.register_model
+    if name and (cfg.train.task != "classify" or not name.strip() or set("/:") & set(name)):
+        raise VidrayError(
+            f"train.register_model={name!r}: a registered model name without '/' or ':', "
+            "for train.task=classify (a detection checkpoint has no MLflow model)"
+        )

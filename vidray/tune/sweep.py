@@ -30,6 +30,7 @@ import logging
 import os
 import shlex
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -39,7 +40,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import vidray.detect  # noqa: F401  (registers train.task=detect: a sweep may train detectors)
+import vidray.detect  # registers train.task=detect: a sweep may train detectors
+import vidray.predict  # noqa: F401  (a trial logs its best checkpoint as an MLflow model)
 from vidray import storage, tracking
 from vidray.config import Config
 from vidray.errors import Interrupted, VidrayError
@@ -215,7 +217,8 @@ def check_sweep(sweep: Sweep) -> SweepPlan:
     uri = tracking.tracking_uri(shared.mlflow)
     tracking.check_reachable(uri)
     root = storage.resolve(shared.train.storage_path)
-    settled = {**absolute_paths(shared), "mlflow.tracking_uri": uri}
+    # Every trial logs its model; only the best trial's is registered (`_register_best`).
+    settled = {**absolute_paths(shared), "mlflow.tracking_uri": uri, "train.register_model": ""}
     plan = SweepPlan(
         sweep=_absolute_space(sweep),
         trials=[{k: _absolute(k, v) for k, v in trial.items()} for trial in trials],
@@ -332,6 +335,26 @@ def _fit(plan: SweepPlan, parent: str) -> Any:
     return grid
 
 
+def _register_best(uri: str, name: str, best: TrialRow) -> None:
+    """With ``train.register_model=NAME``, a new version of NAME from the best trial's
+    MLflow model; a trial stopped early logged none (a warning line says so)."""
+    if not name:
+        return
+    from vidray.predict.pyfunc import register
+
+    try:
+        tags = tracking.client(uri).get_run(best.run_id).data.tags
+        if tracking.MODEL_URI_TAG not in tags:
+            raise VidrayError("it logged no MLflow model: it was stopped before its end")
+        print(f"tune: best trial {best.index} registered as {register(uri, name, best.run_id)}")
+    except Exception as exc:  # the sweep's results stand without it
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(
+            f"tune: warning: the best trial ({best.index}) was not registered as {name}: {reason}",
+            file=sys.stderr,
+        )
+
+
 def _record(plan: SweepPlan, parent: str, grid: Any, *, seconds: float) -> list[TrialRow]:
     """The trials' rows, best first: every trial run ended with what stopped it, the
     table, plot and best config written and logged to the parent run, the table shown."""
@@ -367,6 +390,7 @@ def _record(plan: SweepPlan, parent: str, grid: Any, *, seconds: float) -> list[
         written.append(write_best_config(path, sweep, best, plan.trial_config(best.overrides)))
         best_value = {tracking.best_metric(settings.metric): best.best}
         tracking.log_metrics(uri, parent, best_value, step=0)
+        _register_best(uri, sweep.config({}).train.register_model, best)
     for path in written:
         tracking.log_artifact(uri, parent, path)
     tracking.log_metrics(uri, parent, {tracking.SWEEP_SECONDS: seconds}, step=0)
