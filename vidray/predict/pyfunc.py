@@ -36,11 +36,13 @@ from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec
 
 from vidray import storage, tracking
 from vidray.checkpoints import META_FILE
+from vidray.config import PredictConfig
 from vidray.errors import VidrayError
 from vidray.predict.classifier import WindowScorer, load_classifier, predict_video
 from vidray.train.publish import register_model_logger
 
-TOP_K = 5  # the default of ``params={"top_k": k}``, as ``predict.top_k``
+# The params' defaults are `vidray predict`'s (predict.top_k, .stride_s, .*_views).
+_PREDICT = PredictConfig()
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string, "video")]),
@@ -56,12 +58,12 @@ SIGNATURE = ModelSignature(
     ),
     params=ParamSchema(
         [
-            ParamSpec("top_k", DataType.long, TOP_K),
-            # as predict.stride_s: seconds between windows (0: the training data's stride)
-            ParamSpec("stride_s", DataType.double, 0.0),
-            # as predict.temporal_views / spatial_views: clips per window, crops per clip
-            ParamSpec("temporal_views", DataType.long, 1),
-            ParamSpec("spatial_views", DataType.long, 1),
+            ParamSpec("top_k", DataType.long, _PREDICT.top_k),
+            # seconds between windows (0: the training data's window stride)
+            ParamSpec("stride_s", DataType.double, _PREDICT.stride_s),
+            # clips per window, crops per clip (as eval.temporal_views / spatial_views)
+            ParamSpec("temporal_views", DataType.long, _PREDICT.temporal_views),
+            ParamSpec("spatial_views", DataType.long, _PREDICT.spatial_views),
         ]
     ),
 )
