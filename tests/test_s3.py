@@ -150,3 +150,17 @@ def test_ingest_and_train_with_every_file_on_s3(s3_env, tmp_path):
     assert any(info.path.endswith("/state.pt") for info in runs)  # Ray Train's checkpoints
     logged = fs.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/mlflow", recursive=True))
     assert any(info.path.endswith("checkpoint/state.pt") for info in logged)
+
+    # The trained checkpoint, read from S3, answers for the videos on S3.
+    state = sorted(i.path for i in runs if i.path.endswith("/state.pt"))[-1]
+    checkpoint = "s3://" + state.removesuffix("/state.pt")
+    answers = tmp_path / "answers"
+    run(
+        s3_env,
+        "pipelines.predict",
+        f"--checkpoint={checkpoint}",
+        f"--video=s3://{BUCKET}/videos/",
+        f"--output={answers}",
+    )
+    rows = (answers / "predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == 8 and all(f"s3://{BUCKET}/videos/" in r and ",ok," in r for r in rows)
