@@ -6,6 +6,7 @@ with its error."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from mlflow_server import mlflow_server
 from test_s3 import BUCKET, s3, s3_env  # noqa: F401  (s3_env: a fixture)
@@ -192,6 +194,12 @@ def test_a_model_that_cannot_be_logged_costs_a_warning_not_the_run(checkpoint, t
     assert "is not a vidray checkpoint" in capsys.readouterr().err
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert tracking.MODEL_URI_TAG not in run.data.tags and run.info.status == "RUNNING"
+    # A checkpoint the model could not load is refused when logged, not when loaded.
+    older = shutil.copytree(checkpoint, tmp_path / "older")
+    meta = yaml.safe_load((older / "meta.yaml").read_text())
+    (older / "meta.yaml").write_text(yaml.safe_dump({**meta, "dataset": {}}))
+    with pytest.raises(VidrayError, match=r"older does not record its training data's storage"):
+        log_classifier(uri, run_id, older)
 
 
 @pytest.mark.slow

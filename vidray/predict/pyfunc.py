@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
+import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -160,6 +162,7 @@ def log_classifier(
         if not meta_file.is_file():
             raise VidrayError(f"{checkpoint_dir} is not a vidray checkpoint (needs {META_FILE})")
         meta = yaml.safe_load(meta_file.read_text())
+        _check_classifier(meta, checkpoint_dir)
         model_dir = Path(tmp) / tracking.MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
             str(model_dir),
@@ -176,6 +179,21 @@ def log_classifier(
     if not register_as:
         return model_uri
     return register(uri, register_as, run_id)
+
+
+def _check_classifier(meta: dict[str, Any], checkpoint_dir: str | Path) -> None:
+    """What `load_classifier` would refuse when the model is loaded, refused now."""
+    task = ((meta.get("config") or {}).get("train") or {}).get("task", "classify")
+    if task != "classify":
+        raise VidrayError(
+            f"{checkpoint_dir} is a {task!r} checkpoint: only a train.task=classify "
+            "checkpoint is logged as an MLflow model"
+        )
+    if not (meta.get("dataset") or {}).get("storage"):
+        raise VidrayError(
+            f"{checkpoint_dir} does not record its training data's storage parameters (saved "
+            "by an older vidray): retrain it"
+        )
 
 
 def register(uri: str, name: str, run_id: str) -> str:
