@@ -137,6 +137,7 @@ def demo_sweep(sweep_data, tmp_path_factory):
             tracking=uri,
             epochs=2,
             cpus_per_worker=0.5,
+            register_model="demo-classifier",
         )
         sweep = load_sweep(path)
         yield sweep, run_sweep(sweep)
@@ -154,6 +155,17 @@ def test_a_demo_sweep_runs_every_trial_and_ranks_them(demo_sweep):
     assert {r.overrides["model.name"] for r in result.rows} == {"simple3d", "early_fusion"}
     with Image.open(result.output / "sweep.png") as image:
         assert image.format == "PNG" and image.size[0] > 600
+
+
+@pytest.mark.slow
+def test_every_trial_logs_its_model_and_the_best_trials_alone_is_registered(demo_sweep):
+    _, result = demo_sweep
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    for row in result.rows:
+        tags = client.get_run(row.run_id).data.tags
+        assert tags[tracking.MODEL_URI_TAG] == f"runs:/{row.run_id}/{tracking.MODEL_ARTIFACT}"
+    (version,) = client.search_model_versions("name = 'demo-classifier'")
+    assert version.version == "1" and version.run_id == result.rows[0].run_id
 
 
 @pytest.mark.slow

@@ -217,8 +217,7 @@ def check_sweep(sweep: Sweep) -> SweepPlan:
     uri = tracking.tracking_uri(shared.mlflow)
     tracking.check_reachable(uri)
     root = storage.resolve(shared.train.storage_path)
-    # Every trial logs its model; only the best trial's is registered (`_register_best`).
-    settled = {**absolute_paths(shared), "mlflow.tracking_uri": uri, "train.register_model": ""}
+    settled = {**absolute_paths(shared), "mlflow.tracking_uri": uri}
     plan = SweepPlan(
         sweep=_absolute_space(sweep),
         trials=[{k: _absolute(k, v) for k, v in trial.items()} for trial in trials],

@@ -45,6 +45,8 @@ def run_trial(config: dict[str, Any], *, plan: SweepPlan, parent_run_id: str) ->
     if index is None:
         index = config["index"]
     cfg = plan.trial_config(config["overrides"])
+    # Every trial logs its model; only the best trial's is registered (`_register_best`).
+    cfg = replace(cfg, train=replace(cfg.train, register_model=""))
     name = plan.sweep.sweep.name
     tags = {
         tracking.PARENT_RUN_TAG: parent_run_id,
