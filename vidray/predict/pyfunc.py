@@ -20,7 +20,10 @@ an exception, so one bad file does not lose the others' answers.
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
@@ -164,21 +168,38 @@ def log_classifier(
         meta = yaml.safe_load(meta_file.read_text())
         _check_classifier(meta, checkpoint_dir)
         model_dir = Path(tmp) / tracking.MODEL_ARTIFACT
-        mlflow.pyfunc.save_model(
-            str(model_dir),
-            python_model=VideoClassifierModel(),
-            artifacts={tracking.MODEL_CHECKPOINT_ARTIFACT: str(local)},
-            signature=SIGNATURE,
-            input_example=pd.DataFrame({"video": ["videos/clip.mp4", "s3://bucket/clip.mp4"]}),
-            metadata=model_metadata(meta),
-            pip_requirements=[f"vidray=={metadata.version('vidray')}"],
-        )
+        with _no_progress_bars():
+            mlflow.pyfunc.save_model(
+                str(model_dir),
+                python_model=str(Path(__file__).with_name("pyfunc_code.py")),
+                artifacts={tracking.MODEL_CHECKPOINT_ARTIFACT: str(local)},
+                signature=SIGNATURE,
+                input_example=pd.DataFrame({"video": ["videos/clip.mp4", "s3://bucket/clip.mp4"]}),
+                metadata=model_metadata(meta),
+                pip_requirements=[f"vidray=={metadata.version('vidray')}"],
+            )
         client = tracking.client(uri)
         client.log_artifacts(run_id, str(model_dir), tracking.MODEL_ARTIFACT)
     model_uri = f"runs:/{run_id}/{tracking.MODEL_ARTIFACT}"
     if not register_as:
         return model_uri
     return register(uri, register_as, run_id)
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow copies a model's artifacts with a progress bar on stderr, one per model a
+    training run logs: not a line a training's user needs."""
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _check_classifier(meta: dict[str, Any], checkpoint_dir: str | Path) -> None:
