@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from commands import own_lines
+from commands import REPO, as_from_a_terminal, own_lines
 from untrained import save_untrained
 
 from vidray.cli import run_command
@@ -204,3 +209,46 @@ def test_bad_inputs_are_one_line_errors(untrained, motion_data, tmp_path, monkey
     assert "skipped" in capsys.readouterr().out
     (row,) = read_rows(Path("predictions/text/predictions.csv"))
     assert row["status"] == "skipped" and row["error"]
+
+
+def test_ctrl_c_keeps_the_answers_so_far_and_the_same_command_answers_the_rest(
+    untrained, motion_data, tmp_path, monkeypatch, capsys
+):
+    directory, _, _ = untrained
+    videos = tmp_path / "new"
+    videos.mkdir()
+    source = Path(read_manifest(motion_data)[0]["path"])
+    for i in range(30):
+        shutil.copy(source, videos / f"clip_{i:02d}.mp4")
+    command = [sys.executable, "-m", "pipelines.predict", "--checkpoint", str(directory)]
+    job = subprocess.Popen(
+        [*command, "--video", "new", "ray.num_cpus=2"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        text=True,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=as_from_a_terminal,
+    )
+    journal = tmp_path / "predictions" / "new" / "_journal.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while not (journal.exists() and journal.read_text()) and job.poll() is None:
+            assert time.monotonic() < deadline, "no answer in 300 s"
+            time.sleep(0.1)
+        os.killpg(job.pid, signal.SIGINT)
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 130, stderr[-3000:]
+    (line,) = [s for s in stderr.splitlines() if s.startswith("python -m pipelines.predict: ")]
+    kept = len(journal.read_text().splitlines())
+    assert f": interrupted: {kept} of 30 videos answered, kept in " in line and 1 <= kept < 30
+
+    monkeypatch.chdir(tmp_path)
+    assert predict("--checkpoint", directory, "--video", "new") == 0
+    assert f"{30 - kept} video(s) answered, {kept} answered before" in capsys.readouterr().out
+    rows = read_rows(Path("predictions/new/predictions.csv"))
+    assert len(rows) == 30 and {row["status"] for row in rows} == {"ok"}
+    assert len({(row["label_1"], row["score_1"]) for row in rows}) == 1  # 30 copies of a video

@@ -27,7 +27,7 @@ import torch
 
 from vidray import storage
 from vidray.config import Config
-from vidray.errors import VideoError, VidrayError
+from vidray.errors import Interrupted, VideoError, VidrayError
 from vidray.predict.answers import OK, Answer, Journal, write_answers
 from vidray.predict.classifier import (
     Storage,
@@ -90,6 +90,12 @@ def run_predict(cfg: Config, log: Callable[[str], None] = print) -> PredictRepor
             todo = [source for source in inputs if not journal.done(source)]
             if todo:
                 _answer_with_ray(cfg, todo, journal, classifier, log)
+    except KeyboardInterrupt:
+        answered = sum(journal.done(source) for source in inputs)
+        raise Interrupted(
+            f"interrupted: {answered} of {len(inputs)} videos answered, kept in "
+            f"{journal.path}; run the same command again to answer the rest"
+        ) from None
     finally:
         journal.close()
     answers = [journal.answers[source.video] for source in inputs]
