@@ -147,6 +147,15 @@ def test_an_output_that_is_not_mp4_is_a_one_line_error(source, tmp_path):
     assert "\n" not in str(error.value) and not output.exists()
 
 
+def test_drawing_over_the_video_itself_is_a_one_line_error(source):
+    before = source.read_bytes()
+    with pytest.raises(VidrayError, match="that is the video itself") as error:
+        render_prediction(
+            source, source.parent / ".." / source.parent.name / source.name, two_windows(source)
+        )
+    assert "\n" not in str(error.value) and source.read_bytes() == before
+
+
 def test_a_video_that_does_not_decode_is_a_one_line_error(tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_text("not a video")

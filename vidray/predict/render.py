@@ -68,12 +68,7 @@ def render_prediction(
     """Write ``video`` to ``output`` (.mp4) with ``prediction`` drawn on every frame, at
     the video's frame rate and size (``short_side`` > 0: resized to it)."""
     video, output = Path(video), Path(output)
-    if output.suffix.lower() != ".mp4":
-        raise VidrayError(f"{output}: name an .mp4 file to draw the prediction on")
-    if output.resolve() == video.resolve():
-        raise VidrayError(f"{output}: that is the video itself; name another .mp4 to write")
-    if short_side < 0:
-        raise VidrayError(f"short_side={short_side}: 0 (the video's size) or more pixels")
+    check_output(video, output, short_side=short_side)
     if not len(prediction.starts):
         raise VidrayError(f"{prediction.video}: a prediction without windows has nothing to draw")
     info = probe(video)
@@ -87,6 +82,17 @@ def render_prediction(
         for index, frame in enumerate(itertools.chain([first], frames))
     )
     return write_video(output, drawn, fps=info.fps)
+
+
+def check_output(video: Path, output: Path, *, short_side: int = 0) -> None:
+    """A one-line error for an output `render_prediction` cannot write: callers check
+    before the model runs, so a typo costs no prediction."""
+    if Path(output).suffix.lower() != ".mp4":
+        raise VidrayError(f"{output}: name an .mp4 file to draw the prediction on")
+    if Path(output).resolve() == Path(video).resolve():
+        raise VidrayError(f"{output}: that is the video itself; name another .mp4 to write")
+    if short_side < 0:
+        raise VidrayError(f"short_side={short_side}: 0 (the video's size) or more pixels")
 
 
 def window_at(t: float, starts: np.ndarray, ends: np.ndarray) -> int:
