@@ -106,7 +106,9 @@ def window_at(t: float, starts: np.ndarray, ends: np.ndarray) -> int:
 @dataclass(frozen=True)
 class Style:
     """Sizes in pixels for a frame height: legible on a 64-pixel frame, in proportion
-    on a big one; lines at least 2 pixels wide, as 1-pixel ones fade in 4:2:0 chroma."""
+    on a big one. The cursor is at least 2 pixels wide (a 1-pixel line fades in the
+    encoder's 4:2:0 chroma); a segment boundary may be 1 pixel, as it only darkens
+    (brightness is kept at full resolution)."""
 
     scale: float  # of the font
     thickness: int  # of the text strokes
