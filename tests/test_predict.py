@@ -22,6 +22,7 @@ from untrained import save_untrained
 
 from vidray.cli import run_command
 from vidray.config import load_config
+from vidray.data.decode import probe
 from vidray.data.manifest import read_dataset_info, read_manifest
 from vidray.data.reading import iter_clip_batches
 from vidray.device import Normalization, model_input
@@ -167,8 +168,12 @@ def test_one_video_runs_in_process_and_prints_its_top_classes(
     directory, _, _ = untrained
     monkeypatch.chdir(tmp_path)
     shutil.copy(read_manifest(motion_data)[0]["path"], "clip.mp4")
-    assert predict("--checkpoint", directory, "--video", "clip.mp4", "--top-k", "2") == 0
-    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("predict: /")]
+    args = ["--video", "clip.mp4", "--top-k", "2", "--render", "drawn.mp4"]
+    assert predict("--checkpoint", directory, *args) == 0
+    out = capsys.readouterr().out
+    assert "predict: labels and timeline drawn on drawn.mp4" in out
+    assert probe("drawn.mp4").num_frames == probe("clip.mp4").num_frames
+    (line,) = [x for x in out.splitlines() if x.startswith("predict: /")]
     prediction = predict_video(
         Path("clip.mp4"), WindowScorer(load_classifier(directory), device=torch.device("cpu"))
     )

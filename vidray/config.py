@@ -234,6 +234,7 @@ class PredictConfig:
     temporal_views: int = 1  # clips per window, as eval.temporal_views
     spatial_views: int = 1  # crops per clip, as eval.spatial_views
     render: str = ""  # an .mp4 to draw the top-3 labels and a timeline on (one video)
+    render_short_side: int = 0  # the drawn video's short side (0 = the source's size)
     workers: int = 1  # model replicas of the Ray Data job
     use_gpu: bool = False  # one GPU per replica
 

@@ -41,6 +41,7 @@ from vidray.predict.classifier import (
     video_windows,
 )
 from vidray.predict.inputs import Input, list_inputs
+from vidray.predict.render import check_output, render_prediction
 
 WINDOWS_PER_BATCH = 16  # window rows per call of a model replica
 PROGRESS_EVERY_S = 10.0
@@ -111,10 +112,11 @@ def run_predict(cfg: Config, log: Callable[[str], None] = print) -> PredictRepor
         top = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top(settings.top_k))
         report.headline = f"predict: {inputs[0].video}: {top}"
         if settings.render:
-            from vidray.predict.render import render_prediction
-
             report.rendered = render_prediction(
-                Path(inputs[0].video), Path(settings.render), prediction
+                Path(inputs[0].video),
+                Path(settings.render),
+                prediction,
+                short_side=settings.render_short_side,
             )
     return report
 
@@ -133,8 +135,10 @@ def _check(cfg: Config) -> None:
         raise VidrayError(f"predict.top_k={settings.top_k}: 1 or more classes")
     if settings.workers < 1:
         raise VidrayError(f"predict.workers={settings.workers}: 1 or more model replicas")
-    if settings.render and Path(settings.render).suffix.lower() != ".mp4":
-        raise VidrayError(f"predict.render={settings.render}: name an .mp4 file to write")
+    if settings.render:  # before the model loads: a wrong name costs no prediction
+        check_output(
+            Path(settings.video), Path(settings.render), short_side=settings.render_short_side
+        )
 
 
 def _answer_here(
