@@ -4,9 +4,15 @@ seconds); its limits are small so hostile requests are cheap to make."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from commands import run_module
+from commands import REPO, as_from_a_terminal, run_module
 from mlflow import MlflowClient
 from untrained import save_untrained
 
@@ -85,6 +91,21 @@ def post(url: str, body: bytes, content_type: str, method: str = "POST") -> tupl
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def post_chunked(url: str, chunks: list[bytes]) -> tuple[int, dict]:
+    """A body sent in chunks, with no Content-Length: its size shows only as it streams."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    try:
+        headers = {"Content-Type": "video/mp4"}
+        connection.request(
+            "POST", parts.path, body=iter(chunks), headers=headers, encode_chunked=True
+        )
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
 
 
 def upload(url: str, data: bytes, filename: str = "clip.mp4", field: str = "file"):
@@ -163,6 +184,7 @@ def test_hostile_requests_get_a_4xx_with_a_json_error_and_serving_goes_on(
         "zero-byte upload": (upload(served, b""), 422),
         "truncated mp4": (upload(served, video[: len(video) // 2]), 422),
         "oversized upload": (upload(served, np.random.bytes(int(MAX_UPLOAD_MB * 2**20))), 413),
+        "oversized, streamed": (post_chunked(served, [np.random.bytes(2**16)] * 6), 413),
         "too long a video": (upload(served, long_video.read_bytes(), "long.mp4"), 422),
         "empty body": (post(served, b"", "application/octet-stream"), 400),
         "form without a file": (upload(served, video, field="notes", filename=""), 400),
@@ -197,6 +219,39 @@ def test_a_bad_checkpoint_or_model_is_a_one_line_error_before_serve_starts(args,
     assert len(lines) == 1 and lines[0].startswith("vidray serve: error:"), result.stderr
     assert named in lines[0]
     assert "Traceback" not in result.stderr and not result.stdout
+
+
+def test_vidray_serve_serves_until_ctrl_c_and_then_stops_serve(checkpoint, expected, tmp_path):
+    """The command as a user types it (a relative --checkpoint, in its own local Ray):
+    it prints the URL, answers, and on Ctrl-C shuts Serve down and exits 0."""
+    (tmp_path / "ckpt").symlink_to(checkpoint)
+    port = free_port()
+    command = [sys.executable, "-m", "vidray.cli", "serve", "--checkpoint", "ckpt"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "ray.num_cpus=2"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_from_a_terminal,
+    )
+    try:
+        printed = [process.stdout.readline() for _ in range(3)]  # once the app answers
+        assert printed[0].startswith(f"vidray serve: http://127.0.0.1:{port}/predict"), printed
+        assert printed[1].strip().startswith("curl -F file=@VIDEO.mp4"), printed
+        path, wanted = next(iter(expected.items()))
+        url = f"http://127.0.0.1:{port}/predict?top_k=3"
+        status, answer = upload(url, path.read_bytes(), filename=path.name)
+        assert status == 200, answer
+        assert_same_answer(answer, wanted)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "vidray serve: stopping" in out
+    assert "Traceback" not in err
 
 
 def test_an_mlflow_model_is_served_by_its_uri(checkpoint, expected, tmp_path):

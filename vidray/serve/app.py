@@ -24,7 +24,8 @@ import logging
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,17 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from vidray import storage
 from vidray.config import Config, ServeConfig
 from vidray.errors import VidrayError
-from vidray.predict.classifier import Storage, Window, WindowScorer, load_classifier, scored
+from vidray.predict.classifier import (
+    Storage,
+    VideoPrediction,
+    Window,
+    WindowScorer,
+    load_classifier,
+    scored,
+)
 from vidray.runtime import init_ray
 from vidray.serve.decoding import decoded_chunks
 from vidray.serve.request import ROUTE, Refused, Source, read_request
@@ -70,7 +79,7 @@ class WindowModel:
 @ray.remote(num_cpus=1, num_returns="streaming", max_retries=0)
 def decode_task(
     source: Source, stored: Storage, cfg: ServeConfig
-) -> Any:  # a generator of `decoded_chunks`
+) -> Iterator[list[Window] | Refused]:
     yield from decoded_chunks(
         source, stored, max_duration_s=cfg.max_duration_s, max_upload_mb=cfg.max_upload_mb
     )
@@ -98,7 +107,7 @@ class PredictIngress:
             message = f"internal error: {type(error).__name__}: {error}".splitlines()[0]
             return JSONResponse({"error": message}, status_code=500)
 
-    async def predict(self, source: Source) -> Any:
+    async def predict(self, source: Source) -> VideoPrediction:
         """The `VideoPrediction` of ``source``: each chunk goes to the model as soon as
         the decode task yields it."""
         windows: list[Window] = []
@@ -128,7 +137,7 @@ def checkpoint_of(cfg: ServeConfig, uri: str, dst: Path | None = None) -> str:
         )
     if cfg.checkpoint:
         return cfg.checkpoint
-    from vidray.predict.pyfunc import checkpoint_of_model
+    from vidray.predict.pyfunc import checkpoint_of_model  # mlflow: only where it is used
 
     return str(checkpoint_of_model(cfg.model, uri=uri, dst=dst))
 
@@ -196,6 +205,8 @@ def start_serve(cfg: Config) -> Served:
     and return once it answers; `stop_serve` stops it."""
     settings = cfg.serve
     check_settings(settings)
+    if settings.checkpoint:  # replicas run in other directories
+        settings = replace(settings, checkpoint=storage.resolve(settings.checkpoint))
     uri = tracking_uri(cfg.mlflow) if settings.model else ""
     with tempfile.TemporaryDirectory(prefix="vidray-serve-") as tmp:  # its one-line error
         classifier = load_classifier(checkpoint_of(settings, uri, Path(tmp)))  # before Serve
@@ -211,7 +222,11 @@ def start_serve(cfg: Config) -> Served:
         logging_config=logging_config,
     )
     app = build_app(settings, uri, classifier.storage, classifier.classes)
-    serve.run(app, name=APP, route_prefix="/", logging_config=logging_config)
+    try:
+        serve.run(app, name=APP, route_prefix="/", logging_config=logging_config)
+    except BaseException:  # a replica that cannot start, Ctrl-C: leave no Serve behind
+        stop_serve()
+        raise
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     return Served(url=f"http://{host}:{settings.port}")
 
@@ -224,12 +239,14 @@ def stop_serve() -> None:
 def run_serve(cfg: Config) -> int:
     """``vidray serve``: serve until Ctrl-C (or SIGTERM), then stop Serve cleanly."""
     served = start_serve(cfg)
-    print(f"vidray serve: {served.predict_url} (Ctrl-C stops it)")
-    print(f"  curl -F file=@VIDEO.mp4 '{served.predict_url}?top_k={cfg.serve.top_k}'")
-    print(
-        f"  curl -H 'Content-Type: application/json' -d '{{\"uri\": \"s3://...\"}}' "
-        f"{served.predict_url}"
-    )
+    url = served.predict_url
+    lines = [
+        f"vidray serve: {url} (Ctrl-C stops it)",
+        f"  curl -F file=@VIDEO.mp4 '{url}?top_k={cfg.serve.top_k}'",
+        f"  curl -H 'Content-Type: application/json' -d '{{\"uri\": \"s3://...\"}}' {url}",
+    ]
+    # flushed: a service's log or a pipe must show where it listens while it runs
+    print("\n".join(lines), flush=True)
     try:
         while True:
             time.sleep(3600)
