@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=24, help="requests per run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side")
+    parser.add_argument(
+        "--batch-wait", type=float, default=None, help="serve.batch_wait_timeout_s (s)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.videos, args.requests, args.repeats = 4, 8, 1
@@ -257,7 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             f"bytes each or so); model: {' '.join(MODEL)}; ray: local, {cpus} CPUs "
             f"(ray.init {t_init:.1f} s, untimed)"
         )
-        cfg = load_config(None, [f"serve.checkpoint={checkpoint}", f"serve.port={free_port()}"])
+        overrides = [f"serve.checkpoint={checkpoint}", f"serve.port={free_port()}"]
+        if args.batch_wait is not None:
+            overrides.append(f"serve.batch_wait_timeout_s={args.batch_wait}")
+        cfg = load_config(None, overrides)
+        print(
+            f"serve: 1 model replica, max_batch_size {cfg.serve.max_batch_size} chunks, "
+            f"batch_wait_timeout_s {cfg.serve.batch_wait_timeout_s:g}"
+        )
         url = start_serve(cfg).predict_url
         bodies = [multipart(path) for path in requests]
         try:
