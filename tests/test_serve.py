@@ -256,13 +256,14 @@ def test_vidray_serve_serves_until_ctrl_c_and_then_stops_serve(checkpoint, expec
 
 def test_an_mlflow_model_is_served_by_its_uri(checkpoint, expected, tmp_path):
     """Last in the module: a Ray holds one Serve, so this stops the module's application
-    (its fixture's teardown then finds Serve stopped) and serves the logged model.
-    (runs:/ID/model: checkpoint_of_model does not yet read models:/NAME/VERSION from a
-    registry other than MLflow's global one.)"""
+    (its fixture's teardown then finds Serve stopped) and serves the model registered
+    in the SQLite store it names (not in MLflow's default registry)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("serve", artifact_location=str(tmp_path / "artifacts"))
-    model_uri = log_classifier(uri, client.create_run(experiment).info.run_id, checkpoint)
+    run_id = client.create_run(experiment).info.run_id
+    model_uri = log_classifier(uri, run_id, checkpoint, register_as="motion")
+    assert model_uri == "models:/motion/1"
     stop_serve()
     overrides = [f"serve.model={model_uri}", f"mlflow.tracking_uri={uri}"]
     url = start_serve(load_config(None, [*overrides, f"serve.port={free_port()}"])).predict_url

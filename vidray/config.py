@@ -249,8 +249,8 @@ class ServeConfig:
     port: int = 8000
     num_replicas: int = 1  # model replicas
     gpus_per_replica: float = 0.0
-    max_batch_size: int = 8  # requests batched into one call on a replica
-    batch_wait_timeout_s: float = 0.05  # how long a replica waits to fill a batch
+    max_batch_size: int = 8  # window chunks (8 windows each) batched into one model call
+    batch_wait_timeout_s: float = 0.01  # how long a replica waits to fill a batch
     max_upload_mb: float = 200.0  # larger uploads get 413
     max_duration_s: float = 600.0  # longer videos get 422
     top_k: int = 5

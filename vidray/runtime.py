@@ -12,7 +12,11 @@ from vidray.config import RayConfig
 # Lines Ray's processes print that say nothing a vidray user can act on: a note to
 # Ray's developers about Ray Train's own actor (ray-project/ray#53727), and abseil's
 # mutex trace that Ray's C++ core prints as a worker process exits.
-RAY_NOISE = r"'PreemptionWatcher' .* has constructor arguments|\] RAW: (Lock|Unlock)"
+RAY_NOISE = (
+    r"'PreemptionWatcher' .* has constructor arguments|\] RAW: (Lock|Unlock)"
+    # Serve's controller ends itself inside its graceful shutdown: nothing failed.
+    r"|Task ServeController\.graceful_shutdown failed"
+)
 
 
 def init_ray(cfg: RayConfig) -> None:

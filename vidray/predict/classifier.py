@@ -146,7 +146,11 @@ def video_windows(path: Path, storage: Storage) -> Iterator[Window]:
         "first_window": 0,
         "max_windows": -1,
     }
+    import cv2
+
     ingest = storage.ingest
+    # A task's core(s) only (`storage_of` sets one): OpenCV would use every core.
+    cv2.setNumThreads(max(1, int(ingest.cpus_per_task)))
     coder = WindowCoder(ingest=ingest, flow=storage.flow, estimator=flow_estimator(storage.flow))
     windows = decode.iter_windows(
         path,

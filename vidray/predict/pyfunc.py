@@ -239,6 +239,12 @@ def checkpoint_of_model(model_uri: str, *, uri: str = "", dst: Path | None = Non
     dst = dst or Path(tempfile.mkdtemp(prefix="vidray-model-"))
     where = {"tracking_uri": uri or None, "registry_uri": uri or None, "dst_path": str(dst)}
     try:
+        if model_uri.startswith("models:/"):
+            # MLflow resolves models:/ in its global registry, whatever registry_uri
+            # download_artifacts is given: the version's source is looked up in ours.
+            name, _, version = model_uri.removeprefix("models:/").rstrip("/").partition("/")
+            client = mlflow.MlflowClient(tracking_uri=uri or None, registry_uri=uri or None)
+            model_uri = client.get_model_version_download_uri(name, version)
         mlmodel = mlflow.artifacts.download_artifacts(
             artifact_uri=f"{model_uri.rstrip('/')}/MLmodel", **where
         )

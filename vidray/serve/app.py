@@ -80,10 +80,7 @@ class WindowModel:
 def decode_task(
     source: Source, stored: Storage, cfg: ServeConfig
 ) -> Iterator[list[Window] | Refused]:
-    import cv2
-
-    # The task has 1 CPU; OpenCV (DIS flow, JPEG) would otherwise use every core.
-    cv2.setNumThreads(1)
+    # `video_windows` keeps OpenCV on the task's one core.
     yield from decoded_chunks(
         source, stored, max_duration_s=cfg.max_duration_s, max_upload_mb=cfg.max_upload_mb
     )
