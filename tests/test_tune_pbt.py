@@ -91,10 +91,11 @@ def test_a_trial_that_cannot_learn_takes_the_best_trials_checkpoint_and_trains_o
     ]
 
     # Its own epochs first (lr 0), then epochs E+1..EPOCHS from trial 0's checkpoint,
-    # with the new lr in the optimiser.
+    # with the new lr in the optimiser. Its own may include epoch E+1 too: training runs
+    # on in its thread while Tune handles epoch E's report, until the pause reaches it.
     lrs = history(client, bad, tracking.TRAIN_LR)
     own = sum(m.value == 0 for m in lrs)
-    assert own == epoch and all(m.value == 0 for m in lrs[:own])
+    assert own >= epoch and all(m.value == 0 for m in lrs[:own])
     assert [(m.step, m.value) for m in lrs[own:]] == [
         (e, pytest.approx(0.03)) for e in range(epoch + 1, EPOCHS + 1)
     ]
