@@ -164,3 +164,20 @@ def test_ingest_and_train_with_every_file_on_s3(s3_env, tmp_path):
     )
     rows = (answers / "predictions.csv").read_text().splitlines()[1:]
     assert len(rows) == 8 and all(f"s3://{BUCKET}/videos/" in r and ",ok," in r for r in rows)
+
+    # An object the store does not have is a skipped row, not a failed job.
+    listing = tmp_path / "list.csv"
+    video = rows[0].split(",")[0]
+    listing.write_text(f"path\n{video}\ns3://{BUCKET}/videos/gone.mp4\n")
+    run(
+        s3_env,
+        "pipelines.predict",
+        f"--checkpoint={checkpoint}",
+        f"--video={listing}",
+        f"--output={tmp_path / 'listed'}",
+    )
+    rows = (tmp_path / "listed" / "predictions.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [
+        [f"s3://{BUCKET}/videos/gone.mp4", "skipped"],
+        [video, "ok"],
+    ]

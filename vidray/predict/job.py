@@ -100,11 +100,12 @@ def run_predict(cfg: Config, log: Callable[[str], None] = print) -> PredictRepor
     finally:
         journal.close()
     answers = [journal.answers[source.video] for source in inputs]
+    asked = {source.video for source in todo}
     written = write_answers(output, answers, top_k=settings.top_k, format=settings.format)
     report = PredictReport(
         output=output,
         written=written,
-        answered=sum(a.status == OK for a in answers if a.video in {s.video for s in todo}),
+        answered=sum(a.status == OK and a.video in asked for a in answers),
         kept=len(inputs) - len(todo),
         skipped={a.video: a.error for a in answers if a.status != OK},
     )
@@ -176,7 +177,9 @@ def decode_windows(row: dict[str, Any], *, storage: Storage) -> Iterator[dict[st
                 if held is not None:
                     yield _window_row(video, count - 2, held, windows=-1)
                 held = window
-    except VidrayError as exc:  # the rows sent before it are dropped by the driver
+    # Not a video, or a URI the store will not give (gone, no access): a row, not a
+    # failed job. The rows sent before it are dropped by the driver.
+    except (VidrayError, OSError) as exc:
         sent = max(count - 1, 0)
         yield {"video": video, "window": -1, "windows": sent, "error": str(exc)}
         return
@@ -275,7 +278,9 @@ def _answer_with_ray(
             num_gpus=1 if settings.use_gpu else 0,
         )
     )
-    gather = Gatherer({s.video: s for s in todo}, journal, cfg, classes=classifier.classes)
+    gather = Gatherer(
+        {s.video: s for s in todo}, journal, top_k=settings.top_k, classes=classifier.classes
+    )
     last = time.monotonic()
     for row in scored_windows.iter_rows():
         gather.add(row)
@@ -291,11 +296,11 @@ class Gatherer:
     window row says how many), its answer goes to the journal and its rows are freed."""
 
     def __init__(
-        self, sources: dict[str, Input], journal: Journal, cfg: Config, *, classes: tuple
+        self, sources: dict[str, Input], journal: Journal, *, top_k: int, classes: tuple
     ) -> None:
         self.sources = sources
         self.journal = journal
-        self.top_k = cfg.predict.top_k
+        self.top_k = top_k
         self.classes = classes
         self.rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.expected: dict[str, int] = {}
